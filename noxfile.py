@@ -1,0 +1,89 @@
+"""Sessions that build, check and measure the mol workspace.
+
+    nox -s test bench        # what CI runs (bench in its quick mode)
+    nox -s bench -- --full   # the full benchmarks, for the record in docs/benchmarks.md
+    nox -s lint typecheck    # ruff and mypy --strict on the packages
+    nox -s protos            # regenerate mol-core's code from protos/ (-- --check only compares)
+    nox -s quickstart        # the main job (for now: the mol-core demo)
+
+Every session installs what it needs into its own virtual environment; torch goes in first through
+tools/install_torch.py, which refuses a CUDA build on a CPU machine (docs/install.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PACKAGES = ["mol-core", "mol-train", "mol-index", "mol-serve"]
+#: The grpcio-tools that generated mol-core's checked-in code (the oldest one mol supports).
+GRPCIO_TOOLS = "grpcio-tools==1.73.1"
+TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100"]
+
+nox.options.sessions = ["test", "bench"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_external_run = True
+
+
+def install_torch(session: nox.Session) -> None:
+    session.run("python", str(ROOT / "tools" / "install_torch.py"))
+
+
+def install_packages(session: nox.Session, *packages: str, editable: bool = True) -> None:
+    args = []
+    for name in packages:
+        args += (["-e"] if editable else []) + [str(ROOT / "packages" / name)]
+    session.install(*args)
+
+
+@nox.session
+def test(session: nox.Session) -> None:
+    """Every package's tests and the cross-package tests in tests/."""
+    install_torch(session)
+    install_packages(session, *PACKAGES)
+    session.install(*TEST_TOOLS, GRPCIO_TOOLS)
+    paths = [str(ROOT / "packages" / name / "tests") for name in PACKAGES] + [str(ROOT / "tests")]
+    session.run("python", "-m", "pytest", *paths, *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: each writes bench-results/<name>.json and prints a table (quick unless -- --full)."""
+    install_torch(session)
+    install_packages(session, *PACKAGES)
+    session.run("python", str(ROOT / "tools" / "run_benchmarks.py"), *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the repository (generated code excluded)."""
+    session.install("ruff==0.17.6")
+    session.run("ruff", "check", str(ROOT))
+    session.run("ruff", "format", "--check", str(ROOT))
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the public packages' sources."""
+    install_torch(session)
+    install_packages(session, *PACKAGES)
+    session.install("mypy==2.4.1", "types-protobuf")
+    sources = [str(ROOT / "packages" / name / "src") for name in PACKAGES]
+    session.run("mypy", "--config-file", str(ROOT / "pyproject.toml"), *sources)
+
+
+@nox.session
+def protos(session: nox.Session) -> None:
+    """Regenerates mol-core's Python code from protos/ with the pinned grpcio-tools (-- --check compares)."""
+    session.install(GRPCIO_TOOLS)
+    session.run("python", str(ROOT / "tools" / "gen_protos.py"), *session.posargs)
+
+
+@nox.session
+def quickstart(session: nox.Session) -> None:
+    """The main job. Until the end-to-end quickstart lands it runs the mol-core demo."""
+    install_torch(session)
+    install_packages(session, "mol-core", editable=False)
+    session.run("mol-core-demo", *session.posargs)

@@ -1,0 +1,144 @@
+"""MoL corpus-scoring throughput: mol-core's blockwise path against a naive reference.
+
+The naive reference materialises every component logit of every (query, item) pair at once, ``(B, N, P)``,
+and runs the gating over that whole tensor, the way a first implementation of the paper's formula does.
+mol-core's :meth:`~mol_core.similarity.Similarity.score_corpus` scores the corpus in cache-sized blocks.
+Both run in the same process on the same model and inputs, their scores are compared, and the ratio of
+their throughputs (query-item pairs per second) is reported.
+
+    python packages/mol-core/benchmarks/bench_mol_scoring.py --quick --output bench-results/mol_scoring.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from mol_core.similarity import DEFAULT_BLOCK_PAIRS, MoLSimilarity
+
+INPUT_DIM = 50  # the paper's ML-1M item embedding / encoder width
+
+
+def naive_score_corpus(sim: MoLSimilarity, query_repr: torch.Tensor, item_repr: torch.Tensor) -> torch.Tensor:
+    """Every component logit at once: holds (B, N, P) logits and (B, N, hidden) gating activations."""
+    query, corpus = sim.query_side(query_repr), sim.item_side(item_repr)
+    f, g = query.embeddings, corpus.embeddings  # (B, Pq, d), (N, Px, d)
+    logits = torch.einsum("bqd,npd->bnqp", f, g).flatten(2) / sim.temperature  # (B, N, P)
+    assert query.gating is not None and corpus.gating is not None
+    weights = sim.gating(logits, query.gating.unsqueeze(1), corpus.gating.unsqueeze(0))  # (B, N, P)
+    return (weights * logits).sum(-1)  # (B, N)
+
+
+def time_call(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:
+    """Median wall time of ``repeats`` calls after one warm-up call."""
+    result = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def run(quick: bool) -> dict[str, object]:
+    torch.manual_seed(0)
+    num_items = 20_000 if quick else 100_000
+    repeats = 3 if quick else 5
+    sim = MoLSimilarity(query_input_dim=INPUT_DIM, item_input_dim=INPUT_DIM).eval()  # 8 x 4 x 64
+    item_repr = torch.randn(num_items, INPUT_DIM)
+    rows: list[dict[str, object]] = []
+    with torch.inference_mode():
+        corpus = sim.item_side(item_repr)  # precomputed offline, as in a bundle
+        for batch in (1, 32):
+            query_repr = torch.randn(batch, INPUT_DIM)
+            pairs = batch * num_items
+            t_naive, naive = time_call(lambda: naive_score_corpus(sim, query_repr, item_repr), repeats)
+            t_block, blockwise = time_call(lambda: sim.score_corpus(sim.query_side(query_repr), corpus), repeats)
+            rows.append(
+                {
+                    "batch": batch,
+                    "items": num_items,
+                    "naive_pairs_per_s": pairs / t_naive,
+                    "blockwise_pairs_per_s": pairs / t_block,
+                    "speedup": t_naive / t_block,
+                    "max_abs_diff": float((naive - blockwise).abs().max()),
+                }
+            )
+        sweep = []
+        query = sim.query_side(torch.randn(32, INPUT_DIM))
+        for pairs_per_block in (1024, 2048, 4096, 8192, 16384, 32768):
+            block = max(16, pairs_per_block // 32)
+            t, _ = time_call(lambda: sim.score_corpus(query, corpus, block_size=block), repeats)
+            sweep.append({"pairs_per_block": pairs_per_block, "pairs_per_s": 32 * num_items / t})
+    return {
+        "benchmark": "mol_scoring",
+        "mode": "quick" if quick else "full",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "config": {"Pq": 8, "Px": 4, "d": 64, "gating_hidden": 128, "default_block_pairs": DEFAULT_BLOCK_PAIRS},
+        "results": rows,
+        "block_sweep_b32": sweep,
+    }
+
+
+def print_table(result: dict[str, object]) -> None:
+    print(f"MoL corpus scoring ({result['mode']}), {result['machine']}")  # type: ignore[index]
+    print(f"{'B':>4} {'N':>8} {'naive Mpairs/s':>15} {'blockwise Mpairs/s':>19} {'speedup':>8} {'max|diff|':>10}")
+    for row in result["results"]:  # type: ignore[attr-defined]
+        print(
+            f"{row['batch']:>4} {row['items']:>8} {row['naive_pairs_per_s'] / 1e6:>15.2f} "
+            f"{row['blockwise_pairs_per_s'] / 1e6:>19.2f} {row['speedup']:>7.2f}x {row['max_abs_diff']:>10.2e}"
+        )
+    print("block sweep, B = 32: " + ", ".join(
+        f"{s['pairs_per_block']}: {s['pairs_per_s'] / 1e6:.2f}M/s" for s in result["block_sweep_b32"]  # type: ignore[attr-defined]
+    ))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small corpus (20k items) and 3 repeats, for CI")
+    parser.add_argument("--output", type=Path, help="write the result as JSON to this path")
+    parser.add_argument(
+        "--min-speedup",
+        type=float,
+        default=1.0,
+        help="exit 1 if blockwise scoring is not at least this many times faster than naive at B = 32",
+    )
+    args = parser.parse_args(argv)
+    result = run(args.quick)
+    print_table(result)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.output.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(args.output)
+    rows = result["results"]
+    bad = [r for r in rows if r["max_abs_diff"] > 1e-3]  # type: ignore[index,operator]
+    if bad:
+        print(f"FAIL: blockwise and naive scores differ: {bad}", file=sys.stderr)
+        return 1
+    speedup_b32 = next(r["speedup"] for r in rows if r["batch"] == 32)  # type: ignore[index]
+    if speedup_b32 < args.min_speedup:  # type: ignore[operator]
+        print(f"FAIL: speedup {speedup_b32:.2f}x at B = 32 is below --min-speedup {args.min_speedup}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,17 @@
+"""Similarity functions: the shared interface, the dot product and Mixture-of-Logits."""
+
+from mol_core.similarity.base import DEFAULT_BLOCK_PAIRS, ItemSide, QuerySide, Similarity
+from mol_core.similarity.dot_product import DotProductSimilarity
+from mol_core.similarity.gating import GatingMLP, GluSiluGating
+from mol_core.similarity.mixture_of_logits import MoLSimilarity
+
+__all__ = [
+    "DEFAULT_BLOCK_PAIRS",
+    "DotProductSimilarity",
+    "GatingMLP",
+    "GluSiluGating",
+    "ItemSide",
+    "MoLSimilarity",
+    "QuerySide",
+    "Similarity",
+]

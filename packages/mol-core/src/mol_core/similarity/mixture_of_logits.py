@@ -1,0 +1,163 @@
+"""Mixture-of-Logits (Ding & Zhai, "Retrieval with Learned Similarities", WWW 2025).
+
+    phi(q, x) = sum_{a, b} pi_ab(q, x) * <f_a(q), g_b(x)> / tau
+
+with ``Pq`` L2-normalised query components ``f_a``, ``Px`` L2-normalised item components ``g_b`` of
+dimension ``d`` and the gating weights ``pi`` of :class:`~mol_core.similarity.gating.GluSiluGating`.
+Defaults are the paper's ML-1M configuration (8 x 4 x 64, tau 0.05, gating hidden 128, dropout 0.2).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mol_core._checks import check_fraction, check_positive_float, check_positive_int, check_rank
+from mol_core.errors import ConfigError, ShapeError
+from mol_core.similarity.base import ItemSide, QuerySide, Similarity
+from mol_core.similarity.gating import GluSiluGating
+
+__all__ = ["MoLSimilarity"]
+
+
+class MoLSimilarity(Similarity):
+    """Mixture-of-Logits similarity with ``glu_silu`` gating and optional user-id components.
+
+    The query side projects the ``(B, Dq)`` query representation to ``Pq - Pu`` components and, when
+    ``user_components = Pu > 0``, a ``(B, Du)`` user representation (for example a hashed user-id
+    embedding) to the remaining ``Pu`` components, after its own dropout. The item side projects ``(*, Dx)``
+    item representations to ``Px`` components. Every component is L2-normalised, so each component logit
+    is a cosine divided by ``temperature``.
+
+    Args:
+        query_input_dim: ``Dq``.
+        item_input_dim: ``Dx``.
+        query_components: ``Pq``, all query components including the user ones.
+        item_components: ``Px``.
+        component_dim: ``d``.
+        temperature: ``tau``.
+        gating_hidden_dim: hidden units of each gating MLP.
+        gating_dropout: dropout on the gating softmax during training.
+        user_components: ``Pu``, how many of the ``Pq`` query components come from ``user_repr``.
+        user_input_dim: ``Du``; required when ``user_components > 0``.
+        user_dropout: dropout on ``user_repr`` during training.
+
+    Example:
+        >>> sim = MoLSimilarity(query_input_dim=50, item_input_dim=50)
+        >>> query = sim.query_side(torch.randn(2, 50))                # (B=2, Pq=8, d=64)
+        >>> corpus = sim.item_side(torch.randn(1000, 50))             # (N=1000, Px=4, d=64)
+        >>> sim.score_corpus(query, corpus).shape
+        torch.Size([2, 1000])
+    """
+
+    def __init__(
+        self,
+        *,
+        query_input_dim: int,
+        item_input_dim: int,
+        query_components: int = 8,
+        item_components: int = 4,
+        component_dim: int = 64,
+        temperature: float = 0.05,
+        gating_hidden_dim: int = 128,
+        gating_dropout: float = 0.2,
+        user_components: int = 0,
+        user_input_dim: int | None = None,
+        user_dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            num_query_components=query_components,
+            num_item_components=item_components,
+            component_dim=component_dim,
+            temperature=check_positive_float("temperature", temperature),
+        )
+        self.query_input_dim = check_positive_int("query_input_dim", query_input_dim)
+        self.item_input_dim = check_positive_int("item_input_dim", item_input_dim)
+        if isinstance(user_components, bool) or not isinstance(user_components, int) or user_components < 0:
+            raise ConfigError(f"user_components must be an integer >= 0; got {user_components!r}")
+        if user_components >= query_components:
+            raise ConfigError(
+                f"user_components ({user_components}) must be less than query_components ({query_components}): "
+                "at least one query component comes from the query representation"
+            )
+        if user_components > 0 and user_input_dim is None:
+            raise ConfigError("user_input_dim is required when user_components > 0")
+        if user_components == 0 and user_input_dim is not None:
+            raise ConfigError("user_input_dim is set but user_components is 0; set user_components >= 1")
+        self.user_components = user_components
+        self.user_input_dim = user_input_dim
+        self.user_dropout = check_fraction("user_dropout", user_dropout)
+
+        seq_components = query_components - user_components
+        self.query_proj = nn.Linear(query_input_dim, seq_components * component_dim)
+        self.user_proj = (
+            nn.Linear(check_positive_int("user_input_dim", user_input_dim), user_components * component_dim)
+            if user_input_dim is not None
+            else None
+        )
+        self.item_proj = nn.Linear(item_input_dim, item_components * component_dim)
+        self.gating = GluSiluGating(
+            query_input_dim=query_input_dim,
+            item_input_dim=item_input_dim,
+            num_components=self.num_components,
+            hidden_dim=gating_hidden_dim,
+            dropout=gating_dropout,
+        )
+
+    def query_side(self, query_repr: torch.Tensor, user_repr: torch.Tensor | None = None) -> QuerySide:
+        """Query components and gating features.
+
+        Args:
+            query_repr: ``(B, Dq)`` query representations (for example the sequence encoder's output).
+            user_repr: ``(B, Du)`` user representations; required iff ``user_components > 0``.
+
+        Returns:
+            embeddings ``(B, Pq, d)`` (L2-normalised, user components last) and gating ``(B, P)``.
+        """
+        check_rank("query_repr", query_repr, ("B", self.query_input_dim))
+        batch = query_repr.shape[0]
+        parts = [self.query_proj(query_repr).view(batch, -1, self.component_dim)]  # (B, Pq - Pu, d)
+        if self.user_proj is not None:
+            if user_repr is None:
+                raise ShapeError(f"user_repr of shape (B, {self.user_input_dim}) is required: user_components > 0")
+            check_rank("user_repr", user_repr, (batch, self.user_input_dim or 0))
+            user_repr = F.dropout(user_repr, p=self.user_dropout, training=self.training)
+            parts.append(self.user_proj(user_repr).view(batch, -1, self.component_dim))  # (B, Pu, d)
+        elif user_repr is not None:
+            raise ShapeError("user_repr was given but this similarity has user_components = 0")
+        embeddings = _l2_normalize(torch.cat(parts, dim=1))  # (B, Pq, d)
+        return QuerySide(embeddings, self.gating.query_features(query_repr))
+
+    def item_side(self, item_repr: torch.Tensor) -> ItemSide:
+        """Item components and gating features.
+
+        Args:
+            item_repr: ``(*, Dx)`` item representations, e.g. ``(N, Dx)`` or ``(B, X, Dx)``.
+
+        Returns:
+            embeddings ``(*, Px, d)`` (L2-normalised) and gating ``(*, P)``.
+        """
+        if item_repr.dim() < 2 or item_repr.shape[-1] != self.item_input_dim:
+            raise ShapeError(
+                f"item_repr must have shape (N, {self.item_input_dim}) or (B, X, {self.item_input_dim}); "
+                f"got ({', '.join(map(str, item_repr.shape))})"
+            )
+        lead = item_repr.shape[:-1]
+        components = self.item_proj(item_repr).view(*lead, self.num_item_components, self.component_dim)
+        return ItemSide(_l2_normalize(components), self.gating.item_features(item_repr))
+
+    def mix(
+        self, logits: torch.Tensor, query_gating: torch.Tensor | None, item_gating: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gated mixture of the ``(B, X, P)`` component logits; see :meth:`Similarity.mix`."""
+        if query_gating is None or item_gating is None:
+            raise ShapeError("MoLSimilarity needs query and item gating features; build both sides with it")
+        weights = self.gating(logits, query_gating, item_gating)  # (B, X, P) float32
+        scores = (weights * logits.float()).sum(dim=-1)  # (B, X)
+        return scores, weights
+
+
+def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalises the last dimension in float32 (bf16-safe) and returns the input dtype."""
+    return F.normalize(x.float(), dim=-1, eps=1e-6).to(x.dtype)
