@@ -12,14 +12,19 @@ tools/install_torch.py, which refuses a CUDA build on a CPU machine (docs/instal
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nox
 
 ROOT = Path(__file__).parent
 PACKAGES = ["mol-core", "mol-train", "mol-index", "mol-serve"]
-#: The grpcio-tools that generated mol-core's checked-in code (the oldest one mol supports).
-GRPCIO_TOOLS = "grpcio-tools==1.73.1"
+#: The grpcio-tools that generated mol-core's checked-in code (the oldest one mol supports); the pin
+#: lives in tools/gen_protos.py, which refuses any other version.
+_PIN = re.search(r'^GRPCIO_TOOLS_VERSION = "([^"]+)"', (ROOT / "tools" / "gen_protos.py").read_text(), re.M)
+if _PIN is None:
+    raise RuntimeError("tools/gen_protos.py no longer defines GRPCIO_TOOLS_VERSION")
+GRPCIO_TOOLS = f"grpcio-tools=={_PIN.group(1)}"
 TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100"]
 
 nox.options.sessions = ["test", "bench"]

@@ -14,7 +14,12 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = {"mol-core": "mol_core", "mol-train": "mol_train", "mol-index": "mol_index", "mol-serve": "mol_serve"}
+PACKAGES = {
+    "mol-core": "mol_core",
+    "mol-train": "mol_train",
+    "mol-index": "mol_index",
+    "mol-serve": "mol_serve",
+}
 
 # Top-level modules each package's source may NOT import (dependencies point one way).
 FORBIDDEN_IMPORTS = {
@@ -49,16 +54,23 @@ def test_dependencies_point_one_way(package: str) -> None:
 
 
 def test_sibling_versions_move_in_lockstep() -> None:
-    projects = {name: tomllib.loads((ROOT / "packages" / name / "pyproject.toml").read_text())["project"] for name in PACKAGES}
+    projects = {
+        name: tomllib.loads((ROOT / "packages" / name / "pyproject.toml").read_text())["project"]
+        for name in PACKAGES
+    }
     versions = {name: p["version"] for name, p in projects.items()}
     assert len(set(versions.values())) == 1, versions
     version = versions["mol-core"]
     for name, project in projects.items():
         for requirement in project.get("dependencies", []):
             base = requirement.split(";")[0].replace(" ", "")
-            sibling = next((s for s in PACKAGES if base.startswith(s) and not base[len(s) :][:1].isalnum()), None)
+            sibling = next(
+                (s for s in PACKAGES if base.startswith(s) and not base[len(s) :][:1].isalnum()), None
+            )
             if sibling and sibling != name:
-                assert base.endswith(f"=={version}"), f"{name} must pin {sibling}=={version}; has {requirement!r}"
+                assert base.endswith(f"=={version}"), (
+                    f"{name} must pin {sibling}=={version}; has {requirement!r}"
+                )
 
 
 def test_every_package_has_readme_tests_and_py_typed() -> None:

@@ -51,7 +51,9 @@ def planned_torch(spec: str, find_links: str | None) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--gpu", action="store_true", help="install the CUDA build from the default index")
     parser.add_argument("--version", default=TORCH_VERSION, help=f"torch version (default {TORCH_VERSION})")
     args = parser.parse_args(argv)
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         version, url = planned_torch(spec, find_links)
         if "+cpu" not in version:
             print(
-                f"Refusing to install torch {version} from {url}: on Linux that is the CUDA build (several GB).\n"
+                f"Refusing to install torch {version} from {url}:\n"
+                "on Linux that is the CUDA build (several GB).\n"
                 "Make a CPU build visible to pip first, for example:\n"
                 "  export MOL_TORCH_FIND_LINKS=/path/to/folder/with/the/cpu/wheel\n"
                 "  or export PIP_EXTRA_INDEX_URL=<PyTorch's CPU wheel index>\n"

@@ -20,10 +20,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--full", action="store_true", help="full mode (default: quick mode)")
     parser.add_argument("-k", dest="pattern", default="", help="run only benchmarks whose name contains this")
-    parser.add_argument("--results", type=Path, default=ROOT / "bench-results", help="folder for the JSON files")
+    parser.add_argument(
+        "--results", type=Path, default=ROOT / "bench-results", help="folder for the JSON files"
+    )
     args = parser.parse_args(argv)
 
     scripts = sorted(p for p in ROOT.glob("packages/*/benchmarks/bench_*.py") if args.pattern in p.stem)

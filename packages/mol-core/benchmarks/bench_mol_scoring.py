@@ -34,7 +34,8 @@ def naive_score_corpus(sim: MoLSimilarity, query_repr: torch.Tensor, item_repr: 
     query, corpus = sim.query_side(query_repr), sim.item_side(item_repr)
     f, g = query.embeddings, corpus.embeddings  # (B, Pq, d), (N, Px, d)
     logits = torch.einsum("bqd,npd->bnqp", f, g).flatten(2) / sim.temperature  # (B, N, P)
-    assert query.gating is not None and corpus.gating is not None
+    if query.gating is None or corpus.gating is None:
+        raise RuntimeError("MoLSimilarity always builds gating features")
     weights = sim.gating(logits, query.gating.unsqueeze(1), corpus.gating.unsqueeze(0))  # (B, N, P)
     return (weights * logits).sum(-1)  # (B, N)
 
@@ -62,8 +63,10 @@ def run(quick: bool) -> dict[str, object]:
         for batch in (1, 32):
             query_repr = torch.randn(batch, INPUT_DIM)
             pairs = batch * num_items
-            t_naive, naive = time_call(lambda: naive_score_corpus(sim, query_repr, item_repr), repeats)
-            t_block, blockwise = time_call(lambda: sim.score_corpus(sim.query_side(query_repr), corpus), repeats)
+            t_naive, naive = time_call(lambda q=query_repr: naive_score_corpus(sim, q, item_repr), repeats)
+            t_block, blockwise = time_call(
+                lambda q=query_repr: sim.score_corpus(sim.query_side(q), corpus), repeats
+            )
             rows.append(
                 {
                     "batch": batch,
@@ -78,7 +81,7 @@ def run(quick: bool) -> dict[str, object]:
         query = sim.query_side(torch.randn(32, INPUT_DIM))
         for pairs_per_block in (1024, 2048, 4096, 8192, 16384, 32768):
             block = max(16, pairs_per_block // 32)
-            t, _ = time_call(lambda: sim.score_corpus(query, corpus, block_size=block), repeats)
+            t, _ = time_call(lambda b=block: sim.score_corpus(query, corpus, block_size=b), repeats)
             sweep.append({"pairs_per_block": pairs_per_block, "pairs_per_s": 32 * num_items / t})
     return {
         "benchmark": "mol_scoring",
@@ -91,7 +94,13 @@ def run(quick: bool) -> dict[str, object]:
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
         },
-        "config": {"Pq": 8, "Px": 4, "d": 64, "gating_hidden": 128, "default_block_pairs": DEFAULT_BLOCK_PAIRS},
+        "config": {
+            "Pq": 8,
+            "Px": 4,
+            "d": 64,
+            "gating_hidden": 128,
+            "default_block_pairs": DEFAULT_BLOCK_PAIRS,
+        },
         "results": rows,
         "block_sweep_b32": sweep,
     }
@@ -99,19 +108,29 @@ def run(quick: bool) -> dict[str, object]:
 
 def print_table(result: dict[str, object]) -> None:
     print(f"MoL corpus scoring ({result['mode']}), {result['machine']}")  # type: ignore[index]
-    print(f"{'B':>4} {'N':>8} {'naive Mpairs/s':>15} {'blockwise Mpairs/s':>19} {'speedup':>8} {'max|diff|':>10}")
+    print(
+        f"{'B':>4} {'N':>8} {'naive Mpairs/s':>15} {'blockwise Mpairs/s':>19} {'speedup':>8} "
+        f"{'max|diff|':>10}"
+    )
     for row in result["results"]:  # type: ignore[attr-defined]
         print(
             f"{row['batch']:>4} {row['items']:>8} {row['naive_pairs_per_s'] / 1e6:>15.2f} "
-            f"{row['blockwise_pairs_per_s'] / 1e6:>19.2f} {row['speedup']:>7.2f}x {row['max_abs_diff']:>10.2e}"
+            f"{row['blockwise_pairs_per_s'] / 1e6:>19.2f} {row['speedup']:>7.2f}x "
+            f"{row['max_abs_diff']:>10.2e}"
         )
-    print("block sweep, B = 32: " + ", ".join(
-        f"{s['pairs_per_block']}: {s['pairs_per_s'] / 1e6:.2f}M/s" for s in result["block_sweep_b32"]  # type: ignore[attr-defined]
-    ))
+    print(
+        "block sweep, B = 32: "
+        + ", ".join(
+            f"{s['pairs_per_block']}: {s['pairs_per_s'] / 1e6:.2f}M/s"
+            for s in result["block_sweep_b32"]  # type: ignore[attr-defined]
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small corpus (20k items) and 3 repeats, for CI")
     parser.add_argument("--output", type=Path, help="write the result as JSON to this path")
     parser.add_argument(
@@ -135,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     speedup_b32 = next(r["speedup"] for r in rows if r["batch"] == 32)  # type: ignore[index]
     if speedup_b32 < args.min_speedup:  # type: ignore[operator]
-        print(f"FAIL: speedup {speedup_b32:.2f}x at B = 32 is below --min-speedup {args.min_speedup}", file=sys.stderr)
+        print(
+            f"FAIL: speedup {speedup_b32:.2f}x at B = 32 is below --min-speedup {args.min_speedup}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

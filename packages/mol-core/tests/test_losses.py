@@ -16,7 +16,9 @@ from mol_core.losses import (
 )
 
 
-def naive_sampled_softmax(pos: torch.Tensor, neg: torch.Tensor, pos_ids: torch.Tensor, neg_ids: torch.Tensor) -> float:
+def naive_sampled_softmax(
+    pos: torch.Tensor, neg: torch.Tensor, pos_ids: torch.Tensor, neg_ids: torch.Tensor
+) -> float:
     total = 0.0
     for m in range(pos.shape[0]):
         denominator = math.exp(float(pos[m]))
@@ -99,12 +101,20 @@ def test_uniform_negatives_are_in_range_and_seeded() -> None:
 
 def test_loss_inputs_are_validated() -> None:
     with pytest.raises(ShapeError, match=r"\(3, R\)"):
-        sampled_softmax_loss(torch.randn(3), torch.randn(4, 2), positive_ids=torch.arange(3), negative_ids=torch.arange(2))
+        sampled_softmax_loss(
+            torch.randn(3), torch.randn(4, 2), positive_ids=torch.arange(3), negative_ids=torch.arange(2)
+        )
     with pytest.raises(ShapeError, match="negative_ids"):
-        sampled_softmax_loss(torch.randn(3), torch.randn(3, 2), positive_ids=torch.arange(3), negative_ids=torch.arange(3))
+        sampled_softmax_loss(
+            torch.randn(3), torch.randn(3, 2), positive_ids=torch.arange(3), negative_ids=torch.arange(3)
+        )
     with pytest.raises(ConfigError, match="reduction"):
         sampled_softmax_loss(
-            torch.randn(3), torch.randn(3, 2), positive_ids=torch.arange(3), negative_ids=torch.arange(2), reduction="avg"
+            torch.randn(3),
+            torch.randn(3, 2),
+            positive_ids=torch.arange(3),
+            negative_ids=torch.arange(2),
+            reduction="avg",
         )
     with pytest.raises(ShapeError, match="square"):
         in_batch_softmax_loss(torch.randn(3, 4), torch.arange(3))

@@ -99,7 +99,9 @@ def test_gradients_reach_every_parameter() -> None:
     query = sim.query_side(query_repr, torch.randn(8, 6))
     positives = torch.randint(0, 50, (8,))
     item_table = torch.randn(50, D_X, requires_grad=True)
-    pos_scores, weights = sim.score_pairs_with_weights(query, sim.item_side(item_table[positives].unsqueeze(1)))
+    pos_scores, weights = sim.score_pairs_with_weights(
+        query, sim.item_side(item_table[positives].unsqueeze(1))
+    )
     negatives = sample_uniform_negatives(8, 16, 50, generator=torch.Generator().manual_seed(0))
     neg_scores = sim.score_pairs(query, sim.item_side(item_table[negatives]))
     loss = sampled_softmax_loss(
@@ -149,7 +151,9 @@ def test_dot_product_scores_and_cosine_option() -> None:
     torch.manual_seed(6)
     q, x = torch.randn(3, 16), torch.randn(11, 16)
     plain = DotProductSimilarity(16, temperature=2.0)
-    torch.testing.assert_close(plain.score_corpus(plain.query_side(q), plain.item_side(x), block_size=4), q @ x.T / 2)
+    torch.testing.assert_close(
+        plain.score_corpus(plain.query_side(q), plain.item_side(x), block_size=4), q @ x.T / 2
+    )
     cosine = DotProductSimilarity(16, l2_normalize=True, temperature=0.05)
     want = F.cosine_similarity(q.unsqueeze(1), x.unsqueeze(0), dim=-1) / 0.05
     torch.testing.assert_close(cosine.score_pairs(cosine.query_side(q), cosine.item_side(x)), want)

@@ -17,7 +17,9 @@ def test_mol_fits_a_high_rank_similarity_far_better_than_any_dot_product() -> No
     # (Eckart-Young), so compare against that optimum rather than against a trained two-tower model.
     singular_values = torch.linalg.svdvals(target)
     rank = components * dim
-    best_dot_error = float(singular_values[rank:].square().sum().sqrt() / singular_values.square().sum().sqrt())
+    best_dot_error = float(
+        singular_values[rank:].square().sum().sqrt() / singular_values.square().sum().sqrt()
+    )
 
     sim = MoLSimilarity(
         query_input_dim=repr_dim,

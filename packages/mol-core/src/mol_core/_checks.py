@@ -47,7 +47,11 @@ def check_positive_int(name: str, value: int) -> int:
 
 def check_positive_float(name: str, value: float) -> float:
     """Returns ``value`` as a float if it is finite and > 0, else raises :class:`ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < float("inf"):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0.0 < float(value) < float("inf")
+    ):
         raise ConfigError(f"{name} must be a finite number > 0; got {value!r}")
     return float(value)
 

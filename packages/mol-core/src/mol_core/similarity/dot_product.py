@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mol_core._checks import check_positive_float, check_positive_int
+from mol_core._checks import check_positive_float, check_positive_int, shape_str
 from mol_core.errors import ShapeError
 from mol_core.similarity.base import ItemSide, QuerySide, Similarity
 
@@ -44,7 +44,7 @@ class DotProductSimilarity(Similarity):
             raise ShapeError("DotProductSimilarity takes no user_repr; fold user features into the query")
         if query_repr.dim() != 2 or query_repr.shape[1] != self.component_dim:
             raise ShapeError(
-                f"query_repr must have shape (B, {self.component_dim}); got ({', '.join(map(str, query_repr.shape))})"
+                f"query_repr must have shape (B, {self.component_dim}); got {shape_str(query_repr.shape)}"
             )
         return QuerySide(self._prepare(query_repr).unsqueeze(1), None)  # (B, 1, d)
 
@@ -53,7 +53,7 @@ class DotProductSimilarity(Similarity):
         if item_repr.dim() < 2 or item_repr.shape[-1] != self.component_dim:
             raise ShapeError(
                 f"item_repr must have shape (N, {self.component_dim}) or (B, X, {self.component_dim}); "
-                f"got ({', '.join(map(str, item_repr.shape))})"
+                f"got {shape_str(item_repr.shape)}"
             )
         return ItemSide(self._prepare(item_repr).unsqueeze(-2), None)  # (*, 1, d)
 

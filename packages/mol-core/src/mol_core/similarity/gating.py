@@ -23,7 +23,7 @@ __all__ = ["GatingMLP", "GluSiluGating"]
 _RENORM_EPS = 1e-6
 
 
-class GatingMLP(nn.Sequential):
+class GatingMLP(nn.Module):
     """``Linear(in, hidden) -> SiLU -> Linear(hidden, P)``: one of the three gating MLPs.
 
     Args:
@@ -33,11 +33,14 @@ class GatingMLP(nn.Sequential):
     """
 
     def __init__(self, input_dim: int, hidden_dim: int, num_components: int) -> None:
-        super().__init__(
-            nn.Linear(check_positive_int("gating input_dim", input_dim), hidden_dim),
-            nn.SiLU(),
-            nn.Linear(hidden_dim, num_components),
-        )
+        super().__init__()
+        self.hidden = nn.Linear(check_positive_int("gating input_dim", input_dim), hidden_dim)
+        self.out = nn.Linear(hidden_dim, num_components)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(*, in) -> (*, P)``."""
+        out: torch.Tensor = self.out(F.silu(self.hidden(x.to(self.hidden.weight.dtype))))
+        return out
 
 
 class GluSiluGating(nn.Module):
@@ -70,11 +73,13 @@ class GluSiluGating(nn.Module):
 
     def query_features(self, query_repr: torch.Tensor) -> torch.Tensor:
         """``(B, Dq) -> (B, P)`` the query's part, computed once per query."""
-        return self.query_mlp(query_repr)
+        features: torch.Tensor = self.query_mlp(query_repr)
+        return features
 
     def item_features(self, item_repr: torch.Tensor) -> torch.Tensor:
         """``(*, Dx) -> (*, P)`` the item's part, computed offline once per item."""
-        return self.item_mlp(item_repr)
+        features: torch.Tensor = self.item_mlp(item_repr)
+        return features
 
     def forward(
         self, logits: torch.Tensor, query_features: torch.Tensor, item_features: torch.Tensor
@@ -89,7 +94,7 @@ class GluSiluGating(nn.Module):
         Returns:
             ``(B, X, P)`` float32 weights, non-negative; each row sums to 1 (up to dropout renormalisation).
         """
-        pair = self.logits_mlp(logits.to(self.logits_mlp[0].weight.dtype))  # (B, X, P)
+        pair = self.logits_mlp(logits)  # (B, X, P)
         gate_logits = F.silu(query_features * item_features + pair)  # (B, X, P)
         weights = torch.softmax(gate_logits.float(), dim=-1)  # (B, X, P), float32 for bf16 safety
         if self.training and self.dropout > 0.0:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mol_core._checks import check_fraction, check_positive_float, check_positive_int, check_rank
+from mol_core._checks import check_fraction, check_positive_float, check_positive_int, check_rank, shape_str
 from mol_core.errors import ConfigError, ShapeError
 from mol_core.similarity.base import ItemSide, QuerySide, Similarity
 from mol_core.similarity.gating import GluSiluGating
@@ -78,7 +78,8 @@ class MoLSimilarity(Similarity):
             raise ConfigError(f"user_components must be an integer >= 0; got {user_components!r}")
         if user_components >= query_components:
             raise ConfigError(
-                f"user_components ({user_components}) must be less than query_components ({query_components}): "
+                f"user_components ({user_components}) must be less than "
+                f"query_components ({query_components}): "
                 "at least one query component comes from the query representation"
             )
         if user_components > 0 and user_input_dim is None:
@@ -120,7 +121,9 @@ class MoLSimilarity(Similarity):
         parts = [self.query_proj(query_repr).view(batch, -1, self.component_dim)]  # (B, Pq - Pu, d)
         if self.user_proj is not None:
             if user_repr is None:
-                raise ShapeError(f"user_repr of shape (B, {self.user_input_dim}) is required: user_components > 0")
+                raise ShapeError(
+                    f"user_repr of shape (B, {self.user_input_dim}) is required: user_components > 0"
+                )
             check_rank("user_repr", user_repr, (batch, self.user_input_dim or 0))
             user_repr = F.dropout(user_repr, p=self.user_dropout, training=self.training)
             parts.append(self.user_proj(user_repr).view(batch, -1, self.component_dim))  # (B, Pu, d)
@@ -141,7 +144,7 @@ class MoLSimilarity(Similarity):
         if item_repr.dim() < 2 or item_repr.shape[-1] != self.item_input_dim:
             raise ShapeError(
                 f"item_repr must have shape (N, {self.item_input_dim}) or (B, X, {self.item_input_dim}); "
-                f"got ({', '.join(map(str, item_repr.shape))})"
+                f"got {shape_str(item_repr.shape)}"
             )
         lead = item_repr.shape[:-1]
         components = self.item_proj(item_repr).view(*lead, self.num_item_components, self.component_dim)
