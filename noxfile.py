@@ -32,8 +32,9 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_external_run = True
 
 
-def install_torch(session: nox.Session) -> None:
-    session.run("python", str(ROOT / "tools" / "install_torch.py"))
+def install_torch(session: nox.Session, *, torchrec: bool = True) -> None:
+    """torch (CPU build on CPU machines) and, for mol-train, fbgemm and torchrec (see the script)."""
+    session.run("python", str(ROOT / "tools" / "install_torch.py"), *(["--torchrec"] if torchrec else []))
 
 
 def install_packages(session: nox.Session, *packages: str, editable: bool = True) -> None:
@@ -89,6 +90,6 @@ def protos(session: nox.Session) -> None:
 @nox.session
 def quickstart(session: nox.Session) -> None:
     """The main job. Until the end-to-end quickstart lands it runs the mol-core demo."""
-    install_torch(session)
+    install_torch(session, torchrec=False)
     install_packages(session, "mol-core", editable=False)
     session.run("mol-core-demo", *session.posargs)

@@ -82,3 +82,16 @@ def test_gpu_flag_installs_from_the_default_index(script: tuple[ModuleType, list
     module, installs = script
     assert module.main(["--gpu"]) == 0
     assert installs == [[sys.executable, "-m", "pip", "install", "--quiet", "torch==2.13.0"]]
+
+
+def test_torchrec_goes_in_without_its_cuda_fbgemm_dependency(
+    script: tuple[ModuleType, list[list[str]]],
+) -> None:
+    module, installs = script
+    module.installed_torch = lambda: "2.13.0+cpu"
+    assert module.main(["--torchrec"]) == 0
+    pip = [sys.executable, "-m", "pip", "install", "--quiet"]
+    assert installs == [
+        [*pip, "fbgemm-gpu-cpu==1.8.0", *module.TORCHREC_DEPENDENCIES],
+        [*pip, "--no-deps", "torchrec==1.8.0"],
+    ]

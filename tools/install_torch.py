@@ -2,6 +2,7 @@
 
     python tools/install_torch.py            # CPU build (the default)
     python tools/install_torch.py --gpu      # CUDA build from the default index, for GPU machines
+    python tools/install_torch.py --torchrec # also fbgemm-gpu-cpu (or fbgemm-gpu with --gpu) and torchrec
 
 torch on the default package index is the CUDA build, with several GB of NVIDIA libraries. On a CPU
 machine this script asks pip which torch it *would* install (``pip install --dry-run --report``) and
@@ -13,6 +14,10 @@ refuses unless it is a CPU build (local version label ``+cpu``). Point pip at a 
 
 Nothing about the wheel's location is written in this repository: it comes from the environment at run
 time. If a matching torch is already installed, nothing is downloaded.
+
+``--torchrec`` adds the TorchRec stack that mol-train needs. torchrec declares a dependency on
+``fbgemm-gpu`` (the CUDA build), so it is installed with ``--no-deps`` after its other dependencies and
+after the fbgemm build that matches the machine: ``fbgemm-gpu-cpu`` on CPU, ``fbgemm-gpu`` with ``--gpu``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ from importlib import metadata
 
 #: The torch release mol is tested with (fbgemm-gpu 1.8 / torchrec 1.8 pair with torch 2.13).
 TORCH_VERSION = "2.13.0"
+#: fbgemm 1.X pairs with torch 2.(X+5); torchrec moves with fbgemm.
+FBGEMM_VERSION = "1.8.0"
+TORCHREC_VERSION = "1.8.0"
+#: torchrec's declared dependencies other than fbgemm-gpu (from its 1.8.0 metadata).
+TORCHREC_DEPENDENCIES = ["tensordict", "torchmetrics==1.0.3", "tqdm", "pyre-extensions"]
 
 
 def installed_torch() -> str | None:
@@ -56,17 +66,38 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--gpu", action="store_true", help="install the CUDA build from the default index")
     parser.add_argument("--version", default=TORCH_VERSION, help=f"torch version (default {TORCH_VERSION})")
+    parser.add_argument(
+        "--torchrec",
+        action="store_true",
+        help=f"also install fbgemm {FBGEMM_VERSION} (CPU or CUDA build) and torchrec {TORCHREC_VERSION}",
+    )
     args = parser.parse_args(argv)
+    code = install_torch(args.version, gpu=args.gpu)
+    if code == 0 and args.torchrec:
+        install_torchrec(gpu=args.gpu)
+    return code
+
+
+def install_torchrec(*, gpu: bool) -> None:
+    """Installs fbgemm (the build matching ``gpu``) and torchrec without its CUDA fbgemm dependency."""
+    fbgemm = f"fbgemm-gpu=={FBGEMM_VERSION}" if gpu else f"fbgemm-gpu-cpu=={FBGEMM_VERSION}"
+    pip = [sys.executable, "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, fbgemm, *TORCHREC_DEPENDENCIES], check=True)
+    subprocess.run([*pip, "--no-deps", f"torchrec=={TORCHREC_VERSION}"], check=True)
+    print(f"installed {fbgemm} and torchrec=={TORCHREC_VERSION}")
+
+
+def install_torch(version: str, *, gpu: bool) -> int:
+    """Installs torch ``version``; on CPU Linux only a ``+cpu`` build. Returns an exit code."""
 
     have = installed_torch()
-    wanted_public = args.version
-    if have is not None and have.split("+")[0] == wanted_public and (args.gpu or not _is_cuda_build(have)):
+    if have is not None and have.split("+")[0] == version and (gpu or not _is_cuda_build(have)):
         print(f"torch {have} is already installed")
         return 0
 
-    spec = f"torch=={wanted_public}"
+    spec = f"torch=={version}"
     find_links = os.environ.get("MOL_TORCH_FIND_LINKS") or None
-    if not args.gpu and sys.platform.startswith("linux"):
+    if not gpu and sys.platform.startswith("linux"):
         version, url = planned_torch(spec, find_links)
         if "+cpu" not in version:
             print(
