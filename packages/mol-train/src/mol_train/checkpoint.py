@@ -1,0 +1,112 @@
+"""Checkpoints written atomically, verified on load, never overwritten in place.
+
+A checkpoint is ``<dir>/step-<step>.pt`` (``torch.save`` of a state dict) with a sidecar
+``step-<step>.pt.sha256``. Both are written to temporary names and renamed into place, the checkpoint last
+being visible only once complete, so a crash mid-write leaves the previous checkpoint as the newest valid
+one. Loading checks the digest; a corrupt file is reported with the newest intact checkpoint to resume from.
+The newest ``keep`` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mol_core.errors import ArtifactError
+
+__all__ = ["find_checkpoints", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^step-(\d+)\.pt$")
+
+
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _write_atomically(path: Path, write: Any) -> None:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], *, keep: int = 2) -> Path:
+    """Writes ``state`` as the checkpoint of ``step`` and prunes all but the newest ``keep``.
+
+    Returns:
+        The checkpoint's path.
+    """
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step-{step:09d}.pt"
+    _write_atomically(path.with_name(path.name + ".tmpdata"), lambda h: torch.save(state, h))
+    staged = path.with_name(path.name + ".tmpdata")
+    digest = _digest(staged)
+    _write_atomically(path.with_name(path.name + ".sha256"), lambda h: h.write(f"{digest}\n".encode()))
+    os.replace(staged, path)
+    for old in find_checkpoints(folder)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+    logger.info("saved checkpoint %s", path)
+    return path
+
+
+def find_checkpoints(directory: str | Path) -> list[Path]:
+    """Checkpoint files in ``directory``, oldest first (by step)."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _is_intact(path: Path) -> bool:
+    sidecar = path.with_name(path.name + ".sha256")
+    return sidecar.is_file() and sidecar.read_text().strip() == _digest(path)
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The newest checkpoint in ``directory`` (intact or not), or ``None``."""
+    found = find_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Loads a checkpoint after verifying its digest.
+
+    Raises:
+        ArtifactError: the file is missing, its digest file is missing or does not match, or it cannot be
+            unpickled; the message names the newest intact checkpoint in the same folder, if any.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"checkpoint {path} does not exist")
+    if not _is_intact(path):
+        older = [p for p in find_checkpoints(path.parent) if p != path and _is_intact(p)]
+        hint = f"; the newest intact checkpoint is {older[-1]}: resume from it" if older else ""
+        raise ArtifactError(f"checkpoint {path} is corrupt or incomplete (sha256 does not match){hint}")
+    try:
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ArtifactError(f"checkpoint {path} cannot be read: {exc}") from exc
+    return state
