@@ -4,6 +4,7 @@ from mol_core.similarity.base import DEFAULT_BLOCK_PAIRS, ItemSide, QuerySide, S
 from mol_core.similarity.dot_product import DotProductSimilarity
 from mol_core.similarity.gating import GatingMLP, GluSiluGating
 from mol_core.similarity.mixture_of_logits import MoLSimilarity
+from mol_core.similarity.serialization import similarity_from_config, similarity_to_config
 
 __all__ = [
     "DEFAULT_BLOCK_PAIRS",
@@ -14,4 +15,6 @@ __all__ = [
     "MoLSimilarity",
     "QuerySide",
     "Similarity",
+    "similarity_from_config",
+    "similarity_to_config",
 ]
