@@ -23,5 +23,8 @@ def test_there_are_examples_to_run() -> None:
 
 
 @pytest.mark.parametrize("code", EXAMPLES)
-def test_readme_example_runs(code: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_readme_example_runs(
+    code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # examples may write files (runs/, bundles/)
     exec(compile(code, "<readme>", "exec"), {"__name__": "__readme__"})

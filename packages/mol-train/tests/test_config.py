@@ -30,12 +30,18 @@ def test_paper_preset_has_the_paper_settings() -> None:
     assert config.similarity.kind is SimilarityKind.MOL
     sim = config.similarity
     assert (sim.query_components, sim.item_components, sim.component_dim) == (8, 4, 64)
-    assert (config.train.batch_size, config.train.learning_rate, config.train.num_negatives) == (128, 1e-3, 128)
+    assert (config.train.batch_size, config.train.learning_rate, config.train.num_negatives) == (
+        128,
+        1e-3,
+        128,
+    )
     assert config.train.loss is LossKind.SAMPLED
 
 
 def test_overrides_are_parsed_as_toml_values() -> None:
-    config = load_config("tiny_cpu", ["train.epochs=7", "train.learning_rate=0.5", "data.path=somewhere/else"])
+    config = load_config(
+        "tiny_cpu", ["train.epochs=7", "train.learning_rate=0.5", "data.path=somewhere/else"]
+    )
     assert config.train.epochs == 7
     assert config.train.learning_rate == 0.5
     assert config.data.path == "somewhere/else"

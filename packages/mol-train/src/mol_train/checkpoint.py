@@ -21,7 +21,7 @@ import torch
 
 from mol_core.errors import ArtifactError
 
-__all__ = ["find_checkpoints", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["find_checkpoints", "latest_checkpoint", "load_checkpoint", "save_checkpoint", "save_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,21 @@ def _write_atomically(path: Path, write: Any) -> None:
         raise
 
 
+def save_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """Writes ``state`` and a ``.sha256`` sidecar to ``path`` atomically (read by :func:`load_checkpoint`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(path.name + ".tmpdata")
+    _write_atomically(staged, lambda h: torch.save(state, h))
+    try:
+        digest = _digest(staged)
+        _write_atomically(path.with_name(path.name + ".sha256"), lambda h: h.write(f"{digest}\n".encode()))
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+    return path
+
+
 def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], *, keep: int = 2) -> Path:
     """Writes ``state`` as the checkpoint of ``step`` and prunes all but the newest ``keep``.
 
@@ -57,13 +72,7 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], *, 
         The checkpoint's path.
     """
     folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step-{step:09d}.pt"
-    _write_atomically(path.with_name(path.name + ".tmpdata"), lambda h: torch.save(state, h))
-    staged = path.with_name(path.name + ".tmpdata")
-    digest = _digest(staged)
-    _write_atomically(path.with_name(path.name + ".sha256"), lambda h: h.write(f"{digest}\n".encode()))
-    os.replace(staged, path)
+    path = save_state(folder / f"step-{step:09d}.pt", state)
     for old in find_checkpoints(folder)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
         old.with_name(old.name + ".sha256").unlink(missing_ok=True)

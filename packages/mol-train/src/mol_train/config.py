@@ -34,6 +34,7 @@ __all__ = [
     "SimilaritySettings",
     "TrainConfig",
     "TrainSettings",
+    "config_from_dict",
     "list_presets",
     "load_config",
 ]
@@ -115,6 +116,10 @@ class TrainSettings:
     bf16: bool = True  # bf16 autocast on GPU (ignored on CPU)
     seed: int = 42
     max_steps_per_epoch: int = 0  # 0 = a full pass over the training users
+    time_budget_seconds: float = 0.0  # stop after the epoch that crosses this much training time; 0 = none
+    sharding: str = "data_parallel"  # "data_parallel" | "row_wise" | "table_wise" (mol_train.distributed)
+    table_optimizer: str = "adam"  # "adam" | "rowwise_adagrad" | "adagrad" | "sgd"; fused Adam needs CUDA
+    table_learning_rate: float = 0.0  # 0 = the same as learning_rate
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,6 +158,16 @@ class TrainConfig:
         if self.similarity.user_components > 0 and self.model.user_buckets < 1:
             raise ConfigError(
                 "similarity.user_components > 0 needs a user-id table: set model.user_buckets >= 1"
+            )
+        if self.train.sharding not in ("data_parallel", "row_wise", "table_wise"):
+            raise ConfigError(
+                "train.sharding must be 'data_parallel', 'row_wise' or 'table_wise'; "
+                f"got {self.train.sharding!r}"
+            )
+        if self.train.table_optimizer not in ("adam", "rowwise_adagrad", "adagrad", "sgd"):
+            raise ConfigError(
+                "train.table_optimizer must be 'adam', 'rowwise_adagrad', 'adagrad' or 'sgd'; "
+                f"got {self.train.table_optimizer!r}"
             )
         if self.similarity.kind is SimilarityKind.DOT and self.similarity.user_components > 0:
             raise ConfigError("similarity.user_components is only supported with similarity.kind = 'mol'")
@@ -193,7 +208,9 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> Train
     else:
         presets = list_presets()
         if str(source) not in presets:
-            raise ConfigError(f"unknown preset {source!r}; presets: {', '.join(presets)} (or give a .toml path)")
+            raise ConfigError(
+                f"unknown preset {source!r}; presets: {', '.join(presets)} (or give a .toml path)"
+            )
         text = (resources.files("mol_train") / "configs" / f"{source}.toml").read_text()
         origin = f"preset {source}"
     try:
@@ -202,6 +219,15 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> Train
         raise ConfigError(f"{origin} is not valid TOML: {exc}") from exc
     for item in overrides or []:
         _apply_override(raw, item)
+    return _build(raw, origin).validate()
+
+
+def config_from_dict(raw: dict[str, Any], origin: str = "config") -> TrainConfig:
+    """Builds and validates a config from ``{"table": {"key": value}}`` (e.g. a run's config.json).
+
+    Raises:
+        ConfigError: as :func:`load_config`; ``origin`` names the source in messages.
+    """
     return _build(raw, origin).validate()
 
 
@@ -223,7 +249,9 @@ def _build(raw: dict[str, Any], origin: str) -> TrainConfig:
         raise ConfigError(
             f"{origin}: unknown table(s) {sorted(unknown_tables)}; valid tables: {sorted(_TABLES)}"
         )
-    parts = {name: _build_table(cls, raw.get(name, {}), f"{origin} [{name}]") for name, cls in _TABLES.items()}
+    parts = {
+        name: _build_table(cls, raw.get(name, {}), f"{origin} [{name}]") for name, cls in _TABLES.items()
+    }
     return TrainConfig(**parts)
 
 
@@ -250,6 +278,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     expected = hint if isinstance(hint, type) else None
     if isinstance(hint, types.UnionType):
         expected = None
-    if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+    if expected is not None and (
+        not isinstance(value, expected) or (expected is int and isinstance(value, bool))
+    ):
         raise ConfigError(f"{where} must be of type {expected.__name__}; got {value!r}")
     return value

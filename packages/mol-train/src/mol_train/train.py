@@ -1,0 +1,324 @@
+"""The training recipe: validate, set up, train, clean up.
+
+``fit`` trains a :class:`~mol_train.model.SequentialRecommender` on a prepared data set in one process or
+in N processes launched by ``torchrun`` (the same code: one process runs a one-rank gloo group). Every
+``eval_every`` epochs it evaluates on the validation split over the full corpus, keeps the best model by
+validation NDCG@10, writes a checkpoint (atomically), and stops early after ``early_stopping_patience``
+evaluations without improvement. At the end the best model is evaluated on validation and test.
+
+Outputs in ``out_dir``: ``metrics.jsonl`` (one record per epoch and evaluation), ``curves.png``,
+``checkpoints/step-*.pt`` (the latest two, for ``resume``), ``best.pt`` (the best model's weights as a
+torchrec-free :class:`~mol_train.model.QueryEncoder` state) and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from mol_core.errors import ConfigError
+from mol_train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_state
+from mol_train.config import TrainConfig
+from mol_train.data import SequenceDataset, iter_train_batches, train_rows
+from mol_train.distributed import (
+    DistributedContext,
+    ShardingKind,
+    TableOptimizer,
+    destroy_distributed,
+    init_distributed,
+    shard_model,
+)
+from mol_train.evaluate import evaluate_encoder
+from mol_train.model import QueryEncoder, SequentialRecommender, build_model
+from mol_train.run_log import MetricsLog, plot_training_curves
+
+__all__ = ["FitResult", "encoder_from_weights", "fit", "load_weights"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a training run produced.
+
+    Attributes:
+        best_epoch: the epoch whose model is kept (best validation NDCG@10).
+        epochs_run: epochs trained in this call (after a resume: counted from the start).
+        valid: validation metrics of the best model.
+        test: test metrics of the best model.
+        wall_seconds: wall time of the call.
+        train_sequences_per_second: training sequences per second over all processes, training only.
+        out_dir: where the outputs are.
+    """
+
+    best_epoch: int
+    epochs_run: int
+    valid: dict[str, float]
+    test: dict[str, float]
+    wall_seconds: float
+    train_sequences_per_second: float
+    out_dir: Path
+
+
+def fit(
+    config: TrainConfig,
+    dataset: SequenceDataset,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Trains ``config`` on ``dataset`` and writes the run's outputs to ``out_dir``.
+
+    Args:
+        config: the configuration (validated here).
+        dataset: a prepared data set; ``config.data.max_len`` must not exceed its ``max_len``.
+        out_dir: output folder (created).
+        resume: continue from the newest checkpoint in ``out_dir/checkpoints`` (ArtifactError if it is
+            corrupt; the message names the newest intact one).
+        device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
+        progress: show a progress bar with the live loss and throughput (rank 0 only).
+
+    Raises:
+        ConfigError: an inconsistent configuration or a data set with too few users to train.
+        ArtifactError: a corrupt checkpoint on resume.
+    """
+    config.validate()
+    if config.data.max_len > dataset.max_len:
+        raise ConfigError(
+            f"data.max_len = {config.data.max_len} exceeds the prepared data set's max_len "
+            f"{dataset.max_len}; "
+            "prepare it again with a larger max_len or lower data.max_len"
+        )
+    if train_rows(dataset).size == 0:
+        raise ConfigError("the data set has no user with enough items to train (at least 4 are needed)")
+    started = time.perf_counter()
+    out = Path(out_dir)
+    with _process_group(device) as context:
+        if context.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps(_jsonable(config), indent=2, sort_keys=True))
+        return _train(config, dataset, out, context, resume=resume, progress=progress, started=started)
+
+
+def _train(
+    config: TrainConfig,
+    dataset: SequenceDataset,
+    out: Path,
+    context: DistributedContext,
+    *,
+    resume: bool,
+    progress: bool,
+    started: float,
+) -> FitResult:
+    settings = config.train
+    torch.manual_seed(settings.seed)  # the same initial weights in every process
+    model = build_model(config, dataset.num_items)
+    state: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_ndcg": -math.inf, "stale": 0}
+    checkpoint = latest_checkpoint(out / "checkpoints") if resume else None
+    if resume and checkpoint is None:
+        raise ConfigError(f"resume was asked for but {out / 'checkpoints'} holds no checkpoint")
+    if checkpoint is not None:
+        saved = load_checkpoint(checkpoint)
+        load_weights(model, saved["weights"])
+        state = saved["state"]
+        logger.info("resumed from %s (epoch %d)", checkpoint, state["epoch"])
+    sharded = shard_model(
+        model,
+        device=context.device,
+        sharding=ShardingKind(settings.sharding),
+        table_optimizer=TableOptimizer(settings.table_optimizer),
+        table_lr=settings.table_learning_rate or settings.learning_rate,
+        dense_lr=settings.learning_rate,
+        dense_weight_decay=settings.weight_decay,
+        table_weight_decay=settings.weight_decay,
+    )
+    inner: SequentialRecommender = sharded.model.module
+    log = MetricsLog(out / "metrics.jsonl") if context.is_main else None
+    autocast = settings.bf16 and context.device.type == "cuda"
+    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + state["epoch"])
+    train_seconds, train_sequences = 0.0, 0
+    epochs_run = state["epoch"]
+    for epoch in range(state["epoch"] + 1, settings.epochs + 1):
+        sharded.model.train()
+        epoch_start = time.perf_counter()
+        losses, sequences = [], 0
+        batches = _batches(dataset, config, epoch, context)
+        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not (progress and context.is_main), leave=False)
+        for batch in bar:
+            negatives = torch.randint(
+                1, dataset.num_items + 1, (settings.num_negatives,), generator=generator
+            )
+            next_times = None if batch.target_timestamps is None else batch.target_timestamps[:, -1]
+            args = [batch.inputs, batch.targets, negatives, batch.timestamps, next_times, batch.user_rows]
+            args = [None if a is None else a.to(context.device) for a in args]
+            with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+                parts = sharded.model(*args)
+            sharded.optimizer.zero_grad()
+            parts.loss.backward()
+            if settings.grad_clip > 0:
+                params = [p for p in sharded.model.parameters() if p.grad is not None]
+                torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+            sharded.optimizer.step()
+            losses.append(float(parts.loss.detach()))
+            sequences += int(batch.inputs.shape[0])
+            elapsed = time.perf_counter() - epoch_start
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", seq_s=f"{sequences * context.world_size / elapsed:.0f}")
+        seconds = time.perf_counter() - epoch_start
+        train_seconds += seconds
+        train_sequences += sequences * context.world_size
+        epochs_run = epoch
+        if log is not None:
+            log.write(
+                {
+                    "kind": "train",
+                    "epoch": epoch,
+                    "loss": sum(losses) / max(1, len(losses)),
+                    "seconds": seconds,
+                    "seq_per_s": sequences * context.world_size / max(seconds, 1e-9),
+                }
+            )
+        over_budget = 0 < settings.time_budget_seconds <= train_seconds
+        if epoch % settings.eval_every and epoch != settings.epochs and not over_budget:
+            continue
+        encoder = inner.query_encoder()  # gathers the tables: collective under sharding
+        valid = evaluate_encoder(
+            encoder, dataset, "valid", max_len=config.data.max_len, device=context.device
+        )
+        improved = valid["ndcg@10"] > state["best_ndcg"]
+        state.update(epoch=epoch)
+        if improved:
+            state.update(best_epoch=epoch, best_ndcg=valid["ndcg@10"], stale=0)
+        else:
+            state["stale"] += 1
+        weights = encoder.state_dict()
+        if log is not None:  # rank 0 logs and writes
+            log.write({"kind": "valid", "epoch": epoch, **valid})
+            logger.info("epoch %d valid %s", epoch, _short(valid))
+            save_checkpoint(out / "checkpoints", epoch, {"weights": weights, "state": dict(state)})
+            if improved:
+                save_state(out / "best.pt", {"weights": weights, "epoch": epoch})
+        patience = settings.early_stopping_patience
+        if patience and state["stale"] >= patience:
+            logger.info("early stop at epoch %d: no NDCG@10 gain in %d evaluations", epoch, patience)
+            break
+        if over_budget:
+            logger.info(
+                "stop at epoch %d: training time budget of %.0fs used", epoch, settings.time_budget_seconds
+            )
+            break
+    if context.world_size > 1:
+        dist.barrier()
+    best = load_checkpoint(out / "best.pt")
+    best_encoder = encoder_from_weights(inner, best["weights"])
+    final = {
+        split: evaluate_encoder(
+            best_encoder, dataset, split, max_len=config.data.max_len, device=context.device
+        )
+        for split in ("valid", "test")
+    }
+    result = FitResult(
+        best_epoch=int(best["epoch"]),
+        epochs_run=epochs_run,
+        valid=final["valid"],
+        test=final["test"],
+        wall_seconds=time.perf_counter() - started,
+        train_sequences_per_second=train_sequences / max(train_seconds, 1e-9),
+        out_dir=out,
+    )
+    if context.is_main:
+        (out / "results.json").write_text(json.dumps(_jsonable(result), indent=2, sort_keys=True))
+        plot_training_curves(out / "metrics.jsonl", out / "curves.png")
+    return result
+
+
+def encoder_from_weights(model: SequentialRecommender, weights: dict[str, torch.Tensor]) -> QueryEncoder:
+    """A :class:`QueryEncoder` holding ``weights`` (``best.pt`` / checkpoint ``weights``).
+
+    It shares (and overwrites) ``model``'s encoder and similarity modules.
+    """
+    encoder = QueryEncoder(weights["item_table"], weights.get("user_table"), model.encoder, model.similarity)
+    encoder.load_state_dict(weights)
+    return encoder
+
+
+def load_weights(model: SequentialRecommender, weights: dict[str, torch.Tensor]) -> None:
+    """Loads ``weights`` into an unsharded ``model``, tables included (call before ``shard_model``)."""
+    encoder_from_weights(model, weights)
+    with torch.no_grad():
+        model.tables.item_table_weight()[1:].copy_(weights["item_table"][1:])
+        user_table = weights.get("user_table")
+        if user_table is not None and model.tables.user_collection is not None:
+            model.tables.user_table_weight().copy_(user_table)
+
+
+def _batches(
+    dataset: SequenceDataset, config: TrainConfig, epoch: int, context: DistributedContext
+) -> Iterator[Any]:
+    per_rank = max(1, config.train.batch_size // context.world_size)
+    batches = iter_train_batches(
+        dataset,
+        per_rank,
+        seed=config.train.seed,
+        epoch=epoch,
+        drop_last=context.world_size > 1,  # every rank must run the same number of steps
+        rank=context.rank,
+        world_size=context.world_size,
+        max_len=config.data.max_len,
+    )
+    limit = config.train.max_steps_per_epoch
+    for step, batch in enumerate(batches):
+        if limit and step >= limit:
+            return
+        yield batch
+
+
+@contextlib.contextmanager
+def _process_group(device: str | None) -> Iterator[DistributedContext]:
+    if dist.is_initialized():  # the caller owns the group
+        rank, world = dist.get_rank(), dist.get_world_size()
+        on_cuda = dist.get_backend() == "nccl"
+        dev = (
+            torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank))) if on_cuda else torch.device("cpu")
+        )
+        yield DistributedContext(
+            rank, world, int(os.environ.get("LOCAL_RANK", rank)), dev, dist.get_backend()
+        )
+        return
+    context = init_distributed(device=device)
+    try:
+        yield context
+    finally:
+        destroy_distributed()
+
+
+def _short(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in ("hr@10", "ndcg@10", "mrr"))
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "value") and not isinstance(value, (int, float, str, bool)):
+        return value.value
+    return value

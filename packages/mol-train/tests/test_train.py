@@ -1,0 +1,79 @@
+"""fit(): learns the planted structure, writes its outputs, resumes, and refuses corrupt checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mol_core.errors import ArtifactError, ConfigError
+from mol_train.config import load_config
+from mol_train.data import make_synthetic
+from mol_train.train import fit
+
+FAST = ["data.max_len=12", "train.batch_size=32", "train.num_negatives=16"]
+
+
+@pytest.fixture(scope="module")
+def dataset():  # type: ignore[no-untyped-def]
+    return make_synthetic(num_users=300, num_items=60, max_len=12, seed=1)
+
+
+def test_fit_beats_chance_and_writes_its_outputs(dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = load_config("tiny_cpu", [*FAST, "train.epochs=4", "train.learning_rate=0.01"])
+    result = fit(config, dataset, tmp_path, progress=False)
+    chance_hr10 = 10 / dataset.num_items  # a random ranking of N items (history filtering only helps)
+    assert result.test["hr@10"] > 1.5 * chance_hr10, result.test
+    assert result.test["count"] == dataset.num_users
+    for name in ("metrics.jsonl", "curves.png", "results.json", "config.json", "best.pt", "best.pt.sha256"):
+        assert (tmp_path / name).is_file(), name
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["test"]["hr@10"] == pytest.approx(result.test["hr@10"])
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
+
+
+def test_resume_continues_and_a_corrupt_checkpoint_is_refused(dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    first = fit(load_config("tiny_cpu", [*FAST, "train.epochs=1"]), dataset, tmp_path, progress=False)
+    assert first.epochs_run == 1
+    resumed = fit(
+        load_config("tiny_cpu", [*FAST, "train.epochs=2"]), dataset, tmp_path, resume=True, progress=False
+    )
+    assert resumed.epochs_run == 2
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert epochs.count(1) == 2  # a train and a valid record; epoch 1 is not trained again
+    assert epochs.count(2) == 2
+    newest = sorted((tmp_path / "checkpoints").glob("step-*.pt"))[-1]
+    newest.write_bytes(newest.read_bytes()[:-10])
+    with pytest.raises(ArtifactError, match=r"corrupt.*step-000000001\.pt"):
+        fit(
+            load_config("tiny_cpu", [*FAST, "train.epochs=3"]), dataset, tmp_path, resume=True, progress=False
+        )
+    assert (tmp_path / "checkpoints" / "step-000000001.pt").is_file()
+
+
+def test_bad_runs_are_refused(dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="exceeds the prepared data set's max_len"):
+        fit(load_config("tiny_cpu", ["data.max_len=40"]), dataset, tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="holds no checkpoint"):
+        fit(load_config("tiny_cpu", FAST), dataset, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_load_weights_round_trips_a_width_fbgemm_pads(dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from mol_train.model import build_model
+    from mol_train.train import load_weights
+
+    config = load_config(
+        "tiny_cpu", [*FAST, "model.item_dim=10", "model.user_buckets=8", "similarity.user_components=1"]
+    )
+    torch.manual_seed(0)
+    source = build_model(config, dataset.num_items).eval()
+    weights = source.query_encoder().state_dict()
+    torch.manual_seed(1)
+    target = build_model(config, dataset.num_items).eval()
+    load_weights(target, weights)
+    for name, value in target.query_encoder().state_dict().items():
+        torch.testing.assert_close(value, weights[name], msg=name)
