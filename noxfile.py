@@ -75,7 +75,7 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict over the public packages' sources."""
     install_torch(session)
     install_packages(session, *PACKAGES)
-    session.install("mypy==2.4.1", "types-protobuf")
+    session.install("mypy==2.4.1", "types-protobuf", "types-tqdm")
     sources = [str(ROOT / "packages" / name / "src") for name in PACKAGES]
     session.run("mypy", "--config-file", str(ROOT / "pyproject.toml"), *sources)
 
