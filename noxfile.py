@@ -49,7 +49,8 @@ def test(session: nox.Session) -> None:
     """Every package's tests and the cross-package tests in tests/."""
     install_torch(session)
     install_packages(session, *PACKAGES)
-    session.install(*TEST_TOOLS, GRPCIO_TOOLS)
+    # triton (mol-index's `triton` extra): CI checks the fused kernel under TRITON_INTERPRET=1 on CPU.
+    session.install(*TEST_TOOLS, GRPCIO_TOOLS, "triton>=3.0")
     paths = [str(ROOT / "packages" / name / "tests") for name in PACKAGES] + [str(ROOT / "tests")]
     session.run("python", "-m", "pytest", *paths, *session.posargs)
 

@@ -1,9 +1,34 @@
 """mol-index: exact and approximate Mixture-of-Logits top-k retrieval over versioned index artifacts.
 
-Status: an installable skeleton. Exact and RAILS top-k, FAISS candidate stages and index artifacts
-arrive with the mol-index issue (#5); the learned index builders with #7.
+- :func:`exact_search`: blockwise exact top-k under any similarity, the ground truth;
+- :func:`rails_search`: the RAILS algorithms (TopKPerEmbd, TopKAvg, CombTopK) with the exactness bound;
+- :class:`MolIndex`: build / save / load / search with external ids, candidate stages by torch GEMM or
+  FAISS (flat, IVF, HNSW), also for dot-product (two-tower) models;
+- the CLI ``mol-index build|search|bench|info``;
+- :mod:`mol_index.triton_topk`: a fused Triton top-k kernel (optional ``triton`` extra; not imported here).
+
+Errors are mol-core's: ``ConfigError`` / ``ShapeError`` (ValueErrors) for bad arguments, ``ArtifactError``
+for index directories.
 """
+
+from mol_index.candidates import FaissStage, StageParams, TorchStage
+from mol_index.exact import exact_search
+from mol_index.index import MolIndex, SearchParams, build_from_arrays, build_from_bundle
+from mol_index.rails import Algorithm, SearchResult, rails_search
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "Algorithm",
+    "FaissStage",
+    "MolIndex",
+    "SearchParams",
+    "SearchResult",
+    "StageParams",
+    "TorchStage",
+    "__version__",
+    "build_from_arrays",
+    "build_from_bundle",
+    "exact_search",
+    "rails_search",
+]

@@ -1,0 +1,189 @@
+"""The on-disk index artifact: a directory with ``manifest.json``, safetensors and FAISS files.
+
+Layout (format version :data:`mol_core.manifest.INDEX_FORMAT_VERSION`)::
+
+    <index>/
+      manifest.json          mol.v1.IndexManifest (protobuf JSON): kind, similarity config, N, parameters,
+                             every file below with size and SHA-256
+      items.safetensors      item_ids (N,) int64 external ids; item_embeddings (N, Px, d);
+                             item_gating (N, P) (MoL only)
+      similarity.safetensors the similarity module's state dict (the gating MLPs MoL scores with)
+      faiss/component_<b>.faiss, faiss/mean.faiss
+                             FAISS candidate stage (kinds faiss-flat, faiss-ivf, faiss-hnsw only)
+
+Kinds: ``exact`` (no candidate-stage files: exact search and RAILS with the torch GEMM stage) and
+``faiss-flat`` / ``faiss-ivf`` / ``faiss-hnsw`` (RAILS with that FAISS stage; exact search too).
+
+Writing is atomic: everything goes to a temporary directory next to the destination, which is renamed
+into place at the end; a failure removes it, leaving nothing behind. Reading checks the format version
+and every file's size and SHA-256 before loading anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from mol_core.errors import ArtifactError
+from mol_core.manifest import (
+    INDEX_FORMAT_VERSION,
+    MANIFEST_FILENAME,
+    file_entry,
+    read_manifest,
+    verify_files,
+    write_manifest,
+)
+from mol_core.proto.mol.v1 import manifest_pb2
+from mol_core.similarity import ItemSide, Similarity, similarity_from_config, similarity_to_config
+from mol_index.candidates import FaissStage
+
+__all__ = ["KINDS", "LoadedArtifact", "read_artifact", "write_artifact"]
+
+#: Index kinds this mol writes and reads, by candidate stage.
+KINDS = {"torch": "exact", "flat": "faiss-flat", "ivf": "faiss-ivf", "hnsw": "faiss-hnsw"}
+_ITEMS = "items.safetensors"
+_SIMILARITY = "similarity.safetensors"
+
+
+@dataclass(frozen=True)
+class LoadedArtifact:
+    """The parts of an index artifact, checked and loaded (see :func:`read_artifact`)."""
+
+    similarity: Similarity
+    item_ids: torch.Tensor
+    corpus: ItemSide
+    stage_kind: str
+    faiss_stage: FaissStage | None
+    manifest: manifest_pb2.IndexManifest
+
+
+def write_artifact(
+    path: str | Path,
+    *,
+    similarity: Similarity,
+    item_ids: torch.Tensor,
+    corpus: ItemSide,
+    stage_kind: str,
+    faiss_stage: FaissStage | None,
+    parameters: dict[str, str],
+    version: str,
+    overwrite: bool = False,
+) -> Path:
+    """Writes an index artifact directory atomically; returns its path.
+
+    Args:
+        path: the directory to create; its parent must exist.
+        similarity: the similarity (constructor arguments go to the manifest, parameters to safetensors).
+        item_ids: ``(N,)`` int64 external ids.
+        corpus: ``(N, Px, d)`` item embeddings and ``(N, P)`` gating features (or none).
+        stage_kind: ``torch``, ``flat``, ``ivf`` or ``hnsw``.
+        faiss_stage: the FAISS stage to save (None for ``torch``).
+        parameters: build parameters to record in the manifest.
+        version: the mol-index version writing it.
+        overwrite: replace an existing directory at ``path`` (the old one is removed only after the new
+            one is complete).
+
+    Raises:
+        ArtifactError: ``path`` exists and ``overwrite`` is False, its parent is missing, or a write failed.
+    """
+    dest = Path(path)
+    if dest.exists() and not overwrite:
+        raise ArtifactError(f"{dest} already exists; choose another path or pass overwrite=True")
+    if not dest.parent.is_dir():
+        raise ArtifactError(f"cannot write the index to {dest}: the parent directory does not exist")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the index is an ordinary, readable directory
+        tensors = {"item_ids": item_ids, "item_embeddings": corpus.embeddings}
+        if corpus.gating is not None:
+            tensors["item_gating"] = corpus.gating
+        save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(tmp / _ITEMS))
+        state = {name: t.detach().cpu().contiguous() for name, t in similarity.state_dict().items()}
+        save_file(state, str(tmp / _SIMILARITY))
+        now = datetime.datetime.now(datetime.timezone.utc)
+        kind = KINDS[stage_kind]
+        manifest = manifest_pb2.IndexManifest(
+            format_version=INDEX_FORMAT_VERSION,
+            mol_version=version,
+            kind=kind,
+            index_version=f"{kind}-{now:%Y%m%d}-{secrets.token_hex(3)}",
+            similarity=similarity_to_config(similarity),
+            num_items=int(item_ids.shape[0]),
+            parameters={
+                **parameters,
+                "stage": stage_kind,
+                "temperature": repr(float(similarity.temperature)),
+            },
+        )
+        manifest.created_at.FromDatetime(now)
+        manifest.files.append(file_entry(tmp / _ITEMS, tmp, "index_tensors"))
+        manifest.files.append(file_entry(tmp / _SIMILARITY, tmp, "similarity_state"))
+        if faiss_stage is not None:
+            for file in faiss_stage.save(tmp):
+                manifest.files.append(file_entry(file, tmp, "faiss_index"))
+        write_manifest(manifest, tmp / MANIFEST_FILENAME)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.old")
+            dest.rename(old)
+            tmp.rename(dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(dest)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmp)
+        if isinstance(err, OSError):
+            raise ArtifactError(f"cannot write the index to {dest}: {err}") from err
+        raise
+    return dest
+
+
+def read_artifact(path: str | Path) -> LoadedArtifact:
+    """Reads and checks an index artifact written by :func:`write_artifact`.
+
+    Raises:
+        ArtifactError: missing manifest, another format version, unknown kind, a file whose size or
+            SHA-256 does not match, or tensors inconsistent with the manifest.
+    """
+    root = Path(path)
+    manifest = read_manifest(root / MANIFEST_FILENAME, manifest_pb2.IndexManifest, INDEX_FORMAT_VERSION)
+    stages = {kind: stage for stage, kind in KINDS.items()}
+    if manifest.kind not in stages:
+        raise ArtifactError(
+            f"{root}: index kind {manifest.kind!r} is not one this mol-index reads ({sorted(stages)}); "
+            "upgrade mol-index or rebuild the index"
+        )
+    verify_files(manifest, root)
+    temperature_text = manifest.parameters.get("temperature")
+    try:
+        temperature = float(temperature_text) if temperature_text is not None else None
+        similarity = similarity_from_config(manifest.similarity, temperature)
+        similarity.load_state_dict(load_file(str(root / _SIMILARITY)))
+        tensors = load_file(str(root / _ITEMS))
+    except (SafetensorError, RuntimeError, ValueError, OSError) as err:
+        raise ArtifactError(f"{root}: cannot load the index tensors: {err}; rebuild the index") from err
+    similarity.eval()
+    missing = {"item_ids", "item_embeddings"} - set(tensors)
+    if missing:
+        raise ArtifactError(f"{root}/{_ITEMS} lacks {sorted(missing)}; rebuild the index")
+    item_ids = tensors["item_ids"]
+    corpus = ItemSide(tensors["item_embeddings"], tensors.get("item_gating"))
+    if item_ids.shape != (manifest.num_items,) or corpus.num_items != manifest.num_items:
+        raise ArtifactError(
+            f"{root}: the manifest says N = {manifest.num_items} items but the tensors hold "
+            f"{tuple(item_ids.shape)} ids and {tuple(corpus.embeddings.shape)} embeddings; rebuild the index"
+        )
+    stage_kind = stages[manifest.kind]
+    faiss_stage = None
+    if stage_kind != "torch":
+        faiss_stage = FaissStage.load(stage_kind, root, similarity.num_item_components)
+    return LoadedArtifact(similarity, item_ids, corpus, stage_kind, faiss_stage, manifest)

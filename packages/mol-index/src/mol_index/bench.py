@@ -1,0 +1,385 @@
+"""Recall and latency of exact and RAILS top-k on synthetic clustered MoL corpora (``mol-index bench``).
+
+Corpus (:func:`synthetic_corpus`): ``N`` items in clusters of about 200; item ``x`` of cluster ``c`` has
+components ``g_b(x) = normalize(center[c, b] + noise)`` (noise norm about 0.5, cosine to its center about
+0.9); each query has two interest clusters and each of its ``Pq`` components lies near one component
+center of one of them. The MoL gating MLPs have random (untrained) weights; item and query gating
+features come from random cluster-correlated representations. Pq x Px x d = 8 x 4 x 64, tau = 0.05.
+
+For every candidate stage, algorithm and ``K'``: recall@k against the exact top-k (same run), the hit
+rate of the exact top-1 (the exact best item is among the ``k`` returned), the fraction of queries the
+bound proves exact, mean candidates reranked, latency p50/p99 per batch at B = 1 and B = 32, and the
+speedup over exact brute force (:func:`~mol_index.exact.exact_search`) at the same B, in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import faiss
+import torch
+
+from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide
+from mol_index.exact import exact_search
+from mol_index.index import MolIndex, SearchParams
+from mol_index.rails import Algorithm, SearchResult
+
+__all__ = ["main", "run", "synthetic_corpus"]
+
+_REPR_DIM = 32
+_ALGORITHMS = (Algorithm.TOP_K_PER_EMBD, Algorithm.TOP_K_AVG, Algorithm.COMB_TOP_K)
+
+
+def synthetic_corpus(
+    num_items: int, num_queries: int, *, pq: int = 8, px: int = 4, dim: int = 64, seed: int = 0
+) -> tuple[MoLSimilarity, QuerySide, ItemSide]:
+    """A random-weight MoL, ``(B, Pq, d)`` queries and a clustered ``(N, Px, d)`` corpus (see the module)."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    sim = MoLSimilarity(
+        query_input_dim=_REPR_DIM,
+        item_input_dim=_REPR_DIM,
+        query_components=pq,
+        item_components=px,
+        component_dim=dim,
+    ).eval()
+    clusters = max(8, num_items // 200)
+    centers = torch.nn.functional.normalize(torch.randn(clusters, px, dim, generator=gen), dim=-1)
+    cluster_repr = torch.randn(clusters, _REPR_DIM, generator=gen)
+    assign = torch.randint(0, clusters, (num_items,), generator=gen)
+    emb = torch.empty(num_items, px, dim)
+    gating = torch.empty(num_items, pq * px)
+    with torch.inference_mode():
+        for start in range(0, num_items, 65536):  # chunks keep the temporary noise small at N = 1e6
+            c = assign[start : start + 65536]
+            noise = torch.randn(len(c), px, dim, generator=gen) * (0.5 / dim**0.5)
+            emb[start : start + len(c)] = torch.nn.functional.normalize(centers[c] + noise, dim=-1)
+            reprs = cluster_repr[c] + torch.randn(len(c), _REPR_DIM, generator=gen)
+            gating[start : start + len(c)] = sim.gating.item_features(reprs)
+        interests = torch.randint(0, clusters, (num_queries, 2), generator=gen)
+        pick = interests.gather(1, torch.randint(0, 2, (num_queries, pq), generator=gen))  # (B, Pq)
+        comp = torch.randint(0, px, (num_queries, pq), generator=gen)
+        noise = torch.randn(num_queries, pq, dim, generator=gen) * (0.5 / dim**0.5)
+        f = torch.nn.functional.normalize(centers[pick, comp] + noise, dim=-1)  # (B, Pq, d)
+        q_repr = cluster_repr[interests[:, 0]] + torch.randn(num_queries, _REPR_DIM, generator=gen)
+        query = QuerySide(f, sim.gating.query_features(q_repr))
+    return sim, query, ItemSide(emb, gating)
+
+
+def _percentiles(times: list[float], prefix: str) -> dict[str, float]:
+    ordered = sorted(times)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {f"{prefix}p50_ms": 1e3 * statistics.median(ordered), f"{prefix}p99_ms": 1e3 * p99}
+
+
+def _latency(fn: Callable[[QuerySide], Any], batches: list[QuerySide]) -> dict[str, float]:
+    """Per-batch CPU time of this process (``p50_ms``, ``p99_ms``) and wall time (``wall_p50_ms``, ...).
+
+    CPU time is what the tables report: on a machine shared with other jobs, wall time also counts the
+    time this process waits for a core; with one thread CPU time is the latency on an idle core.
+    """
+    fn(batches[0])  # warm-up
+    cpu, wall = [], []
+    for batch in batches:
+        start_cpu, start_wall = time.process_time(), time.perf_counter()
+        fn(batch)
+        cpu.append(time.process_time() - start_cpu)
+        wall.append(time.perf_counter() - start_wall)
+    return {**_percentiles(cpu, ""), **_percentiles(wall, "wall_")}
+
+
+def _split(query: QuerySide, size: int, count: int) -> list[QuerySide]:
+    gating = query.gating
+    return [
+        QuerySide(
+            query.embeddings[i * size : (i + 1) * size],
+            None if gating is None else gating[i * size : (i + 1) * size],
+        )
+        for i in range(count)
+    ]
+
+
+def _index_bytes(index: MolIndex) -> int:
+    corpus = index.corpus
+    total = corpus.embeddings.nbytes + (0 if corpus.gating is None else corpus.gating.nbytes)
+    stage = index.faiss_stage
+    if stage is not None:
+        for sub in [*stage.component_indexes, stage.mean_index]:
+            total += int(faiss.serialize_index(sub).nbytes)
+    return int(total)
+
+
+def run(
+    *,
+    sizes: list[int],
+    stages: dict[int, list[str]],
+    k_primes: list[int],
+    batches_b32: int,
+    queries_b1: int,
+    k: int = 10,
+    seed: int = 0,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Runs the benchmark; returns the JSON-ready result (see the module docstring for what is measured)."""
+    results: list[dict[str, Any]] = []
+    violations = 0
+    for num_items in sizes:
+        num_queries = 32 * batches_b32
+        sim, query, corpus = synthetic_corpus(num_items, num_queries, seed=seed)
+        b32, b1 = _split(query, 32, batches_b32), _split(query, 1, queries_b1)
+        with torch.inference_mode():
+            truth = torch.cat([exact_search(sim, q, corpus, k)[1] for q in b32])  # (Q, k)
+            exact_lat = {
+                "b1": _latency(functools.partial(exact_search, sim, corpus=corpus, k=k), b1),
+                "b32": _latency(functools.partial(exact_search, sim, corpus=corpus, k=k), b32),
+            }
+        log(
+            f"N={num_items}: exact p50 B=1 {exact_lat['b1']['p50_ms']:.1f} ms, "
+            f"B=32 {exact_lat['b32']['p50_ms']:.1f} ms"
+        )
+        results.append(
+            {
+                "N": num_items,
+                "stage": "-",
+                "algorithm": "exact",
+                "k_prime": num_items,
+                "recall": 1.0,
+                "top1_hit": 1.0,
+                "proven_exact": 1.0,
+                "candidates": num_items,
+                "b1": exact_lat["b1"],
+                "b32": exact_lat["b32"],
+                "speedup_b1": 1.0,
+                "speedup_b32": 1.0,
+                "index_bytes": corpus.embeddings.nbytes
+                + (corpus.gating.nbytes if corpus.gating is not None else 0),
+            }
+        )
+        for stage in stages.get(num_items, []):
+            search_threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(os.cpu_count() or 1)  # build with every core, search with --threads
+            start = time.perf_counter()
+            index = MolIndex.build(
+                sim, torch.arange(num_items), corpus, stage=stage, hnsw_m=16, ef_construction=80
+            )
+            build_s = time.perf_counter() - start
+            faiss.omp_set_num_threads(search_threads)
+            nlist = int(index.parameters.get("nlist", "0"))
+            variants: list[tuple[Algorithm, int, bool]] = [
+                (a, kp, False) for a in _ALGORITHMS for kp in k_primes
+            ]
+            if stage in ("torch", "flat"):
+                variants.append((Algorithm.COMB_TOP_K, k_primes[0], True))
+            for algorithm, k_prime, guarantee in variants:
+                params = SearchParams(
+                    algorithm=algorithm,
+                    k_prime=k_prime,
+                    guarantee_exact=guarantee,
+                    nprobe=max(8, nlist // 16) if nlist else None,
+                    ef_search=2 * k_prime,
+                )
+
+                def search(q: QuerySide, p: SearchParams = params, idx: MolIndex = index) -> SearchResult:
+                    return idx.search_with_info(q, k, params=p)
+
+                found = [search(q) for q in b32]
+                ids = torch.cat([r.ids for r in found])  # (Q, k)
+                proven = torch.cat([r.exact for r in found])  # (Q,)
+                hits = (ids.unsqueeze(2) == truth.unsqueeze(1)).any(2)  # (Q, k)
+                wrong = int((proven & (ids != truth).any(1)).sum())
+                violations += wrong
+                lat = {"b1": _latency(search, b1), "b32": _latency(search, b32)}
+                row = {
+                    "N": num_items,
+                    "stage": stage,
+                    "algorithm": algorithm.value + (" +guarantee" if guarantee else ""),
+                    "k_prime": k_prime,
+                    "recall": float(hits.float().mean()),
+                    "top1_hit": float((ids == truth[:, :1]).any(1).float().mean()),
+                    "proven_exact": float(proven.float().mean()),
+                    "proven_but_different": wrong,
+                    "candidates": float(torch.cat([r.num_candidates for r in found]).float().mean()),
+                    "b1": lat["b1"],
+                    "b32": lat["b32"],
+                    "speedup_b1": exact_lat["b1"]["p50_ms"] / lat["b1"]["p50_ms"],
+                    "speedup_b32": exact_lat["b32"]["p50_ms"] / lat["b32"]["p50_ms"],
+                    "index_bytes": _index_bytes(index),
+                    "build_s": build_s,
+                    "nlist": nlist,
+                }
+                results.append(row)
+                log(format_row(row))
+        log(f"N={num_items}: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
+    return {
+        "benchmark": "mol_index",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "faiss": faiss.__version__,
+        },
+        "config": {
+            "Pq": 8,
+            "Px": 4,
+            "d": 64,
+            "tau": 0.05,
+            "k": k,
+            "batches_b32": batches_b32,
+            "queries_b1": queries_b1,
+            "hnsw_m": 16,
+            "ef_construction": 80,
+            "nprobe": "max(8, nlist/16)",
+            "ef_search": "2K'",
+            "faiss_threads": faiss.omp_get_max_threads(),
+            "latency": "CPU time of the process per batch (time.process_time), wall time in wall_*",
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        },
+        "results": results,
+        "violations": violations,
+    }
+
+
+HEADER = (
+    f"{'N':>8} {'stage':>6} {'algorithm':>24} {'K1':>5} {'recall':>7} {'top1':>5} {'proven':>6} "
+    f"{'cands':>7} {'B1 p50':>8} {'B1 p99':>8} {'B32 p50':>8} {'B32 p99':>8} {'x B1':>6} {'x B32':>6} "
+    f"{'MB':>7}"
+)
+
+
+def format_row(row: dict[str, Any]) -> str:
+    """One table line of a result row (latencies in ms, speedups over exact at the same B)."""
+    return (
+        f"{row['N']:>8} {row['stage']:>6} {row['algorithm']:>24} {row['k_prime']:>5} {row['recall']:>7.4f} "
+        f"{row['top1_hit']:>5.3f} {row['proven_exact']:>6.3f} {row['candidates']:>7.0f} "
+        f"{row['b1']['p50_ms']:>8.2f} {row['b1']['p99_ms']:>8.2f} {row['b32']['p50_ms']:>8.1f} "
+        f"{row['b32']['p99_ms']:>8.1f} {row['speedup_b1']:>6.1f} {row['speedup_b32']:>6.1f} "
+        f"{row['index_bytes'] / 1e6:>7.0f}"
+    )
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Recall@k against B = 32 p50 latency, one panel per N; colour = stage, line style = algorithm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"torch": "tab:blue", "flat": "tab:orange", "ivf": "tab:green", "hnsw": "tab:red"}
+    styles = {"topk_per_embd": ("-", "o"), "topk_avg": (":", "s"), "comb_topk": ("--", "^")}
+    sizes = sorted({r["N"] for r in result["results"]})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.5), squeeze=False)
+    handles: dict[str, Any] = {}
+    for ax, num_items in zip(axes[0], sizes, strict=True):
+        rows = [r for r in result["results"] if r["N"] == num_items]
+        exact = next(r for r in rows if r["algorithm"] == "exact")
+        handles["exact brute force"] = ax.axvline(exact["b32"]["p50_ms"], color="black", linestyle="-.")
+        for stage, colour in colours.items():
+            for algorithm, (style, marker) in styles.items():
+                line = sorted(
+                    (r for r in rows if r["stage"] == stage and r["algorithm"] == algorithm),
+                    key=lambda r: r["k_prime"],
+                )
+                if line:
+                    (handles[f"{stage} {algorithm}"],) = ax.plot(
+                        [r["b32"]["p50_ms"] for r in line],
+                        [r["recall"] for r in line],
+                        color=colour,
+                        linestyle=style,
+                        marker=marker,
+                    )
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("single-core CPU time per batch of 32 queries, p50 (ms, log scale)")
+        ax.set_ylabel(f"recall@{result['config']['k']} vs exact")
+        ax.set_title(f"N = {num_items:,}")
+        ax.axhline(0.99, color="grey", linewidth=0.5)
+        ax.grid(alpha=0.3)
+    fig.legend(list(handles.values()), list(handles), loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI of the benchmark; exit 1 when a result the bound proved exact differs from exact search."""
+    parser = argparse.ArgumentParser(
+        prog="mol-index bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="N = 10,000 only, fewer queries (CI, under 3 minutes)"
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", help="corpus sizes (default 10,000 100,000 1,000,000)"
+    )
+    parser.add_argument("--k-primes", type=int, nargs="+", help="K' values (default 16 64 256; quick: 16 64)")
+    parser.add_argument(
+        "--stages", nargs="+", help="candidate stages for N <= 100,000 (default torch flat ivf hnsw)"
+    )
+    parser.add_argument(
+        "--large-stages",
+        nargs="+",
+        default=["ivf", "hnsw"],
+        help="candidate stages for N > 100,000, where the brute-force stages are as slow as "
+        "exact search (default ivf hnsw)",
+    )
+    parser.add_argument("--batches", type=int, help="batches of 32 queries (default 5; quick 2)")
+    parser.add_argument("--b1-queries", type=int, help="single queries timed at B = 1 (default 30; quick 10)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch and FAISS threads (default 1: latencies are then single-core CPU times, robust to other "
+        "jobs on a shared machine; with torch and FAISS both spinning OpenMP threads on 2 cores each switch "
+        "between them cost about 9 ms)",
+    )
+    parser.add_argument("--output", type=Path, help="write the result as JSON to this path")
+    parser.add_argument("--plot", type=Path, help="write a recall-vs-latency PNG here (needs matplotlib)")
+    args = parser.parse_args(argv)
+    faiss.omp_set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    sizes = args.sizes or ([10_000] if args.quick else [10_000, 100_000, 1_000_000])
+    small = args.stages or ["torch", "flat", "ivf", "hnsw"]
+    stages = {n: (small if n <= 100_000 else list(args.large_stages)) for n in sizes}
+    print(HEADER, flush=True)
+    result = run(
+        sizes=sizes,
+        stages=stages,
+        k_primes=args.k_primes or ([16, 64] if args.quick else [16, 64, 256]),
+        batches_b32=args.batches or (2 if args.quick else 5),
+        queries_b1=args.b1_queries or (10 if args.quick else 30),
+        log=lambda line: print(line, flush=True),
+    )
+    result["mode"] = "quick" if args.quick else "full"
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.output.with_name(f".{args.output.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(args.output)
+    if args.plot:
+        plot(result, args.plot)
+    if result["violations"]:
+        print(f"FAIL: {result['violations']} results proven exact differ from exact search", file=sys.stderr)
+        return 1
+    bad = [r for r in result["results"] if "guarantee" in r["algorithm"] and r["recall"] < 1.0]
+    if bad:
+        print(f"FAIL: exact-guaranteed search missed exact results: {bad}", file=sys.stderr)
+        return 1
+    return 0

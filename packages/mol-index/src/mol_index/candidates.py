@@ -1,0 +1,283 @@
+"""Candidate stages of the RAILS algorithms: cheap per-component MIPS over the item components.
+
+A stage answers two questions for a batch of queries:
+
+- :meth:`CandidateStage.per_component`: for every query component ``a`` and item component ``b``, the
+  top ``K'`` items by ``<f_a(q), g_b(x)>`` (TopKPerEmbd);
+- :meth:`CandidateStage.mean`: the top ``K'`` items by ``<mean_a f_a(q), mean_b g_b(x)>`` (TopKAvg).
+
+:class:`TorchStage` computes both exactly with blockwise GEMMs over the corpus. :class:`FaissStage` keeps
+one FAISS index per item component ``b`` (queried with all ``Pq`` query components) plus one over the mean
+item embeddings; ``flat`` (``IndexFlatIP``) is exact, ``ivf`` and ``hnsw`` are approximate. Only an exact
+stage lets the exactness bound prove a result exact (``CandidateStage.exact``).
+
+Values are raw inner products (not divided by the temperature); missing results (an approximate index
+that found fewer than ``K'`` items) have value ``-inf`` and row ``-1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import faiss
+import numpy as np
+import torch
+
+from mol_core.errors import ArtifactError, ConfigError
+
+__all__ = ["STAGE_KINDS", "CandidateStage", "FaissStage", "StageParams", "TorchStage"]
+
+#: Candidate stages by name: ``torch`` (exact, no extra files) and the FAISS ones.
+STAGE_KINDS = ("torch", "flat", "ivf", "hnsw")
+
+#: Inner products computed per GEMM block of the torch stage (about 16 MB of float32).
+_TORCH_BLOCK_VALUES = 1 << 22
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageParams:
+    """Search-time knobs of approximate FAISS stages (ignored by exact stages).
+
+    Attributes:
+        nprobe: IVF lists visited per query component (default ``max(8, nlist // 16)``; more is slower and
+            finds more).
+        ef_search: HNSW search beam width (default: FAISS's, 16; raised to at least ``K'``).
+    """
+
+    nprobe: int | None = None
+    ef_search: int | None = None
+
+
+class CandidateStage(Protocol):
+    """What the RAILS algorithms need from a candidate stage (see the module docstring)."""
+
+    @property
+    def exact(self) -> bool:
+        """True when the stage returns the exact top ``K'`` (then the exactness bound holds)."""
+        ...
+
+    def per_component(
+        self, queries: torch.Tensor, k_prime: int, params: StageParams
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, Pq, d)`` query components -> values and rows ``(B, Pq, Px, K')``, values descending."""
+        ...
+
+    def mean(
+        self, queries: torch.Tensor, k_prime: int, params: StageParams
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, d)`` mean query components -> values and rows ``(B, K')``, values descending."""
+        ...
+
+
+def _running_topk(
+    best: tuple[torch.Tensor, torch.Tensor] | None, values: torch.Tensor, rows: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merges ``(..., n)`` values and rows into a running ``(..., <=k)`` top-k along the last dimension."""
+    if best is not None:
+        values = torch.cat([best[0], values], dim=-1)
+        rows = torch.cat([best[1], rows], dim=-1)
+    top = torch.topk(values, min(k, values.shape[-1]), dim=-1)  # (..., k)
+    return top.values, rows.gather(-1, top.indices)
+
+
+class TorchStage:
+    """Exact candidate stage by blockwise torch GEMMs over the ``(N, Px, d)`` item components.
+
+    Args:
+        item_embeddings: ``(N, Px, d)`` item component embeddings.
+    """
+
+    def __init__(self, item_embeddings: torch.Tensor) -> None:
+        self.items = item_embeddings  # (N, Px, d)
+        self.mean_items = item_embeddings.mean(dim=1)  # (N, d)
+
+    @property
+    def exact(self) -> bool:
+        """Always True: every inner product is computed."""
+        return True
+
+    def per_component(
+        self, queries: torch.Tensor, k_prime: int, params: StageParams
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top ``K'`` rows per (query component, item component); see :class:`CandidateStage`."""
+        batch, num_q, dim = queries.shape
+        num_items, num_x, _ = self.items.shape
+        flat_q = queries.reshape(batch * num_q, dim)  # (B*Pq, d)
+        block = max(k_prime, _TORCH_BLOCK_VALUES // max(1, batch * num_q * num_x))
+        best: tuple[torch.Tensor, torch.Tensor] | None = None
+        for start in range(0, num_items, block):
+            stop = min(start + block, num_items)
+            items = self.items[start:stop].reshape(-1, dim)  # (n*Px, d)
+            ip = (flat_q @ items.T).view(batch * num_q, stop - start, num_x).transpose(1, 2)  # (B*Pq, Px, n)
+            top = torch.topk(ip, min(k_prime, stop - start), dim=-1)  # (B*Pq, Px, k')
+            best = _running_topk(best, top.values, top.indices + start, k_prime)
+        if best is None:
+            raise ConfigError("the corpus is empty")
+        values, rows = best
+        return values.view(batch, num_q, num_x, -1), rows.view(batch, num_q, num_x, -1)
+
+    def mean(
+        self, queries: torch.Tensor, k_prime: int, params: StageParams
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top ``K'`` rows by ``<mean f, mean g>``; see :class:`CandidateStage`."""
+        num_items = self.mean_items.shape[0]
+        block = max(k_prime, _TORCH_BLOCK_VALUES // max(1, queries.shape[0]))
+        best: tuple[torch.Tensor, torch.Tensor] | None = None
+        for start in range(0, num_items, block):
+            stop = min(start + block, num_items)
+            ip = queries @ self.mean_items[start:stop].T  # (B, n)
+            top = torch.topk(ip, min(k_prime, stop - start), dim=-1)  # (B, k')
+            best = _running_topk(best, top.values, top.indices + start, k_prime)
+        if best is None:
+            raise ConfigError("the corpus is empty")
+        return best
+
+
+def _new_faiss_index(
+    kind: str, vectors: np.ndarray, *, nlist: int, hnsw_m: int, ef_construction: int
+) -> faiss.Index:
+    dim = vectors.shape[1]
+    if kind == "flat":
+        index: faiss.Index = faiss.IndexFlatIP(dim)
+    elif kind == "ivf":
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)  # the Python wrapper keeps a reference to the quantizer
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+    else:
+        raise ConfigError(f"unknown FAISS stage {kind!r}; expected one of flat, ivf, hnsw")
+    index.add(vectors)
+    return index
+
+
+class FaissStage:
+    """Candidate stage with one FAISS inner-product index per item component plus one over mean items.
+
+    Build it with :meth:`build`; :meth:`save` / :meth:`load` write and read the ``Px + 1`` index files.
+
+    Args:
+        kind: ``flat``, ``ivf`` or ``hnsw``.
+        component_indexes: ``Px`` FAISS indexes over ``g_b(x)``, each with ``N`` vectors of dimension ``d``.
+        mean_index: a FAISS index over ``mean_b g_b(x)``.
+        nlist: IVF lists (recorded for the manifest; 0 for other kinds).
+    """
+
+    def __init__(
+        self, kind: str, component_indexes: list[faiss.Index], mean_index: faiss.Index, *, nlist: int = 0
+    ) -> None:
+        if kind not in STAGE_KINDS[1:]:
+            raise ConfigError(f"unknown FAISS stage {kind!r}; expected one of flat, ivf, hnsw")
+        self.kind = kind
+        self.nlist = nlist
+        self.component_indexes = component_indexes
+        self.mean_index = mean_index
+
+    @classmethod
+    def build(
+        cls,
+        kind: str,
+        item_embeddings: torch.Tensor,
+        *,
+        nlist: int | None = None,
+        hnsw_m: int = 32,
+        ef_construction: int = 200,
+    ) -> FaissStage:
+        """Builds the indexes from ``(N, Px, d)`` item component embeddings.
+
+        Args:
+            kind: ``flat`` (exact), ``ivf`` (``nlist`` lists, k-means on the items) or ``hnsw``.
+            item_embeddings: ``(N, Px, d)``.
+            nlist: IVF lists; default ``round(sqrt(N))``, at most ``N // 39`` (FAISS wants 39 points per
+                centroid), at least 1.
+            hnsw_m: HNSW neighbours per node.
+            ef_construction: HNSW build beam width.
+        """
+        num_items = item_embeddings.shape[0]
+        if nlist is None:
+            nlist = max(1, min(round(num_items**0.5), num_items // 39))
+        if nlist < 1 or nlist > num_items:
+            raise ConfigError(f"nlist must be in [1, N={num_items}]; got {nlist}")
+        items = item_embeddings.detach().float().cpu()
+        knobs = {"nlist": nlist, "hnsw_m": hnsw_m, "ef_construction": ef_construction}
+        components = [
+            _new_faiss_index(kind, np.ascontiguousarray(items[:, b].numpy()), **knobs)
+            for b in range(items.shape[1])
+        ]
+        mean = _new_faiss_index(kind, np.ascontiguousarray(items.mean(dim=1).numpy()), **knobs)
+        return cls(kind, components, mean, nlist=nlist if kind == "ivf" else 0)
+
+    @property
+    def default_nprobe(self) -> int:
+        """IVF lists visited when ``StageParams.nprobe`` is None: ``max(8, nlist // 16)``, capped at nlist."""
+        return max(1, min(self.nlist, max(8, self.nlist // 16)))
+
+    @property
+    def exact(self) -> bool:
+        """True for ``flat``: IVF and HNSW may miss items, so the bound proves nothing with them."""
+        return self.kind == "flat"
+
+    def _search(
+        self, index: faiss.Index, queries: torch.Tensor, k_prime: int, params: StageParams
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        search_params: faiss.SearchParameters | None = None
+        if self.kind == "ivf":
+            ivf = faiss.SearchParametersIVF()
+            ivf.nprobe = params.nprobe or self.default_nprobe
+            search_params = ivf
+        elif self.kind == "hnsw":
+            hnsw = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss's stubs
+            hnsw.efSearch = max(k_prime, params.ef_search or 16)
+            search_params = hnsw
+        x = np.ascontiguousarray(queries.detach().float().cpu().numpy())
+        dist, ids = index.search(x, k_prime, params=search_params)
+        values = torch.from_numpy(dist)
+        rows = torch.from_numpy(ids).to(torch.int64)
+        values = values.masked_fill(rows < 0, float("-inf"))
+        return values.to(queries.device), rows.to(queries.device)
+
+    def per_component(
+        self, queries: torch.Tensor, k_prime: int, params: StageParams
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top ``K'`` rows per (query component, item component); see :class:`CandidateStage`."""
+        batch, num_q, dim = queries.shape
+        flat_q = queries.reshape(batch * num_q, dim)  # (B*Pq, d)
+        results = [self._search(index, flat_q, k_prime, params) for index in self.component_indexes]
+        values = torch.stack([v for v, _ in results], dim=1)  # (B*Pq, Px, K')
+        rows = torch.stack([r for _, r in results], dim=1)  # (B*Pq, Px, K')
+        num_x = len(self.component_indexes)
+        return values.view(batch, num_q, num_x, k_prime), rows.view(batch, num_q, num_x, k_prime)
+
+    def mean(
+        self, queries: torch.Tensor, k_prime: int, params: StageParams
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top ``K'`` rows by ``<mean f, mean g>``; see :class:`CandidateStage`."""
+        return self._search(self.mean_index, queries, k_prime, params)
+
+    def file_names(self) -> list[str]:
+        """Relative paths of the index files :meth:`save` writes: ``Px`` component files, then the mean."""
+        return [f"faiss/component_{b}.faiss" for b in range(len(self.component_indexes))] + [
+            "faiss/mean.faiss"
+        ]
+
+    def save(self, root: Path) -> list[Path]:
+        """Writes the index files under ``root``; returns their paths in :meth:`file_names` order."""
+        (root / "faiss").mkdir(parents=True, exist_ok=True)
+        paths = [root / name for name in self.file_names()]
+        for index, path in zip([*self.component_indexes, self.mean_index], paths, strict=True):
+            faiss.write_index(index, str(path))
+        return paths
+
+    @classmethod
+    def load(cls, kind: str, root: Path, num_item_components: int) -> FaissStage:
+        """Reads the ``Px + 1`` index files written by :meth:`save`."""
+        names = [f"faiss/component_{b}.faiss" for b in range(num_item_components)] + ["faiss/mean.faiss"]
+        try:
+            indexes = [faiss.read_index(str(root / name)) for name in names]
+        except RuntimeError as err:  # FAISS reports unreadable files as RuntimeError
+            raise ArtifactError(f"cannot read the FAISS index files of {root}: {err}") from err
+        nlist = int(faiss.extract_index_ivf(indexes[0]).nlist) if kind == "ivf" else 0
+        return cls(kind, indexes[:-1], indexes[-1], nlist=nlist)

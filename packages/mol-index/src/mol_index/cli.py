@@ -1,0 +1,247 @@
+"""``mol-index``: build, search, inspect and benchmark index artifacts from the command line.
+
+    mol-index build OUT --items items.safetensors --similarity-config sim.json \
+        --similarity-state sim.safetensors --stage hnsw
+    mol-index search OUT --queries queries.safetensors -k 10 --algorithm comb_topk --k-prime 64
+    mol-index info OUT
+    mol-index bench --quick
+
+Arrays are ``.npy`` files or ``.safetensors`` files (tensor names below). Building from a mol-train model
+bundle is not offered yet (mol-train's export is not final); export the item side to arrays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from google.protobuf import json_format
+from safetensors.torch import load_file
+
+from mol_core.errors import ArtifactError, ConfigError, MolError, ShapeError
+from mol_core.manifest import INDEX_FORMAT_VERSION, MANIFEST_FILENAME, read_manifest
+from mol_core.proto.mol.v1 import manifest_pb2, similarity_pb2
+from mol_core.similarity import ItemSide, QuerySide, similarity_from_config
+from mol_index.candidates import STAGE_KINDS
+from mol_index.index import MolIndex, SearchParams
+from mol_index.rails import Algorithm
+
+__all__ = ["main"]
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".npy":
+            return {"": torch.from_numpy(np.load(path, allow_pickle=False))}
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"cannot read {path}: {err}") from err
+    raise ConfigError(f"{path}: expected a .npy or .safetensors file")
+
+
+def _array(path: Path | None, name: str, fallback: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The array in ``path`` (a .npy, or tensor ``name`` of a .safetensors), else ``fallback[name]``."""
+    if path is None:
+        return fallback.get(name)
+    found = _tensors(path)
+    if "" in found:
+        return found[""]
+    if name not in found:
+        raise ConfigError(f"{path} has no tensor named {name!r}; it holds {sorted(found)}")
+    return found[name]
+
+
+def _build(args: argparse.Namespace) -> int:
+    try:
+        config = json_format.Parse(args.similarity_config.read_text(), similarity_pb2.SimilarityConfig())
+    except (OSError, json_format.ParseError) as err:
+        raise ConfigError(
+            f"--similarity-config {args.similarity_config}: not a SimilarityConfig JSON: {err}"
+        ) from err
+    similarity = similarity_from_config(config, None)
+    if args.similarity_state is not None:
+        similarity.load_state_dict(load_file(str(args.similarity_state)))
+    elif config.WhichOneof("kind") == "mixture_of_logits":
+        raise ConfigError("--similarity-state is required for a MoL similarity: it holds the gating MLPs")
+    bundle = _tensors(args.items) if args.items.suffix == ".safetensors" else {}
+    embeddings = _array(None if bundle else args.items, "item_embeddings", bundle)
+    if embeddings is None:
+        raise ConfigError(f"{args.items} has no tensor named 'item_embeddings'")
+    gating = _array(args.gating, "item_gating", bundle)
+    ids = _array(args.ids, "item_ids", bundle)
+    if ids is None:
+        ids = torch.arange(embeddings.shape[0])
+    items: ItemSide | torch.Tensor = (
+        embeddings.float()
+        if embeddings.dim() == 2
+        else ItemSide(embeddings.float(), None if gating is None else gating.float())
+    )
+    index = MolIndex.build(
+        similarity,
+        ids,
+        items,
+        stage=args.stage,
+        nlist=args.nlist,
+        hnsw_m=args.hnsw_m,
+        ef_construction=args.ef_construction,
+    )
+    path = index.save(args.output, overwrite=args.overwrite)
+    print(f"built {index.kind} index of {index.num_items} items at {path}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    index = MolIndex.load(args.index)
+    found = _tensors(args.queries)
+    embeddings = found.get("", found.get("query_embeddings"))
+    if embeddings is None:
+        raise ConfigError(f"{args.queries} has no tensor named 'query_embeddings'")
+    gating = _array(args.gating, "query_gating", found)
+    queries: QuerySide | torch.Tensor = embeddings.float()
+    if embeddings.dim() == 3:
+        queries = QuerySide(embeddings.float(), None if gating is None else gating.float())
+    exclude = None
+    if args.exclude is not None:
+        exclude = _array(args.exclude, "exclude", {})
+    params = SearchParams(
+        algorithm=Algorithm(args.algorithm),
+        k_prime=args.k_prime,
+        guarantee_exact=args.guarantee_exact,
+        nprobe=args.nprobe,
+        ef_search=args.ef_search,
+    )
+    res = index.search_with_info(queries, args.k, exclude=exclude, params=params)
+    for row in range(res.ids.shape[0]):
+        print(
+            json.dumps(
+                {
+                    "query": row,
+                    "ids": res.ids[row].tolist(),
+                    "scores": [round(float(s), 6) for s in res.scores[row]],
+                    "exact": bool(res.exact[row]),
+                    "candidates": int(res.num_candidates[row]),
+                }
+            )
+        )
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    manifest = read_manifest(args.index / MANIFEST_FILENAME, manifest_pb2.IndexManifest, INDEX_FORMAT_VERSION)
+    print(json_format.MessageToJson(manifest, preserving_proto_field_name=True, indent=2, sort_keys=True))
+    if args.verify:
+        MolIndex.load(args.index)
+        print("verified: every file matches its checksum and the index loads")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mol-index", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser("build", help="build an index artifact from item arrays")
+    build.add_argument("output", type=Path, help="index directory to create (its parent must exist)")
+    build.add_argument(
+        "--items",
+        type=Path,
+        required=True,
+        help="item side: .safetensors with item_embeddings (N, Px, d) [item_gating (N, P), "
+        "item_ids (N,)], or a .npy of (N, Px, d) embeddings, or (N, d) vectors for a "
+        "dot product",
+    )
+    build.add_argument("--gating", type=Path, help="(N, P) item gating features (.npy) if not in --items")
+    build.add_argument("--ids", type=Path, help="(N,) int64 external item ids (.npy); default 0..N-1")
+    build.add_argument(
+        "--similarity-config",
+        type=Path,
+        required=True,
+        help="mol.v1.SimilarityConfig as protobuf JSON (e.g. the similarity of a bundle manifest)",
+    )
+    build.add_argument(
+        "--similarity-state",
+        type=Path,
+        help="the similarity module's state dict (.safetensors); required for MoL",
+    )
+    build.add_argument(
+        "--stage",
+        choices=STAGE_KINDS,
+        default="torch",
+        help="candidate stage: torch (exact GEMM, no extra files), flat (FAISS exact), ivf or "
+        "hnsw (FAISS approximate); default torch",
+    )
+    build.add_argument("--nlist", type=int, help="IVF lists (default sqrt(N), at most N / 39)")
+    build.add_argument("--hnsw-m", type=int, default=32, help="HNSW neighbours per node (default 32)")
+    build.add_argument("--ef-construction", type=int, default=200, help="HNSW build beam width (default 200)")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
+    build.set_defaults(run=_build)
+
+    search = sub.add_parser("search", help="search an index; prints one JSON line per query")
+    search.add_argument("index", type=Path, help="index directory")
+    search.add_argument(
+        "--queries",
+        type=Path,
+        required=True,
+        help=".safetensors with query_embeddings (B, Pq, d) [query_gating (B, P)], or a .npy "
+        "of (B, Pq, d) embeddings or (B, d) vectors for a dot product",
+    )
+    search.add_argument("--gating", type=Path, help="(B, P) query gating features (.npy) if not in --queries")
+    search.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    search.add_argument("--exclude", type=Path, help="(B, L) int64 item ids to exclude (.npy), -1 padded")
+    search.add_argument(
+        "--algorithm",
+        choices=[a.value for a in Algorithm],
+        default="comb_topk",
+        help="exact, or a RAILS algorithm (default comb_topk)",
+    )
+    search.add_argument(
+        "--k-prime", type=int, default=64, help="K', candidates per component pair (default 64)"
+    )
+    search.add_argument(
+        "--guarantee-exact",
+        action="store_true",
+        help="widen K' until every result is provably exact (torch / flat indexes)",
+    )
+    search.add_argument(
+        "--nprobe", type=int, help="IVF lists to visit (faiss-ivf indexes; default max(8, nlist / 16))"
+    )
+    search.add_argument("--ef-search", type=int, help="HNSW beam width (faiss-hnsw indexes)")
+    search.set_defaults(run=_search)
+
+    info = sub.add_parser("info", help="print an index's manifest")
+    info.add_argument("index", type=Path, help="index directory")
+    info.add_argument("--verify", action="store_true", help="also check every checksum and load the index")
+    info.set_defaults(run=_info)
+
+    # listed for --help only: main() hands "bench ..." to mol_index.bench.main before parsing
+    sub.add_parser("bench", help="recall / latency benchmark on synthetic corpora (mol-index bench --help)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the CLI; returns the exit code (0 ok, 2 bad arguments or input, 1 artifact errors)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # everything after "bench" belongs to the benchmark's own parser
+        from mol_index.bench import main as bench_main
+
+        return bench_main(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except (ConfigError, ShapeError) as err:
+        print(f"mol-index: error: {err}", file=sys.stderr)
+        return 2
+    except MolError as err:
+        print(f"mol-index: error: {err}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

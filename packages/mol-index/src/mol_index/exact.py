@@ -1,0 +1,149 @@
+"""Exact top-k under any :class:`~mol_core.similarity.Similarity`: the ground truth of every index.
+
+The corpus is scored ``block_size`` items at a time with :meth:`Similarity.score_pairs`, and each block's
+scores are merged into a running top-k, so memory is bounded by the block: ``(B, block, P)`` logits and
+``(B, block + k)`` scores, never ``(B, N, P)`` nor ``(B, N)``.
+
+**Tie rule.** Among equal scores the item with the smaller corpus row wins (row = position in the
+corpus, ``0 .. N-1``); results are sorted by score, descending, then by row, ascending. The rule is the
+same for every block size.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mol_core.errors import ConfigError, ShapeError
+from mol_core.similarity import DEFAULT_BLOCK_PAIRS, ItemSide, QuerySide, Similarity
+from mol_index._inputs import Exclude, check_k, exclusion_tensor
+
+__all__ = ["exact_search", "merge_topk", "sorted_topk"]
+
+
+def sorted_topk(scores: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best of each row by score (descending), ties by position (ascending), with ``-1`` padding.
+
+    Args:
+        scores: ``(B, M)`` float scores; ``-inf`` marks a slot that holds no item.
+        rows: ``(B, M)`` int64 corpus rows, ordered so that, among equal scores, the earlier slot has the
+            smaller row (then a stable sort implements the tie rule).
+        k: results to keep; when ``M < k`` the output is padded.
+
+    Returns:
+        ``(scores, rows)`` of shape ``(B, k)``; empty slots have score ``-inf`` and row ``-1``.
+    """
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]  # (B, min(M, k))
+    top_scores = scores.gather(1, order)  # (B, min(M, k))
+    top_rows = rows.gather(1, order)  # (B, min(M, k))
+    top_rows = torch.where(torch.isneginf(top_scores), torch.full_like(top_rows, -1), top_rows)
+    missing = k - top_scores.shape[1]
+    if missing > 0:
+        batch = scores.shape[0]
+        fill = torch.full((batch, missing), float("-inf"), dtype=top_scores.dtype, device=scores.device)
+        top_scores = torch.cat([top_scores, fill], dim=1)  # (B, k)
+        top_rows = torch.cat([top_rows, torch.full_like(fill, -1, dtype=torch.int64)], dim=1)  # (B, k)
+    return top_scores, top_rows
+
+
+def merge_topk(
+    running: tuple[torch.Tensor, torch.Tensor], block: tuple[torch.Tensor, torch.Tensor], k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merges a block's scores into a running top-k; the block's rows must all exceed the running ones.
+
+    Args:
+        running: ``(B, k)`` scores and rows, sorted as :func:`sorted_topk` returns them.
+        block: ``(B, n)`` scores and rows of the next block, rows ascending along each row.
+        k: results to keep.
+
+    Returns:
+        The new ``(B, k)`` running top-k.
+    """
+    scores = torch.cat([running[0], block[0]], dim=1)  # (B, k + n)
+    rows = torch.cat([running[1], block[1]], dim=1)  # (B, k + n)
+    return sorted_topk(scores, rows, k)
+
+
+def mask_excluded(scores: torch.Tensor, excluded: torch.Tensor | None, start: int) -> torch.Tensor:
+    """Sets ``scores[b, j] = -inf`` where row ``start + j`` is excluded for query ``b`` (in place).
+
+    Args:
+        scores: ``(B, n)`` scores of rows ``start .. start + n - 1``.
+        excluded: ``(B, L)`` excluded rows per query, ``-1`` padding, or ``None``.
+        start: the row of ``scores[:, 0]``.
+    """
+    if excluded is None:
+        return scores
+    rel = excluded - start  # (B, L)
+    hit = (excluded >= 0) & (rel >= 0) & (rel < scores.shape[1])  # (B, L)
+    if bool(hit.any()):
+        batch_idx = torch.arange(scores.shape[0], device=scores.device).unsqueeze(1).expand_as(rel)
+        scores[batch_idx[hit], rel[hit]] = float("-inf")
+    return scores
+
+
+def exact_search(
+    similarity: Similarity,
+    query: QuerySide,
+    corpus: ItemSide,
+    k: int,
+    *,
+    exclude: Exclude | None = None,
+    block_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k corpus rows for each query, blockwise, with a running top-k.
+
+    Args:
+        similarity: scores (query, item) pairs; put it in ``eval()`` mode for deterministic scores.
+        query: ``B`` queries, embeddings ``(B, Pq, d)``.
+        corpus: ``N`` items, embeddings ``(N, Px, d)``.
+        k: results per query, ``1 <= k <= N``.
+        exclude: corpus rows to leave out per query (e.g. the query's history): a ``(B, L)`` int tensor
+            padded with ``-1`` or ``B`` lists of rows. Rows outside ``[0, N)`` are ignored.
+        block_size: items scored at a time; by default ``max(16, DEFAULT_BLOCK_PAIRS // B)`` (about 4,096
+            query-item pairs per block). Peak memory is about ``B * block_size * (P + hidden)`` floats.
+
+    Returns:
+        ``(scores, rows)``: ``(B, k)`` float32 scores, descending, and ``(B, k)`` int64 corpus rows; when
+        fewer than ``k`` items remain after exclusion the tail holds score ``-inf`` and row ``-1``. Ties
+        go to the smaller row.
+
+    Raises:
+        ConfigError: ``k`` is not in ``[1, N]`` or ``block_size`` is not a positive integer.
+        ShapeError: the query or corpus does not fit the similarity, or ``exclude`` has the wrong shape.
+
+    Example:
+        >>> sim = MoLSimilarity(query_input_dim=16, item_input_dim=16).eval()
+        >>> corpus = sim.item_side(torch.randn(1000, 16))               # (N=1000, Px=4, d=64)
+        >>> query = sim.query_side(torch.randn(2, 16))                  # (B=2, Pq=8, d=64)
+        >>> scores, rows = exact_search(sim, query, corpus, 10, exclude=[[3, 7], []])
+        >>> scores.shape, rows.shape
+        (torch.Size([2, 10]), torch.Size([2, 10]))
+    """
+    if corpus.embeddings.dim() != 3:
+        raise ShapeError(
+            f"corpus embeddings must have shape (N, Px, d); got {tuple(corpus.embeddings.shape)}"
+        )
+    num_items = corpus.num_items
+    check_k(k, num_items)
+    batch = query.batch_size
+    if block_size is None:
+        block_size = max(16, DEFAULT_BLOCK_PAIRS // max(1, batch))
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ConfigError(f"block_size must be a positive integer; got {block_size!r}")
+    excluded = exclusion_tensor(exclude, batch)
+    device = query.embeddings.device
+    if excluded is not None:
+        excluded = excluded.to(device)
+    running = (
+        torch.full((batch, k), float("-inf"), dtype=torch.float32, device=device),  # (B, k)
+        torch.full((batch, k), -1, dtype=torch.int64, device=device),  # (B, k)
+    )
+    for start in range(0, num_items, block_size):
+        stop = min(start + block_size, num_items)
+        scores = similarity.score_pairs(query, corpus.slice(start, stop)).float()  # (B, n)
+        scores = mask_excluded(scores, excluded, start)  # (B, n)
+        if not bool((scores > running[0][:, -1:]).any()):
+            continue  # nothing beats a k-th score (ties go to the earlier, smaller row): skip the merge
+        rows = torch.arange(start, stop, device=device).unsqueeze(0).expand(batch, -1)  # (B, n)
+        running = merge_topk(running, (scores, rows), k)
+    return running

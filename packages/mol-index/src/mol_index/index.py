@@ -1,0 +1,361 @@
+"""``MolIndex``: exact and RAILS top-k over a corpus, with external item ids, in the FAISS style.
+
+    index = MolIndex.build(similarity, item_ids, item_side, stage="hnsw")  # or "torch", "flat", "ivf"
+    scores, ids = index.search(query_side, k=10, exclude=history, params=SearchParams(k_prime=64))
+    index.save("artifacts/my-index");  index = MolIndex.load("artifacts/my-index")
+
+Shape symbols: ``B`` queries, ``N`` items, ``Pq``/``Px`` components, ``P = Pq * Px``, ``d`` dimension.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mol_core.errors import ConfigError, ShapeError
+from mol_core.similarity import DotProductSimilarity, ItemSide, QuerySide, Similarity
+from mol_index._inputs import Exclude, as_query_side, exclusion_tensor
+from mol_index.artifact import KINDS, read_artifact, write_artifact
+from mol_index.candidates import STAGE_KINDS, CandidateStage, FaissStage, StageParams, TorchStage
+from mol_index.rails import Algorithm, SearchResult, rails_search
+
+__all__ = ["MolIndex", "SearchParams", "build_from_arrays", "build_from_bundle"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchParams:
+    """How :meth:`MolIndex.search` finds the top-k.
+
+    Attributes:
+        algorithm: an :class:`Algorithm` or its value: ``exact`` scans the corpus; ``topk_per_embd``,
+            ``topk_avg`` and ``comb_topk`` are the RAILS algorithms (candidates from the index's stage,
+            exact MoL rerank).
+        k_prime: ``K'``, candidates per (query component, item component) pair and for the mean.
+        guarantee_exact: widen ``K'`` until every result is provably exact (exact stages only).
+        nprobe: IVF lists to visit (``faiss-ivf`` indexes; default ``max(8, nlist // 16)``).
+        ef_search: HNSW beam width (``faiss-hnsw`` indexes; at least ``K'`` is used).
+        block_size: items per block of the exact scan.
+    """
+
+    algorithm: Algorithm | str = Algorithm.COMB_TOP_K
+    k_prime: int = 64
+    guarantee_exact: bool = False
+    nprobe: int | None = None
+    ef_search: int | None = None
+    block_size: int | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "algorithm", Algorithm(self.algorithm))
+        except ValueError as err:
+            choices = ", ".join(a.value for a in Algorithm)
+            raise ConfigError(f"unknown algorithm {self.algorithm!r}; expected one of {choices}") from err
+        for name in ("k_prime", "nprobe", "ef_search", "block_size"):
+            value = getattr(self, name)
+            if value is None and name != "k_prime":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"SearchParams.{name} must be a positive integer; got {value!r}")
+
+
+class MolIndex:
+    """A searchable corpus: item side, external ids, the similarity and an optional FAISS stage.
+
+    Build with :meth:`build` (or :func:`build_from_arrays`), persist with :meth:`save` / :meth:`load`.
+
+    Args:
+        similarity: scores (query, item) pairs; kept in ``eval()`` mode.
+        item_ids: ``(N,)`` distinct non-negative int64 external ids.
+        corpus: the ``(N, Px, d)`` item side (gating ``(N, P)`` for MoL).
+        stage_kind: ``torch`` (GEMM candidates), ``flat``, ``ivf`` or ``hnsw`` (FAISS candidates).
+        faiss_stage: the built FAISS stage, required unless ``stage_kind`` is ``torch``.
+        parameters: build parameters recorded in the manifest.
+    """
+
+    def __init__(
+        self,
+        similarity: Similarity,
+        item_ids: torch.Tensor,
+        corpus: ItemSide,
+        *,
+        stage_kind: str = "torch",
+        faiss_stage: FaissStage | None = None,
+        parameters: dict[str, str] | None = None,
+    ) -> None:
+        self.similarity = similarity.eval()
+        self.item_ids = _check_item_ids(item_ids, corpus.num_items)
+        self.corpus = corpus
+        self.stage_kind = stage_kind
+        self.parameters = dict(parameters or {})
+        if stage_kind == "torch":
+            self._stage: CandidateStage = TorchStage(corpus.embeddings)
+        elif faiss_stage is None:
+            raise ConfigError(f"stage_kind {stage_kind!r} needs a built FaissStage")
+        else:
+            self._stage = faiss_stage
+        self._faiss_stage = faiss_stage
+        self._sorted_ids, self._order = torch.sort(self.item_ids)  # (N,), (N,) for id -> row lookups
+
+    # ------------------------------------------------------------------ build, save, load
+
+    @classmethod
+    def build(
+        cls,
+        similarity: Similarity,
+        item_ids: torch.Tensor,
+        items: ItemSide | torch.Tensor,
+        *,
+        stage: str = "torch",
+        nlist: int | None = None,
+        hnsw_m: int = 32,
+        ef_construction: int = 200,
+    ) -> MolIndex:
+        """Builds an index over ``N`` items.
+
+        Args:
+            similarity: a ``MoLSimilarity`` or ``DotProductSimilarity`` (the index stores its parameters).
+            item_ids: ``(N,)`` distinct non-negative integer external ids.
+            items: the ``(N, Px, d)`` item side, or ``(N, Dx)`` item representations that go through
+                ``similarity.item_side``.
+            stage: candidate stage: ``torch`` (exact GEMM, nothing to build), ``flat`` (FAISS exact),
+                ``ivf`` or ``hnsw`` (FAISS approximate).
+            nlist: IVF lists (default ``sqrt(N)``, capped at ``N // 39``).
+            hnsw_m: HNSW neighbours per node.
+            ef_construction: HNSW build beam width.
+
+        Raises:
+            ConfigError: unknown stage, duplicate or negative ids.
+            ShapeError: ids and items disagree on ``N`` or the items do not fit the similarity.
+        """
+        if stage not in STAGE_KINDS:
+            raise ConfigError(f"unknown stage {stage!r}; expected one of {', '.join(STAGE_KINDS)}")
+        similarity = similarity.eval()
+        if isinstance(items, torch.Tensor):
+            with torch.inference_mode():
+                items = similarity.item_side(items)
+        emb = items.embeddings
+        want = (similarity.num_item_components, similarity.component_dim)
+        if emb.dim() != 3 or tuple(emb.shape[1:]) != want:
+            raise ShapeError(
+                f"item embeddings must have shape (N, Px={want[0]}, d={want[1]}); got {tuple(emb.shape)}"
+            )
+        num_p = similarity.num_components
+        if items.gating is None and not isinstance(similarity, DotProductSimilarity):
+            raise ShapeError(f"item gating features of shape (N, P={num_p}) are required for this similarity")
+        if items.gating is not None and tuple(items.gating.shape) != (emb.shape[0], num_p):
+            raise ShapeError(
+                f"item gating must have shape (N={emb.shape[0]}, P={num_p}); got {tuple(items.gating.shape)}"
+            )
+        corpus = ItemSide(
+            emb.detach().float().contiguous(),
+            None if items.gating is None else items.gating.detach().float().contiguous(),
+        )
+        ids = _check_item_ids(torch.as_tensor(item_ids), corpus.num_items)  # before any expensive build
+        parameters: dict[str, str] = {}
+        faiss_stage = None
+        if stage != "torch":
+            faiss_stage = FaissStage.build(
+                stage, corpus.embeddings, nlist=nlist, hnsw_m=hnsw_m, ef_construction=ef_construction
+            )
+            if stage == "ivf":
+                parameters["nlist"] = str(faiss_stage.nlist)
+            if stage == "hnsw":
+                parameters |= {"hnsw_m": str(hnsw_m), "ef_construction": str(ef_construction)}
+        return cls(
+            similarity,
+            ids,
+            corpus,
+            stage_kind=stage,
+            faiss_stage=faiss_stage,
+            parameters=parameters,
+        )
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Writes the index as an artifact directory, atomically (see :mod:`mol_index.artifact`).
+
+        Raises:
+            ArtifactError: ``path`` exists (without ``overwrite``) or cannot be written.
+        """
+        from mol_index import __version__
+
+        return write_artifact(
+            path,
+            similarity=self.similarity,
+            item_ids=self.item_ids,
+            corpus=self.corpus,
+            stage_kind=self.stage_kind,
+            faiss_stage=self._faiss_stage,
+            parameters=self.parameters,
+            version=__version__,
+            overwrite=overwrite,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> MolIndex:
+        """Loads an artifact written by :meth:`save`, verifying format version and checksums first.
+
+        Raises:
+            ArtifactError: missing, corrupt, or of another format version or kind.
+        """
+        art = read_artifact(path)
+        return cls(
+            art.similarity,
+            art.item_ids,
+            art.corpus,
+            stage_kind=art.stage_kind,
+            faiss_stage=art.faiss_stage,
+            parameters=dict(art.manifest.parameters),
+        )
+
+    # ------------------------------------------------------------------ search
+
+    @property
+    def num_items(self) -> int:
+        """``N``."""
+        return self.corpus.num_items
+
+    @property
+    def faiss_stage(self) -> FaissStage | None:
+        """The FAISS candidate stage, or ``None`` for a ``torch``-stage index."""
+        return self._faiss_stage
+
+    @property
+    def kind(self) -> str:
+        """The artifact kind: ``exact``, ``faiss-flat``, ``faiss-ivf`` or ``faiss-hnsw``."""
+        return KINDS[self.stage_kind]
+
+    def search(
+        self,
+        queries: QuerySide | torch.Tensor,
+        k: int,
+        *,
+        gating: torch.Tensor | None = None,
+        exclude: Exclude | None = None,
+        params: SearchParams | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top ``k`` items per query: ``(scores, ids)``, both ``(B, k)``, in the FAISS style.
+
+        Args:
+            queries: a ``QuerySide``, ``(B, Pq, d)`` query component embeddings (pass ``gating``
+                ``(B, P)`` for MoL), or ``(B, d)`` query vectors for a dot-product index.
+            k: results per query, ``1 <= k <= N``.
+            gating: ``(B, P)`` query gating features when ``queries`` is a tensor.
+            exclude: external item ids to leave out per query (e.g. the history): a ``(B, L)`` int tensor
+                padded with ``-1`` or ``B`` lists; ids not in the index are ignored.
+            params: algorithm and knobs; default :class:`SearchParams` (CombTopK, ``K' = 64``).
+
+        Returns:
+            ``(B, k)`` float32 scores, descending, and ``(B, k)`` int64 external ids; ``-inf`` / ``-1``
+            where fewer than ``k`` items remain.
+
+        Raises:
+            ShapeError: queries that do not fit the similarity (wrong ``Pq``, ``d`` or missing gating).
+            ConfigError: ``k`` not in ``[1, N]``, or bad params.
+        """
+        result = self.search_with_info(queries, k, gating=gating, exclude=exclude, params=params)
+        return result.scores, result.ids
+
+    def search_with_info(
+        self,
+        queries: QuerySide | torch.Tensor,
+        k: int,
+        *,
+        gating: torch.Tensor | None = None,
+        exclude: Exclude | None = None,
+        params: SearchParams | None = None,
+    ) -> SearchResult:
+        """Like :meth:`search`, returning a :class:`~mol_index.rails.SearchResult` with per-query
+        exactness flags, candidate counts and the ``K'`` used; ``ids`` are external ids."""
+        params = params or SearchParams()
+        query = as_query_side(self.similarity, queries, gating)
+        rows_excluded = self._rows_of(exclusion_tensor(exclude, query.batch_size))
+        with torch.inference_mode():
+            res = rails_search(
+                self.similarity,
+                query,
+                self.corpus,
+                k,
+                self._stage,
+                algorithm=Algorithm(params.algorithm),
+                k_prime=params.k_prime,
+                exclude=rows_excluded,
+                guarantee_exact=params.guarantee_exact,
+                stage_params=StageParams(nprobe=params.nprobe, ef_search=params.ef_search),
+                block_size=params.block_size,
+            )
+        ids = torch.where(res.ids >= 0, self.item_ids[res.ids.clamp_min(0)], torch.full_like(res.ids, -1))
+        return SearchResult(res.scores, ids, res.exact, res.num_candidates, res.k_prime)
+
+    def _rows_of(self, ids: torch.Tensor | None) -> torch.Tensor | None:
+        """``(B, L)`` external ids -> corpus rows; unknown ids and padding become ``-1``."""
+        if ids is None:
+            return None
+        pos = torch.searchsorted(self._sorted_ids, ids).clamp(max=self.num_items - 1)  # (B, L)
+        found = (self._sorted_ids[pos] == ids) & (ids >= 0)  # (B, L)
+        return torch.where(found, self._order[pos], torch.full_like(ids, -1))
+
+
+def build_from_arrays(
+    similarity: Similarity,
+    item_ids: torch.Tensor,
+    items: ItemSide | torch.Tensor,
+    *,
+    stage: str = "torch",
+    nlist: int | None = None,
+    hnsw_m: int = 32,
+    ef_construction: int = 200,
+) -> MolIndex:
+    """Builds a :class:`MolIndex` from in-memory arrays; the same as :meth:`MolIndex.build`."""
+    return MolIndex.build(
+        similarity, item_ids, items, stage=stage, nlist=nlist, hnsw_m=hnsw_m, ef_construction=ef_construction
+    )
+
+
+def build_from_bundle(
+    bundle_path: str | Path,
+    *,
+    stage: str = "torch",
+    nlist: int | None = None,
+    hnsw_m: int = 32,
+    ef_construction: int = 200,
+) -> MolIndex:
+    """Builds a :class:`MolIndex` over every item of a mol-train model bundle (``mol_core.bundle``).
+
+    The bundle's precomputed item side and similarity are used as they are; its item vocabulary gives the
+    external ids, which must be integers (the wire format of mol-serve carries int64 ids).
+
+    Raises:
+        ArtifactError: the bundle is missing, corrupt or of another format version.
+        ConfigError: the vocabulary holds ids that are not integers.
+    """
+    from mol_core.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in bundle.item_ids):
+        raise ConfigError(
+            f"{bundle_path}: the bundle's item vocabulary holds non-integer ids; mol-index needs integer ids"
+        )
+    return MolIndex.build(
+        bundle.similarity,
+        torch.tensor(bundle.item_ids, dtype=torch.int64),
+        bundle.items,
+        stage=stage,
+        nlist=nlist,
+        hnsw_m=hnsw_m,
+        ef_construction=ef_construction,
+    )
+
+
+def _check_item_ids(item_ids: torch.Tensor, num_items: int) -> torch.Tensor:
+    if item_ids.dim() != 1 or item_ids.shape[0] != num_items:
+        raise ShapeError(f"item_ids must have shape (N={num_items},); got {tuple(item_ids.shape)}")
+    if item_ids.dtype.is_floating_point or item_ids.dtype == torch.bool:
+        raise ShapeError(f"item_ids must be integers; got dtype {item_ids.dtype}")
+    ids = item_ids.to(torch.int64)
+    if num_items and int(ids.min()) < 0:
+        raise ConfigError("item_ids must be >= 0 (-1 marks 'no result' in search output)")
+    if torch.unique(ids).numel() != num_items:
+        raise ConfigError("item_ids must be distinct: each item needs its own external id")
+    return ids

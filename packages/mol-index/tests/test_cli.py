@@ -1,0 +1,140 @@
+"""The mol-index CLI: build from arrays, search, info, and exit codes on bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from google.protobuf import json_format
+from safetensors.torch import save_file
+
+from mol_core.similarity import similarity_to_config
+from mol_index import MolIndex, SearchParams
+from mol_index.cli import main
+
+
+@pytest.fixture
+def arrays(mol_corpus: Callable[..., tuple], tmp_path: Path) -> tuple[Path, Path, Path, Path, tuple]:
+    sim, query, corpus = mol_corpus(0, 200, 3)
+    items = tmp_path / "items.safetensors"
+    save_file(
+        {
+            "item_embeddings": corpus.embeddings.contiguous(),
+            "item_gating": corpus.gating.contiguous(),
+            "item_ids": torch.arange(200) + 500,
+        },
+        str(items),
+    )
+    config = tmp_path / "sim.json"
+    config.write_text(json_format.MessageToJson(similarity_to_config(sim)))
+    state = tmp_path / "sim.safetensors"
+    save_file({k: v.contiguous() for k, v in sim.state_dict().items()}, str(state))
+    queries = tmp_path / "queries.safetensors"
+    save_file(
+        {"query_embeddings": query.embeddings.contiguous(), "query_gating": query.gating.contiguous()},
+        str(queries),
+    )
+    return items, config, state, queries, (sim, query, corpus)
+
+
+def test_build_search_info(arrays: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    items, config, state, queries, (sim, query, corpus) = arrays
+    out = tmp_path / "ix"
+    build = [
+        "build",
+        str(out),
+        "--items",
+        str(items),
+        "--similarity-config",
+        str(config),
+        "--similarity-state",
+        str(state),
+        "--stage",
+        "flat",
+    ]
+    assert main(build) == 0
+    assert main(["info", str(out), "--verify"]) == 0
+    assert '"kind": "faiss-flat"' in capsys.readouterr().out
+    exclude = tmp_path / "exclude.npy"
+    np.save(exclude, np.array([[500, -1], [501, 502], [-1, -1]], dtype=np.int64))
+    assert (
+        main(
+            [
+                "search",
+                str(out),
+                "--queries",
+                str(queries),
+                "-k",
+                "5",
+                "--algorithm",
+                "exact",
+                "--exclude",
+                str(exclude),
+            ]
+        )
+        == 0
+    )
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    want = MolIndex.build(sim, torch.arange(200) + 500, corpus).search(
+        query,
+        5,
+        exclude=[[500], [501, 502], []],
+        params=SearchParams(algorithm="exact"),
+    )[1]
+    assert [line["ids"] for line in lines] == want.tolist()
+    assert main(build) == 1  # the index exists: an artifact error, exit 1
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_build_from_npy_dot_product(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    vectors = tmp_path / "items.npy"
+    np.save(vectors, np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32))
+    config = tmp_path / "dot.json"
+    config.write_text(json.dumps({"dot_product": {"embedding_dim": 8, "temperature": 1.0}}))
+    assert (
+        main(
+            [
+                "build",
+                str(tmp_path / "ix"),
+                "--items",
+                str(vectors),
+                "--similarity-config",
+                str(config),
+                "--stage",
+                "hnsw",
+            ]
+        )
+        == 0
+    )
+    queries = tmp_path / "q.npy"
+    np.save(queries, np.ones((2, 8), dtype=np.float32))
+    assert main(["search", str(tmp_path / "ix"), "--queries", str(queries), "-k", "3"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3  # build line + 2 queries
+    np.save(queries, np.ones((2, 7), dtype=np.float32))
+    assert main(["search", str(tmp_path / "ix"), "--queries", str(queries), "-k", "3"]) == 2
+    assert "(B, 8)" in capsys.readouterr().err
+    np.save(queries, np.ones((2, 8), dtype=np.float32))
+    assert main(["search", str(tmp_path / "ix"), "--queries", str(queries), "-k", "51"]) == 2
+
+
+def test_mol_without_state_is_refused(
+    arrays: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    items, config, _, _, _ = arrays
+    assert (
+        main(["build", str(tmp_path / "ix"), "--items", str(items), "--similarity-config", str(config)]) == 2
+    )
+    assert "--similarity-state is required" in capsys.readouterr().err
+    assert not (tmp_path / "ix").exists()
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for command in ("build", "search", "info", "bench"):
+        assert command in text

@@ -1,0 +1,101 @@
+"""exact_search against a naive reference: full score matrix, masking, torch.topk."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from mol_core.errors import ConfigError, ShapeError
+from mol_core.similarity import DotProductSimilarity, ItemSide, QuerySide
+from mol_index import exact_search
+
+
+@pytest.mark.parametrize("block_size", [2, 7, 64, None, 10_000])
+@pytest.mark.parametrize("k", [1, 10, 300])
+def test_mol_matches_naive_reference(
+    mol_corpus: Callable[..., tuple],
+    reference: Callable[..., tuple],
+    same_topk: Callable[..., None],
+    block_size: int | None,
+    k: int,
+) -> None:
+    sim, query, corpus = mol_corpus(0, 300, 5)
+    exclude = [[0, 5, 299], [], [17], [1, 1, 1], list(range(0, 300, 3))]
+    with torch.inference_mode():
+        scores, ids = exact_search(sim, query, corpus, k, exclude=exclude, block_size=block_size)
+    ref_scores, ref_ids, full = reference(sim, query, corpus, k, exclude)
+    same_topk(scores, ids, ref_scores, ref_ids, full)
+    for b, rows in enumerate(exclude):
+        assert not set(ids[b].tolist()) & set(rows)
+
+
+def test_k_equal_n_with_exclusions_pads_with_minus_one(mol_corpus: Callable[..., tuple]) -> None:
+    sim, query, corpus = mol_corpus(1, 50, 2)
+    with torch.inference_mode():
+        scores, ids = exact_search(sim, query, corpus, 50, exclude=torch.tensor([[3, 4, -1], [-1, -1, -1]]))
+    assert ids.shape == (2, 50)
+    assert ids[0, -2:].tolist() == [-1, -1]
+    assert torch.isneginf(scores[0, -2:]).all()
+    assert sorted(ids[0, :48].tolist()) == [r for r in range(50) if r not in (3, 4)]
+    assert sorted(ids[1].tolist()) == list(range(50))
+    assert bool((scores[:, :-1] >= scores[:, 1:]).all())
+
+
+def test_dot_product_ties_go_to_the_smaller_row() -> None:
+    sim = DotProductSimilarity(2)
+    # integer embeddings: exact float arithmetic, so ties are real ties
+    items = torch.tensor([[1.0, 0.0], [2.0, 0.0], [1.0, 0.0], [2.0, 0.0], [0.0, 0.0], [2.0, 0.0]])
+    query = sim.query_side(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    corpus = sim.item_side(items)
+    for block in (1, 2, 4, 6):
+        scores, ids = exact_search(sim, query, corpus, 4, block_size=block)
+        assert ids[0].tolist() == [1, 3, 5, 0]  # three 2s by row, then the first 1
+        assert scores[0].tolist() == [2.0, 2.0, 2.0, 1.0]
+        assert ids[1].tolist() == [0, 1, 2, 3]  # all tied at 0: smallest rows
+    _, ids = exact_search(sim, query, corpus, 4, exclude=[[3], [0, 2]], block_size=2)
+    assert ids.tolist() == [[1, 5, 0, 2], [1, 3, 4, 5]]
+
+
+def test_dot_product_matches_naive(reference: Callable[..., tuple], same_topk: Callable[..., None]) -> None:
+    torch.manual_seed(3)
+    sim = DotProductSimilarity(16, l2_normalize=True, temperature=0.1)
+    query, corpus = sim.query_side(torch.randn(4, 16)), sim.item_side(torch.randn(500, 16))
+    scores, ids = exact_search(sim, query, corpus, 20, block_size=33)
+    same_topk(scores, ids, *reference(sim, query, corpus, 20))
+
+
+def test_memory_is_bounded_by_the_block(mol_corpus: Callable[..., tuple]) -> None:
+    sim, query, corpus = mol_corpus(2, 200, 3)
+    widths: list[int] = []
+    original = sim.score_pairs
+
+    def spy(q: QuerySide, items: ItemSide) -> torch.Tensor:
+        widths.append(items.num_items)
+        return original(q, items)
+
+    sim.score_pairs = spy  # type: ignore[method-assign]
+    with torch.inference_mode():
+        exact_search(sim, query, corpus, 5, block_size=32)
+    assert max(widths) == 32
+    assert sum(widths) == 200
+
+
+@pytest.mark.parametrize("k", [0, -1, 51, 2.0, True])
+def test_bad_k_is_a_config_error(mol_corpus: Callable[..., tuple], k: object) -> None:
+    sim, query, corpus = mol_corpus(0, 50, 1)
+    with pytest.raises(ConfigError, match="k must be"):
+        exact_search(sim, query, corpus, k)  # type: ignore[arg-type]
+
+
+def test_bad_exclude_and_block_size(mol_corpus: Callable[..., tuple]) -> None:
+    sim, query, corpus = mol_corpus(0, 50, 2)
+    with pytest.raises(ShapeError, match="one list of ids per query"):
+        exact_search(sim, query, corpus, 3, exclude=[[1]])
+    with pytest.raises(ShapeError, match="shape"):
+        exact_search(sim, query, corpus, 3, exclude=torch.zeros(3, 2, dtype=torch.int64))
+    with pytest.raises(ConfigError, match="block_size"):
+        exact_search(sim, query, corpus, 3, block_size=0)
+    with pytest.raises(ShapeError):
+        exact_search(sim, QuerySide(query.embeddings[:, :, :5], query.gating), corpus, 3)
