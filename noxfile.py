@@ -25,7 +25,7 @@ _PIN = re.search(r'^GRPCIO_TOOLS_VERSION = "([^"]+)"', (ROOT / "tools" / "gen_pr
 if _PIN is None:
     raise RuntimeError("tools/gen_protos.py no longer defines GRPCIO_TOOLS_VERSION")
 GRPCIO_TOOLS = f"grpcio-tools=={_PIN.group(1)}"
-TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100"]
+TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100", "cryptography>=42"]
 
 nox.options.sessions = ["test", "bench"]
 nox.options.reuse_existing_virtualenvs = True
@@ -48,11 +48,13 @@ def install_packages(session: nox.Session, *packages: str, editable: bool = True
 def test(session: nox.Session) -> None:
     """Every package's tests and the cross-package tests in tests/."""
     install_torch(session)
-    install_packages(session, *PACKAGES)
-    # triton (mol-index's `triton` extra): CI checks the fused kernel under TRITON_INTERPRET=1 on CPU.
-    session.install(*TEST_TOOLS, GRPCIO_TOOLS, "triton>=3.0")
+    # One resolver run for the packages and the pinned grpcio-tools, so that grpcio-health-checking and
+    # grpcio-reflection are picked compatible with the protobuf that grpcio-tools accepts. triton (the
+    # `triton` extra of mol-index): CI checks the fused kernel under TRITON_INTERPRET=1 on the CPU.
+    editable = [arg for name in PACKAGES for arg in ("-e", str(ROOT / "packages" / name))]
+    session.install(*editable, *TEST_TOOLS, GRPCIO_TOOLS, "triton>=3.0")
     paths = [str(ROOT / "packages" / name / "tests") for name in PACKAGES] + [str(ROOT / "tests")]
-    session.run("python", "-m", "pytest", *paths, *session.posargs)
+    session.run("python", "-m", "pytest", *paths, *session.posargs, env={"TRITON_INTERPRET": "1"})
 
 
 @nox.session

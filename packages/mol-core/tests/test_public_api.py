@@ -36,3 +36,18 @@ def test_errors_form_one_hierarchy() -> None:
         assert issubclass(error, MolError)
     assert issubclass(ConfigError, ValueError)
     assert issubclass(ShapeError, ValueError)
+
+
+def test_importing_mol_core_errors_and_protos_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mol_core, mol_core.errors\n"
+        "from mol_core.proto.mol.v1 import retrieval_pb2, manifest_pb2\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n"
+        "from mol_core import MoLSimilarity\n"
+        "assert 'torch' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr

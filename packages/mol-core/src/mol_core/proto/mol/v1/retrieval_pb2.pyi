@@ -19,12 +19,16 @@ DTYPE_BFLOAT16: DType
 DTYPE_FLOAT16: DType
 
 class History(_message.Message):
-    __slots__ = ("item_ids", "timestamps")
+    __slots__ = ("item_ids", "timestamps", "user_id", "query_time")
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    QUERY_TIME_FIELD_NUMBER: _ClassVar[int]
     item_ids: _containers.RepeatedScalarFieldContainer[int]
     timestamps: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, item_ids: _Optional[_Iterable[int]] = ..., timestamps: _Optional[_Iterable[int]] = ...) -> None: ...
+    user_id: int
+    query_time: int
+    def __init__(self, item_ids: _Optional[_Iterable[int]] = ..., timestamps: _Optional[_Iterable[int]] = ..., user_id: _Optional[int] = ..., query_time: _Optional[int] = ...) -> None: ...
 
 class Embeddings(_message.Message):
     __slots__ = ("data", "dtype", "shape")
@@ -37,14 +41,16 @@ class Embeddings(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Query(_message.Message):
-    __slots__ = ("history", "embeddings", "exclude_ids")
+    __slots__ = ("history", "embeddings", "exclude_ids", "gating")
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_IDS_FIELD_NUMBER: _ClassVar[int]
+    GATING_FIELD_NUMBER: _ClassVar[int]
     history: History
     embeddings: Embeddings
     exclude_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, history: _Optional[_Union[History, _Mapping]] = ..., embeddings: _Optional[_Union[Embeddings, _Mapping]] = ..., exclude_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    gating: Embeddings
+    def __init__(self, history: _Optional[_Union[History, _Mapping]] = ..., embeddings: _Optional[_Union[Embeddings, _Mapping]] = ..., exclude_ids: _Optional[_Iterable[int]] = ..., gating: _Optional[_Union[Embeddings, _Mapping]] = ...) -> None: ...
 
 class RetrieveRequest(_message.Message):
     __slots__ = ("queries", "index_alias", "index_version", "top_k", "exclude_ids", "exclude_history", "algorithm", "algorithm_params")
@@ -102,3 +108,65 @@ class RetrieveResponse(_message.Message):
     index_version: str
     timings: ServerTimings
     def __init__(self, results: _Optional[_Iterable[_Union[QueryResult, _Mapping]]] = ..., index_version: _Optional[str] = ..., timings: _Optional[_Union[ServerTimings, _Mapping]] = ...) -> None: ...
+
+class ListIndexesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class IndexInfo(_message.Message):
+    __slots__ = ("index_version", "kind", "num_items", "aliases", "path", "default_algorithm")
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NUM_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    index_version: str
+    kind: str
+    num_items: int
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    path: str
+    default_algorithm: str
+    def __init__(self, index_version: _Optional[str] = ..., kind: _Optional[str] = ..., num_items: _Optional[int] = ..., aliases: _Optional[_Iterable[str]] = ..., path: _Optional[str] = ..., default_algorithm: _Optional[str] = ...) -> None: ...
+
+class ListIndexesResponse(_message.Message):
+    __slots__ = ("indexes", "default_alias")
+    INDEXES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_ALIAS_FIELD_NUMBER: _ClassVar[int]
+    indexes: _containers.RepeatedCompositeFieldContainer[IndexInfo]
+    default_alias: str
+    def __init__(self, indexes: _Optional[_Iterable[_Union[IndexInfo, _Mapping]]] = ..., default_alias: _Optional[str] = ...) -> None: ...
+
+class LoadIndexRequest(_message.Message):
+    __slots__ = ("path", "alias")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    alias: str
+    def __init__(self, path: _Optional[str] = ..., alias: _Optional[str] = ...) -> None: ...
+
+class LoadIndexResponse(_message.Message):
+    __slots__ = ("index_version", "previous_version", "load_us")
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LOAD_US_FIELD_NUMBER: _ClassVar[int]
+    index_version: str
+    previous_version: str
+    load_us: int
+    def __init__(self, index_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., load_us: _Optional[int] = ...) -> None: ...
+
+class UnloadIndexRequest(_message.Message):
+    __slots__ = ("alias", "index_version")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    index_version: str
+    def __init__(self, alias: _Optional[str] = ..., index_version: _Optional[str] = ...) -> None: ...
+
+class UnloadIndexResponse(_message.Message):
+    __slots__ = ("unloaded_versions", "removed_aliases")
+    UNLOADED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_ALIASES_FIELD_NUMBER: _ClassVar[int]
+    unloaded_versions: _containers.RepeatedScalarFieldContainer[str]
+    removed_aliases: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, unloaded_versions: _Optional[_Iterable[str]] = ..., removed_aliases: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -26,11 +26,11 @@ if _version_not_supported:
 
 
 class RetrievalServiceStub(object):
-    """Retrieves the top-k items for a batch of queries.
+    """Retrieves the top-k items for a batch of queries, and manages the loaded indexes.
 
-    Admin RPCs come in a later revision of this service: ListIndexes (aliases and loaded versions),
-    LoadIndex (load and validate a version, then flip an alias to it atomically) and UnloadIndex.
-    The standard grpc.health.v1.Health service and server reflection are served next to it.
+    Retrieve needs the serving bearer token (metadata "authorization: Bearer <token>") when the server
+    has one; the admin RPCs (ListIndexes, LoadIndex, UnloadIndex) need the admin token. The standard
+    grpc.health.v1.Health service and server reflection are served next to it.
     """
 
     def __init__(self, channel):
@@ -44,18 +44,56 @@ class RetrievalServiceStub(object):
                 request_serializer=mol_dot_v1_dot_retrieval__pb2.RetrieveRequest.SerializeToString,
                 response_deserializer=mol_dot_v1_dot_retrieval__pb2.RetrieveResponse.FromString,
                 _registered_method=True)
+        self.ListIndexes = channel.unary_unary(
+                '/mol.v1.RetrievalService/ListIndexes',
+                request_serializer=mol_dot_v1_dot_retrieval__pb2.ListIndexesRequest.SerializeToString,
+                response_deserializer=mol_dot_v1_dot_retrieval__pb2.ListIndexesResponse.FromString,
+                _registered_method=True)
+        self.LoadIndex = channel.unary_unary(
+                '/mol.v1.RetrievalService/LoadIndex',
+                request_serializer=mol_dot_v1_dot_retrieval__pb2.LoadIndexRequest.SerializeToString,
+                response_deserializer=mol_dot_v1_dot_retrieval__pb2.LoadIndexResponse.FromString,
+                _registered_method=True)
+        self.UnloadIndex = channel.unary_unary(
+                '/mol.v1.RetrievalService/UnloadIndex',
+                request_serializer=mol_dot_v1_dot_retrieval__pb2.UnloadIndexRequest.SerializeToString,
+                response_deserializer=mol_dot_v1_dot_retrieval__pb2.UnloadIndexResponse.FromString,
+                _registered_method=True)
 
 
 class RetrievalServiceServicer(object):
-    """Retrieves the top-k items for a batch of queries.
+    """Retrieves the top-k items for a batch of queries, and manages the loaded indexes.
 
-    Admin RPCs come in a later revision of this service: ListIndexes (aliases and loaded versions),
-    LoadIndex (load and validate a version, then flip an alias to it atomically) and UnloadIndex.
-    The standard grpc.health.v1.Health service and server reflection are served next to it.
+    Retrieve needs the serving bearer token (metadata "authorization: Bearer <token>") when the server
+    has one; the admin RPCs (ListIndexes, LoadIndex, UnloadIndex) need the admin token. The standard
+    grpc.health.v1.Health service and server reflection are served next to it.
     """
 
     def Retrieve(self, request, context):
         """Scores every query of the batch against the selected index and returns its top_k items.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIndexes(self, request, context):
+        """Lists the loaded index versions and the aliases that point at them (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadIndex(self, request, context):
+        """Loads an index artifact, validates it in the background while the server keeps serving, then
+        points an alias at it atomically (admin). Requests already running finish on the version they
+        started with. A bad artifact is refused (FAILED_PRECONDITION) and the alias keeps its version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadIndex(self, request, context):
+        """Removes an alias, or unloads a version together with the aliases pointing at it (admin).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -69,6 +107,21 @@ def add_RetrievalServiceServicer_to_server(servicer, server):
                     request_deserializer=mol_dot_v1_dot_retrieval__pb2.RetrieveRequest.FromString,
                     response_serializer=mol_dot_v1_dot_retrieval__pb2.RetrieveResponse.SerializeToString,
             ),
+            'ListIndexes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIndexes,
+                    request_deserializer=mol_dot_v1_dot_retrieval__pb2.ListIndexesRequest.FromString,
+                    response_serializer=mol_dot_v1_dot_retrieval__pb2.ListIndexesResponse.SerializeToString,
+            ),
+            'LoadIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadIndex,
+                    request_deserializer=mol_dot_v1_dot_retrieval__pb2.LoadIndexRequest.FromString,
+                    response_serializer=mol_dot_v1_dot_retrieval__pb2.LoadIndexResponse.SerializeToString,
+            ),
+            'UnloadIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadIndex,
+                    request_deserializer=mol_dot_v1_dot_retrieval__pb2.UnloadIndexRequest.FromString,
+                    response_serializer=mol_dot_v1_dot_retrieval__pb2.UnloadIndexResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'mol.v1.RetrievalService', rpc_method_handlers)
@@ -78,11 +131,11 @@ def add_RetrievalServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RetrievalService(object):
-    """Retrieves the top-k items for a batch of queries.
+    """Retrieves the top-k items for a batch of queries, and manages the loaded indexes.
 
-    Admin RPCs come in a later revision of this service: ListIndexes (aliases and loaded versions),
-    LoadIndex (load and validate a version, then flip an alias to it atomically) and UnloadIndex.
-    The standard grpc.health.v1.Health service and server reflection are served next to it.
+    Retrieve needs the serving bearer token (metadata "authorization: Bearer <token>") when the server
+    has one; the admin RPCs (ListIndexes, LoadIndex, UnloadIndex) need the admin token. The standard
+    grpc.health.v1.Health service and server reflection are served next to it.
     """
 
     @staticmethod
@@ -102,6 +155,87 @@ class RetrievalService(object):
             '/mol.v1.RetrievalService/Retrieve',
             mol_dot_v1_dot_retrieval__pb2.RetrieveRequest.SerializeToString,
             mol_dot_v1_dot_retrieval__pb2.RetrieveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIndexes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mol.v1.RetrievalService/ListIndexes',
+            mol_dot_v1_dot_retrieval__pb2.ListIndexesRequest.SerializeToString,
+            mol_dot_v1_dot_retrieval__pb2.ListIndexesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mol.v1.RetrievalService/LoadIndex',
+            mol_dot_v1_dot_retrieval__pb2.LoadIndexRequest.SerializeToString,
+            mol_dot_v1_dot_retrieval__pb2.LoadIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mol.v1.RetrievalService/UnloadIndex',
+            mol_dot_v1_dot_retrieval__pb2.UnloadIndexRequest.SerializeToString,
+            mol_dot_v1_dot_retrieval__pb2.UnloadIndexResponse.FromString,
             options,
             channel_credentials,
             insecure,

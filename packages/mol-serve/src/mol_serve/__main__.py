@@ -1,0 +1,7 @@
+"""``python -m mol_serve``: the ``mol-serve`` CLI."""
+
+import sys
+
+from mol_serve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,234 @@
+"""Decoding and validating a ``RetrieveRequest`` into tensors and search arguments.
+
+Every check raises :class:`~mol_serve.errors.InvalidRequest` with a message that names the query, the
+field, what was expected and what arrived, so the client can fix the request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mol_core.bundle import ModelBundle
+from mol_core.proto.mol.v1 import retrieval_pb2
+from mol_index import SearchParams
+from mol_serve.config import ALGORITHMS, ServeConfig
+from mol_serve.errors import InvalidRequest
+from mol_serve.registry import LoadedIndex, needs_gating
+
+__all__ = ["ParsedRequest", "decode_tensor", "parse_request"]
+
+_DTYPES: dict[int, tuple[str, int]] = {
+    retrieval_pb2.DTYPE_FLOAT32: ("float32", 4),
+    retrieval_pb2.DTYPE_BFLOAT16: ("bfloat16", 2),
+    retrieval_pb2.DTYPE_FLOAT16: ("float16", 2),
+}
+_INT_PARAMS = ("k_prime", "nprobe", "ef_search", "block_size")
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """A validated request, ready for the micro-batcher.
+
+    Attributes:
+        kind: ``"embeddings"`` or ``"history"`` (one kind per request).
+        embeddings: ``(B, Pq, d)`` float32 query component embeddings (embeddings requests).
+        gating: ``(B, P)`` float32 query gating features, or ``None``.
+        histories: B lists of external item ids (history requests).
+        timestamps: B lists of times aligned with ``histories``, or ``None``.
+        user_ids: B user ids (history requests).
+        query_times: B query times, or ``None``.
+        exclude: B lists of external ids to leave out.
+        k: results per query.
+        params: search parameters for mol-index.
+    """
+
+    kind: str
+    embeddings: torch.Tensor | None
+    gating: torch.Tensor | None
+    histories: list[list[int]]
+    timestamps: list[list[int]] | None
+    user_ids: list[int]
+    query_times: list[int] | None
+    exclude: list[list[int]]
+    k: int
+    params: SearchParams
+
+    @property
+    def batch_size(self) -> int:
+        """B."""
+        return len(self.exclude)
+
+    @property
+    def batch_key(self) -> tuple[object, ...]:
+        """Requests with equal keys may share one search (same kind, k and parameters)."""
+        return (self.kind, self.k, self.params, self.timestamps is None, self.query_times is None)
+
+
+def decode_tensor(message: retrieval_pb2.Embeddings, shape: tuple[int, ...], what: str) -> torch.Tensor:
+    """Packed little-endian bytes -> a float32 tensor of ``shape``, checking dtype, shape and finiteness.
+
+    Raises:
+        InvalidRequest: unknown dtype, a shape other than ``shape``, a byte count that does not match, or
+            NaN / infinite values.
+    """
+    if message.dtype not in _DTYPES:
+        names = ", ".join(retrieval_pb2.DType.Name(d) for d in _DTYPES)
+        raise InvalidRequest(
+            f"{what}: dtype must be one of {names}; got {message.dtype} (DTYPE_UNSPECIFIED?)"
+        )
+    name, size = _DTYPES[message.dtype]
+    got_shape = tuple(int(s) for s in message.shape)
+    if got_shape != shape:
+        raise InvalidRequest(f"{what}: shape must be {list(shape)}; got {list(got_shape)}")
+    want_bytes = int(np.prod(shape)) * size
+    if len(message.data) != want_bytes:
+        raise InvalidRequest(
+            f"{what}: {len(message.data)} bytes do not match shape {list(shape)} of {name} "
+            f"({want_bytes} bytes expected)"
+        )
+    if name == "bfloat16":
+        halves = np.frombuffer(message.data, dtype="<u2").astype(np.uint32) << 16
+        array = halves.view(np.float32)
+    else:
+        array = np.frombuffer(message.data, dtype="<f4" if name == "float32" else "<f2").astype(np.float32)
+    if not np.isfinite(array).all():
+        raise InvalidRequest(f"{what}: values must be finite; got NaN or infinity")
+    return torch.from_numpy(array.reshape(shape).copy())
+
+
+def _params(request: retrieval_pb2.RetrieveRequest, config: ServeConfig) -> SearchParams:
+    algorithm = request.algorithm or config.default_algorithm
+    if algorithm not in ALGORITHMS:
+        raise InvalidRequest(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
+    values: dict[str, int | bool] = {"k_prime": config.default_k_prime}
+    for key, text in request.algorithm_params.items():
+        if key == "guarantee_exact":
+            if text.lower() not in ("true", "false"):
+                raise InvalidRequest(
+                    f"algorithm_params[guarantee_exact] must be 'true' or 'false'; got {text!r}"
+                )
+            values[key] = text.lower() == "true"
+        elif key in _INT_PARAMS:
+            try:
+                number = int(text)
+            except ValueError:
+                number = 0
+            if not 1 <= number <= 1_000_000:
+                raise InvalidRequest(
+                    f"algorithm_params[{key}] must be an integer in [1, 1000000]; got {text!r}"
+                )
+            values[key] = number
+        else:
+            known = ", ".join((*_INT_PARAMS, "guarantee_exact"))
+            raise InvalidRequest(f"unknown algorithm_params key {key!r}; expected some of {known}")
+    return SearchParams(algorithm=algorithm, **values)  # type: ignore[arg-type]
+
+
+def parse_request(
+    request: retrieval_pb2.RetrieveRequest,
+    loaded: LoadedIndex,
+    bundle: ModelBundle | None,
+    config: ServeConfig,
+) -> ParsedRequest:
+    """Validates ``request`` against the resolved index, the bundle and the server limits.
+
+    Raises:
+        InvalidRequest: anything malformed (see the module docstring).
+    """
+    num_queries = len(request.queries)
+    if num_queries == 0:
+        raise InvalidRequest("queries is empty; send at least one query")
+    if num_queries > config.max_queries:
+        raise InvalidRequest(
+            f"{num_queries} queries in one request; the server accepts at most {config.max_queries}"
+        )
+    index = loaded.index
+    max_k = min(index.num_items, config.max_top_k)
+    if not 1 <= request.top_k <= max_k:
+        raise InvalidRequest(
+            f"top_k must be in [1, {max_k}] (index {loaded.version} holds N = {index.num_items} items, "
+            f"server limit {config.max_top_k}); got {request.top_k}"
+        )
+    kinds = {q.WhichOneof("input") for q in request.queries}
+    if None in kinds:
+        first = next(i for i, q in enumerate(request.queries) if q.WhichOneof("input") is None)
+        raise InvalidRequest(f"query {first} has neither history nor embeddings; set one of them")
+    if len(kinds) > 1:
+        raise InvalidRequest("all queries of one request must be of the same kind (history or embeddings)")
+    kind = kinds.pop()
+    params = _params(request, config)
+    shared = list(request.exclude_ids)
+    exclude = [shared + list(q.exclude_ids) for q in request.queries]
+    sim = index.similarity
+    embeddings = gating = None
+    histories: list[list[int]] = []
+    timestamps: list[list[int]] | None = None
+    query_times: list[int] | None = None
+    users: list[int] = []
+    if kind == "embeddings":
+        rows, gates = [], []
+        shape = (sim.num_query_components, sim.component_dim)
+        for i, q in enumerate(request.queries):
+            rows.append(decode_tensor(q.embeddings, shape, f"query {i} embeddings"))
+            if needs_gating(sim):
+                if not q.HasField("gating"):
+                    raise InvalidRequest(
+                        f"query {i}: this index's similarity needs gating features of shape "
+                        f"[{sim.num_components}]"
+                    )
+                gates.append(decode_tensor(q.gating, (sim.num_components,), f"query {i} gating"))
+            elif q.HasField("gating"):
+                raise InvalidRequest(f"query {i}: this index's similarity (dot product) takes no gating")
+        embeddings = torch.stack(rows)  # (B, Pq, d)
+        gating = torch.stack(gates) if gates else None  # (B, P)
+        if request.exclude_history:
+            raise InvalidRequest("exclude_history needs history queries; send the ids in exclude_ids instead")
+    else:
+        if bundle is None:
+            raise InvalidRequest(
+                "this server has no model bundle: send precomputed embeddings, not histories"
+            )
+        vocabulary = _vocabulary(bundle)
+        with_times = [len(q.history.timestamps) > 0 for q in request.queries]
+        if any(with_times) and not all(with_times):
+            raise InvalidRequest("either every history of a request has timestamps or none has")
+        timestamps = [] if all(with_times) else None
+        query_times = [] if any(q.history.query_time for q in request.queries) else None
+        for i, q in enumerate(request.queries):
+            items = list(q.history.item_ids)
+            if not items:
+                raise InvalidRequest(
+                    f"query {i} has an empty history; a history query needs at least one item id"
+                )
+            unknown = [x for x in items if x not in vocabulary]
+            if unknown:
+                raise InvalidRequest(
+                    f"query {i}: unknown item id(s) {unknown[:5]} (not in the model bundle's vocabulary)"
+                )
+            if timestamps is not None:
+                if len(q.history.timestamps) != len(items):
+                    raise InvalidRequest(
+                        f"query {i}: {len(items)} item ids but {len(q.history.timestamps)} timestamps; "
+                        "send one per id"
+                    )
+                timestamps.append(list(q.history.timestamps))
+            if query_times is not None:
+                query_times.append(q.history.query_time or (timestamps[i][-1] if timestamps else 0))
+            histories.append(items)
+            users.append(int(q.history.user_id))
+            if request.exclude_history:
+                exclude[i].extend(items)
+    return ParsedRequest(
+        kind, embeddings, gating, histories, timestamps, users, query_times, exclude, request.top_k, params
+    )
+
+
+def _vocabulary(bundle: ModelBundle) -> frozenset[object]:
+    cached: frozenset[object] | None = bundle.__dict__.get("_serve_vocabulary")
+    if cached is None:
+        cached = frozenset(bundle.item_ids)
+        object.__setattr__(bundle, "_serve_vocabulary", cached)
+    return cached

@@ -1,0 +1,186 @@
+"""``ServeConfig``: everything a mol-serve server is started with, from flags or a TOML file.
+
+A TOML config file holds the same keys as :class:`ServeConfig`, with index aliases in a table::
+
+    host = "127.0.0.1"
+    port = 50051
+    metrics_port = 9464
+    bundle = "artifacts/bundle"          # optional: needed for history queries
+    default_alias = "prod"
+    token = "serving-secret"             # or token_file = "..."
+    admin_token = "admin-secret"
+    [indexes]
+    prod = "artifacts/index-v1"
+
+Relative paths in a file are resolved against the file's directory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from mol_core.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["ALGORITHMS", "ServeConfig", "is_loopback", "load_config"]
+
+#: Retrieval algorithms a request may name (mol-index ``Algorithm`` values).
+ALGORITHMS = ("exact", "topk_per_embd", "topk_avg", "comb_topk")
+
+_PATH_KEYS = ("bundle", "tls_cert", "tls_key", "tls_client_ca", "token_file", "admin_token_file")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    """How a server is started (see docs/mol-serve.md, "Configuration").
+
+    Attributes:
+        host: listen address; anything but loopback needs a token (or ``insecure``).
+        port: gRPC port; 0 picks a free one (returned by ``create_server``).
+        metrics_port: Prometheus HTTP port (0 = a free one), ``None`` = no metrics endpoint.
+        bundle: model bundle directory (for history queries), or ``None`` (embeddings queries only).
+        indexes: alias -> index artifact directory, loaded at start.
+        default_alias: alias used when a request names none (default: the first of ``indexes``).
+        max_batch: most queries the micro-batcher runs in one search.
+        max_wait_ms: longest a query waits for others to join its batch (only while other calls are in
+            progress, unless ``fixed_wait``).
+        fixed_wait: always wait ``max_wait_ms`` for a batch to fill, even for a lone call (tests, or to
+            trade latency for larger batches).
+        max_concurrent: concurrent Retrieve RPCs; more are answered RESOURCE_EXHAUSTED.
+        max_top_k: largest ``top_k`` a request may ask for.
+        max_queries: largest number of queries B in one request.
+        max_message_bytes: gRPC receive/send message size limit.
+        default_algorithm: algorithm used when a request leaves it empty.
+        default_k_prime: ``K'`` for the RAILS algorithms when a request does not set ``k_prime``.
+        token: bearer token every RPC must carry (``None`` = no auth).
+        admin_token: bearer token for the admin RPCs (``None`` = admin RPCs disabled unless no token
+            is configured at all, i.e. a local unauthenticated server).
+        tls_cert: PEM server certificate chain; with ``tls_key`` enables TLS.
+        tls_key: PEM server private key.
+        tls_client_ca: PEM CA bundle; when set clients must present a certificate it signed (mTLS).
+        insecure: allow a non-loopback listen address without a token.
+        torch_threads: intra-op threads for search (``None`` = torch's default).
+        shutdown_grace_s: how long SIGTERM waits for in-flight RPCs before stopping.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    metrics_port: int | None = None
+    bundle: Path | None = None
+    indexes: dict[str, Path] = field(default_factory=dict)
+    default_alias: str | None = None
+    max_batch: int = 64
+    max_wait_ms: float = 2.0
+    fixed_wait: bool = False
+    max_concurrent: int = 256
+    max_top_k: int = 1000
+    max_queries: int = 1024
+    max_message_bytes: int = 16 * 1024 * 1024
+    default_algorithm: str = "exact"
+    default_k_prime: int = 64
+    token: str | None = None
+    admin_token: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    insecure: bool = False
+    torch_threads: int | None = None
+    shutdown_grace_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_concurrent", "max_top_k", "max_queries", "default_k_prime"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+        if not 0 <= self.port <= 65535 or (
+            self.metrics_port is not None and not 0 <= self.metrics_port <= 65535
+        ):
+            raise ConfigError(f"ports must be in [0, 65535]; got {self.port} / {self.metrics_port}")
+        if self.max_wait_ms < 0 or self.shutdown_grace_s < 0:
+            raise ConfigError("max_wait_ms and shutdown_grace_s must be >= 0")
+        if self.max_message_bytes < 1024:
+            raise ConfigError(f"max_message_bytes must be >= 1024; got {self.max_message_bytes}")
+        if self.default_algorithm not in ALGORITHMS:
+            raise ConfigError(
+                f"default_algorithm must be one of {', '.join(ALGORITHMS)}; got {self.default_algorithm!r}"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both tls_cert and tls_key (PEM files); got only one")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key as well")
+        if self.default_alias is not None and self.indexes and self.default_alias not in self.indexes:
+            raise ConfigError(
+                f"default_alias {self.default_alias!r} is not one of the indexes {sorted(self.indexes)}"
+            )
+        if not is_loopback(self.host) and self.token is None and not self.insecure:
+            raise ConfigError(
+                f"refusing to listen on non-loopback address {self.host!r} without authentication: set a "
+                "token (--token / token_file) or pass --insecure if the network is trusted"
+            )
+
+    @property
+    def resolved_default_alias(self) -> str | None:
+        """The default alias: ``default_alias``, else the first configured index alias."""
+        return self.default_alias or next(iter(self.indexes), None)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses (``127.0.0.0/8``, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def load_config(path: str | Path, **overrides: Any) -> ServeConfig:
+    """Reads a TOML config file (keys of :class:`ServeConfig`), then applies non-``None`` ``overrides``.
+
+    ``token_file`` / ``admin_token_file`` keys read the token from a file (stripped).
+
+    Raises:
+        ConfigError: unreadable file, unknown keys or invalid values.
+    """
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"cannot read config file {file}: {err}") from err
+    base = file.parent
+    known = {f.name for f in fields(ServeConfig)} | {"token_file", "admin_token_file"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{file}: unknown config keys {unknown}; expected some of {sorted(known)}")
+    for key in _PATH_KEYS:
+        if key in data:
+            data[key] = base / Path(data[key])
+    if "indexes" in data:
+        if not isinstance(data["indexes"], dict):
+            raise ConfigError(f'{file}: [indexes] must be a table of alias = "path"')
+        data["indexes"] = {str(a): base / Path(p) for a, p in data["indexes"].items()}
+    for key, target in (("token_file", "token"), ("admin_token_file", "admin_token")):
+        if key in data:
+            token_path = data.pop(key)
+            try:
+                data[target] = token_path.read_text().strip()
+            except OSError as err:
+                raise ConfigError(f"cannot read {key} {token_path}: {err}") from err
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ServeConfig(**data)
+    except TypeError as err:
+        raise ConfigError(f"{file}: {err}") from err
+
+
+def with_overrides(config: ServeConfig, **overrides: Any) -> ServeConfig:
+    """A copy of ``config`` with the non-``None`` ``overrides`` applied."""
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
