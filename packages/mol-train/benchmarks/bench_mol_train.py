@@ -41,9 +41,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+EXTRA: list[str] = []  # --set overrides, applied after each run's own (so they win)
+
+
 def run_one(
     name: str, preset: str, dataset: SequenceDataset, overrides: list[str], out: Path
 ) -> dict[str, Any]:
+    overrides = [*overrides, *EXTRA]
     config = load_config(preset, overrides)
     start = time.perf_counter()
     result = fit(config, dataset, out / name, progress=False)
@@ -107,7 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--workdir", type=Path, help="where runs are written (default: a temporary folder)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="config override applied to every run, e.g. --set train.shared_negatives=true (repeatable)",
+    )
     args = parser.parse_args(argv)
+    EXTRA[:] = args.overrides
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             "cuda": torch.cuda.is_available(),
         },
         "paper_hstu_large_mol_ml1m": PAPER,
+        "overrides": args.overrides,
         "rows": rows,
     }
     print(f"mol-train ({result['mode']}), {result['machine']}")

@@ -81,3 +81,20 @@ def test_query_encoder_reproduces_the_model_query_path(dataset) -> None:  # type
     torch.testing.assert_close(query.gating, want.gating)
     corpus = model.corpus_side(encoder)
     assert corpus.embeddings.shape == (dataset.num_items, 2, 8)
+
+
+@torch.no_grad()
+def test_per_sequence_negatives_equal_shared_ones_when_every_sequence_draws_the_same(dataset) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    config = load_config(
+        "tiny_cpu", ["data.max_len=12", "similarity.gating_dropout=0.0", "model.dropout=0.0"]
+    )
+    model = build_model(config, dataset.num_items).eval()
+    batch = train_batch(dataset, train_rows(dataset)[:6], max_len=12)
+    shared = torch.randint(1, dataset.num_items + 1, (16,))
+    args = (batch.inputs, batch.targets)
+    one = model(*args, shared, batch.timestamps, None, None)
+    per_sequence = model(*args, shared.expand(6, 16).clone(), batch.timestamps, None, None)
+    torch.testing.assert_close(per_sequence.loss, one.loss)
+    different = model(*args, torch.randint(1, dataset.num_items + 1, (6, 16)), batch.timestamps, None, None)
+    assert not torch.allclose(different.loss, one.loss)

@@ -109,6 +109,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     loss: LossKind = LossKind.SAMPLED
     num_negatives: int = 128
+    shared_negatives: bool = False  # False: R negatives per sequence; True: R for the whole batch (cheaper)
     mi_weight: float = 0.001  # MI load-balancing loss weight (MoL only)
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     eval_every: int = 1  # epochs between validation runs

@@ -1,7 +1,8 @@
 """The sequential retrieval model: embedding tables, a sequence encoder and a similarity head.
 
 Training is autoregressive: every position of a user's history is a query whose positive is the next item,
-scored against ``R`` uniformly sampled negatives (shared by the batch, accidental hits masked) or against
+scored against ``R`` uniformly sampled negatives (drawn per sequence and shared by its positions, or shared
+by the whole batch; accidental hits masked) or against
 the batch's other positives (in-batch with logQ correction). :meth:`SequentialRecommender.forward` returns
 the loss so that the whole model can sit inside torchrec's ``DistributedModelParallel``; evaluation and
 export use :meth:`SequentialRecommender.query_side` and :meth:`SequentialRecommender.corpus_side`.
@@ -100,14 +101,17 @@ class SequentialRecommender(nn.Module):
         Args:
             inputs: ``(B, L)`` right-aligned input item ids, 0 = padding.
             targets: ``(B, L)`` next item of every position, 0 = padding.
-            negatives: ``(R,)`` uniformly sampled item ids in ``[1, N]``, shared by the batch (unused by the
-                in-batch loss, but still looked up so every rank runs the same collectives).
+            negatives: uniformly sampled item ids in ``[1, N]``: ``(B, R)``, one set per sequence shared by
+                its positions, or ``(R,)`` shared by the whole batch (unused by the in-batch loss, but still
+                looked up so every rank runs the same collectives).
             timestamps: ``(B, L)`` input times, or ``None``.
             next_timestamps: ``(B,)`` time of the last position's target, or ``None``.
             user_ids: ``(B,)`` user ids, required when the similarity has user components.
         """
         both = torch.cat([inputs, targets], dim=0)  # (2B, L): one lookup for histories and positives
-        lookup = self.tables(both, negatives.unsqueeze(0), user_ids if self.uses_users else None)
+        per_sequence = negatives.dim() == 2
+        candidates = negatives if per_sequence else negatives.unsqueeze(0)  # (B or 1, R)
+        lookup = self.tables(both, candidates, user_ids if self.uses_users else None)
         batch = inputs.shape[0]
         history, positives = lookup.sequence[:batch], lookup.sequence[batch:]  # (B, L, D) each
         hidden = self.encoder(history, inputs != 0, timestamps, next_timestamps)  # (B, L, D)
@@ -130,10 +134,20 @@ class SequentialRecommender(nn.Module):
                 None if positive_side.gating is None else positive_side.gating.unsqueeze(1),
             )  # (M, 1, Px, d)
             pos_scores, weights = self.similarity.score_pairs_with_weights(query, paired)  # (M, 1)
-            negative_side = self.similarity.item_side(lookup.candidates[0])
-            neg_scores = self.similarity.score_pairs(query, negative_side)  # (M, R)
+            negative_side = self.similarity.item_side(lookup.candidates)  # (B or 1, R, Px, d)
+            if per_sequence:
+                neg_scores = self._score_per_sequence(query, negative_side, mask.sum(dim=1))  # (M, R)
+                rows = torch.arange(batch, device=mask.device).unsqueeze(1).expand_as(mask)[mask]  # (M,)
+                negative_ids = negatives[rows]  # (M, R)
+            else:
+                shared = ItemSide(
+                    negative_side.embeddings[0],
+                    None if negative_side.gating is None else negative_side.gating[0],
+                )  # (R, Px, d)
+                neg_scores = self.similarity.score_pairs(query, shared)  # (M, R)
+                negative_ids = negatives
             softmax = sampled_softmax_loss(
-                pos_scores[:, 0], neg_scores, positive_ids=positive_ids, negative_ids=negatives
+                pos_scores[:, 0], neg_scores, positive_ids=positive_ids, negative_ids=negative_ids
             )
             pair_weights = weights[:, 0]  # (M, P)
         mutual_information = torch.zeros((), device=softmax.device)
@@ -141,6 +155,30 @@ class SequentialRecommender(nn.Module):
             mutual_information = mutual_information_loss(pair_weights)
         loss = softmax + self.mi_weight * mutual_information
         return LossParts(loss, softmax, mutual_information, mask.sum().float())
+
+    def _score_per_sequence(
+        self, query: QuerySide, negatives: ItemSide, counts: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores each sequence's positions against that sequence's ``R`` negatives.
+
+        Args:
+            query: ``M`` positions, sequence after sequence.
+            negatives: ``(B, R, Px, d)`` item side of each sequence's negatives.
+            counts: ``(B,)`` positions per sequence (summing to M).
+
+        Returns:
+            ``(M, R)`` scores.
+        """
+        parts, start = [], 0
+        for b, count in enumerate(counts.tolist()):
+            stop = start + count
+            gating = None if query.gating is None else query.gating[start:stop]
+            items = ItemSide(
+                negatives.embeddings[b], None if negatives.gating is None else negatives.gating[b]
+            )
+            parts.append(self.similarity.score_pairs(QuerySide(query.embeddings[start:stop], gating), items))
+            start = stop
+        return torch.cat(parts)  # (M, R)
 
     @torch.no_grad()
     def query_encoder(self) -> QueryEncoder:

@@ -160,9 +160,10 @@ def _train(
         batches = _batches(dataset, config, epoch, context)
         bar = tqdm(batches, desc=f"epoch {epoch}", disable=not (progress and context.is_main), leave=False)
         for batch in bar:
-            negatives = torch.randint(
-                1, dataset.num_items + 1, (settings.num_negatives,), generator=generator
-            )
+            shape: tuple[int, ...] = (settings.num_negatives,)
+            if not settings.shared_negatives:
+                shape = (int(batch.inputs.shape[0]), settings.num_negatives)  # (B, R): per sequence
+            negatives = torch.randint(1, dataset.num_items + 1, shape, generator=generator)
             next_times = None if batch.target_timestamps is None else batch.target_timestamps[:, -1]
             args = [batch.inputs, batch.targets, negatives, batch.timestamps, next_times, batch.user_rows]
             args = [None if a is None else a.to(context.device) for a in args]
