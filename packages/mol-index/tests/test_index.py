@@ -123,3 +123,21 @@ def test_bad_input_is_a_clear_error(mol_corpus: Callable[..., tuple]) -> None:
     dot = MolIndex.build(DotProductSimilarity(16), torch.arange(60), torch.randn(60, 16))
     with pytest.raises(ShapeError, match=r"\(B, 16\)"):
         dot.search(torch.randn(2, 15), 3)
+
+
+def test_unknown_kernel_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown kernel 'cuda'; expected one of auto, torch, triton"):
+        SearchParams(kernel="cuda")
+
+
+def test_to_moves_torch_stage_indexes_and_refuses_faiss_stages(mol_corpus: Callable[..., tuple]) -> None:
+    sim, query, corpus = mol_corpus(5, 200, 4)
+    index = MolIndex.build(sim, torch.arange(200) + 1000, corpus)
+    before = index.search(query, 5, params=SearchParams(algorithm="comb_topk", k_prime=8))
+    assert index.to("cpu") is index
+    assert index.device == torch.device("cpu")
+    after = index.search(query, 5, params=SearchParams(algorithm="comb_topk", k_prime=8))
+    assert torch.equal(before[1], after[1])
+    flat = MolIndex.build(sim, torch.arange(200), corpus, stage="flat")
+    with pytest.raises(ConfigError, match="faiss-flat index runs its FAISS stage on the CPU"):
+        flat.to("meta")

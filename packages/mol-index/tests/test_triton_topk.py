@@ -48,3 +48,37 @@ def test_kernel_refuses_unsupported_shapes(mol_corpus: Callable[..., tuple]) -> 
     sim, query, corpus = mol_corpus(0, 50, 1)  # P = 4 * 2 = 8 < 16
     with pytest.raises(ConfigError, match="powers of two"):
         triton_exact_search(sim, query, corpus, 3)
+
+
+def test_index_kernel_triton_matches_torch_kernel(mol_corpus: Callable[..., tuple]) -> None:
+    from mol_index import MolIndex, SearchParams
+
+    sim, query, corpus = mol_corpus(7, 90, 3, pq=4, px=4, dim=16)  # P = 16, hidden 16
+    ids = torch.arange(90, dtype=torch.int64) * 3 + 11  # external ids != rows
+    index = MolIndex.build(sim, ids, corpus)
+    exclude = [[11, 14, 9999], [], [11 + 3 * 89]]
+    want = index.search_with_info(
+        query, 6, exclude=exclude, params=SearchParams(algorithm="exact", kernel="torch")
+    )
+    got = index.search_with_info(
+        query, 6, exclude=exclude, params=SearchParams(algorithm="exact", kernel="triton")
+    )
+    torch.testing.assert_close(got.scores, want.scores, atol=1e-4, rtol=0)
+    assert torch.equal(got.ids, want.ids)
+    assert bool(got.exact.all())
+    assert got.num_candidates.tolist() == [90, 90, 90]
+    assert 11 not in got.ids[0].tolist()
+    assert 11 + 3 * 89 not in got.ids[2].tolist()
+
+
+def test_index_kernel_triton_refuses_what_it_cannot_score(mol_corpus: Callable[..., tuple]) -> None:
+    from mol_core.errors import ConfigError
+    from mol_index import MolIndex, SearchParams
+
+    sim, query, corpus = mol_corpus(0, 50, 1)  # P = 4 * 2 = 8 < 16
+    index = MolIndex.build(sim, torch.arange(50), corpus)
+    with pytest.raises(ConfigError, match=r"kernel=.triton. cannot search this index.*powers of two"):
+        index.search(query, 3, params=SearchParams(algorithm="exact", kernel="triton"))
+    # auto falls back to torch on the CPU and for shapes the kernel does not take
+    scores, _ = index.search(query, 3, params=SearchParams(algorithm="exact", kernel="auto"))
+    assert scores.shape == (1, 3)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import ADMIN_TOKEN, TOKEN, ServerProcess
 
 import mol_core
 import mol_serve
+from conftest import ADMIN_TOKEN, TOKEN, ServerProcess
 from mol_serve import InvalidRequest, Overloaded, ServeError
 from mol_serve.cli import main
 from mol_serve.client import raise_for_rpc_error

@@ -67,3 +67,36 @@ def test_toml_file_with_relative_paths_and_token_file(tmp_path: Path) -> None:
     file.write_text("colour = 'blue'\n")
     with pytest.raises(ConfigError, match="unknown config keys"):
         load_config(file)
+
+
+def test_kernels_and_algorithms_match_mol_index() -> None:
+    from mol_index import Algorithm
+    from mol_index.index import KERNELS
+    from mol_serve.config import ALGORITHMS
+    from mol_serve.config import KERNELS as SERVE_KERNELS
+
+    assert SERVE_KERNELS == KERNELS
+    assert set(ALGORITHMS) == {a.value for a in Algorithm}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"device": "gpu"}, "device must be auto, cpu, cuda or cuda:N; got 'gpu'"),
+        ({"device": "cuda:x"}, "device must be auto, cpu, cuda or cuda:N"),
+        ({"kernel": "fused"}, "kernel must be one of auto, torch, triton; got 'fused'"),
+    ],
+)
+def test_device_and_kernel_are_checked(kwargs: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        ServeConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_resolved_device() -> None:
+    import torch
+
+    assert ServeConfig(device="cpu").resolved_device() == "cpu"
+    assert ServeConfig().resolved_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="torch sees no CUDA GPU"):
+            ServeConfig(device="cuda:1").resolved_device()

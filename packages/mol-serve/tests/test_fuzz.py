@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from conftest import TOKEN, ServerProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import TOKEN, ServerProcess
 from mol_core.proto.mol.v1 import retrieval_pb2, retrieval_pb2_grpc
 
 ids = st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.integers(min_value=0, max_value=70)

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN_TOKEN, TOKEN, ServerProcess, start_server
 from test_server_process import index_version
 
+from conftest import ADMIN_TOKEN, TOKEN, ServerProcess, start_server
 from mol_serve import (
     AsyncRetrievalClient,
     DeadlineExceeded,

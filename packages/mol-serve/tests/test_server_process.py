@@ -10,9 +10,9 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from conftest import ADMIN_TOKEN, TOKEN, ServerProcess
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from conftest import ADMIN_TOKEN, TOKEN, ServerProcess
 from mol_core.bundle import load_bundle
 from mol_core.proto.mol.v1 import retrieval_pb2
 from mol_index import MolIndex, SearchParams

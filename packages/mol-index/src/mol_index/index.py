@@ -15,13 +15,16 @@ from pathlib import Path
 import torch
 
 from mol_core.errors import ConfigError, ShapeError
-from mol_core.similarity import DotProductSimilarity, ItemSide, QuerySide, Similarity
+from mol_core.similarity import DotProductSimilarity, ItemSide, MoLSimilarity, QuerySide, Similarity
 from mol_index._inputs import Exclude, as_query_side, exclusion_tensor
 from mol_index.artifact import KINDS, read_artifact, write_artifact
 from mol_index.candidates import STAGE_KINDS, CandidateStage, FaissStage, StageParams, TorchStage
 from mol_index.rails import Algorithm, SearchResult, rails_search
 
-__all__ = ["MolIndex", "SearchParams", "build_from_arrays", "build_from_bundle"]
+__all__ = ["KERNELS", "MolIndex", "SearchParams", "build_from_arrays", "build_from_bundle"]
+
+#: Values of :attr:`SearchParams.kernel`.
+KERNELS = ("auto", "torch", "triton")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +40,10 @@ class SearchParams:
         nprobe: IVF lists to visit (``faiss-ivf`` indexes; default ``max(8, nlist // 16)``).
         ef_search: HNSW beam width (``faiss-hnsw`` indexes; at least ``K'`` is used).
         block_size: items per block of the exact scan.
+        kernel: how the ``exact`` algorithm scans: ``torch`` (blockwise, any device), ``triton`` (the fused
+            kernel of :mod:`mol_index.triton_topk`: MoL on CUDA, or on the CPU under
+            ``TRITON_INTERPRET=1``), or ``auto`` (``triton`` when the index is on a CUDA device, Triton is
+            installed and the similarity fits the kernel, else ``torch``). The RAILS algorithms ignore it.
     """
 
     algorithm: Algorithm | str = Algorithm.COMB_TOP_K
@@ -45,8 +52,11 @@ class SearchParams:
     nprobe: int | None = None
     ef_search: int | None = None
     block_size: int | None = None
+    kernel: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.kernel not in KERNELS:
+            raise ConfigError(f"unknown kernel {self.kernel!r}; expected one of {', '.join(KERNELS)}")
         try:
             object.__setattr__(self, "algorithm", Algorithm(self.algorithm))
         except ValueError as err:
@@ -222,6 +232,34 @@ class MolIndex:
         return self._faiss_stage
 
     @property
+    def device(self) -> torch.device:
+        """Where the corpus lives and searches run (queries are moved here)."""
+        return self.corpus.embeddings.device
+
+    def to(self, device: torch.device | str) -> MolIndex:
+        """Moves the similarity, corpus and id tables to ``device`` (in place) and returns ``self``.
+
+        Results of :meth:`search` are then on ``device`` too. Only ``torch``-stage (exact) indexes move
+        off the CPU: FAISS stages here are CPU indexes.
+
+        Raises:
+            ConfigError: a FAISS-stage index asked to leave the CPU.
+        """
+        target = torch.device(device)
+        if target.type != "cpu" and self._faiss_stage is not None:
+            raise ConfigError(
+                f"a {self.kind} index runs its FAISS stage on the CPU and cannot move to {target}; "
+                "build a torch-stage (exact) index to search on a GPU"
+            )
+        self.similarity = self.similarity.to(target)
+        self.corpus = self.corpus.to(target)
+        self.item_ids = self.item_ids.to(target)
+        self._sorted_ids, self._order = self._sorted_ids.to(target), self._order.to(target)
+        if self._faiss_stage is None:
+            self._stage = TorchStage(self.corpus.embeddings)
+        return self
+
+    @property
     def kind(self) -> str:
         """The artifact kind: ``exact``, ``faiss-flat``, ``faiss-ivf`` or ``faiss-hnsw``."""
         return KINDS[self.stage_kind]
@@ -270,23 +308,53 @@ class MolIndex:
         exactness flags, candidate counts and the ``K'`` used; ``ids`` are external ids."""
         params = params or SearchParams()
         query = as_query_side(self.similarity, queries, gating)
-        rows_excluded = self._rows_of(exclusion_tensor(exclude, query.batch_size))
-        with torch.inference_mode():
-            res = rails_search(
-                self.similarity,
-                query,
-                self.corpus,
-                k,
-                self._stage,
-                algorithm=Algorithm(params.algorithm),
-                k_prime=params.k_prime,
-                exclude=rows_excluded,
-                guarantee_exact=params.guarantee_exact,
-                stage_params=StageParams(nprobe=params.nprobe, ef_search=params.ef_search),
-                block_size=params.block_size,
+        device = self.device
+        if query.embeddings.device != device:
+            query = QuerySide(
+                query.embeddings.to(device), None if query.gating is None else query.gating.to(device)
             )
+        excluded = exclusion_tensor(exclude, query.batch_size)
+        rows_excluded = self._rows_of(None if excluded is None else excluded.to(device))
+        with torch.inference_mode():
+            if params.algorithm is Algorithm.EXACT and self._use_triton(params.kernel):
+                res = self._triton_exact(query, k, rows_excluded)
+            else:
+                res = rails_search(
+                    self.similarity,
+                    query,
+                    self.corpus,
+                    k,
+                    self._stage,
+                    algorithm=Algorithm(params.algorithm),
+                    k_prime=params.k_prime,
+                    exclude=rows_excluded,
+                    guarantee_exact=params.guarantee_exact,
+                    stage_params=StageParams(nprobe=params.nprobe, ef_search=params.ef_search),
+                    block_size=params.block_size,
+                )
         ids = torch.where(res.ids >= 0, self.item_ids[res.ids.clamp_min(0)], torch.full_like(res.ids, -1))
         return SearchResult(res.scores, ids, res.exact, res.num_candidates, res.k_prime)
+
+    def _use_triton(self, kernel: str) -> bool:
+        """Whether the exact scan runs the fused Triton kernel (see :attr:`SearchParams.kernel`)."""
+        if kernel == "torch" or (kernel == "auto" and self.device.type != "cuda"):
+            return False
+        from mol_index import triton_topk
+
+        reason = triton_topk.unsupported_reason(self.similarity)
+        if kernel == "triton" and reason is not None:
+            raise ConfigError(f"kernel='triton' cannot search this index: {reason}")
+        return reason is None
+
+    def _triton_exact(self, query: QuerySide, k: int, rows_excluded: torch.Tensor | None) -> SearchResult:
+        from mol_index.triton_topk import triton_exact_search
+
+        assert isinstance(self.similarity, MoLSimilarity)  # checked by _use_triton
+        scores, rows = triton_exact_search(self.similarity, query, self.corpus, k, exclude=rows_excluded)
+        batch, device = query.batch_size, query.embeddings.device
+        everything = torch.full((batch,), self.num_items, dtype=torch.int64, device=device)
+        exact = torch.ones(batch, dtype=torch.bool, device=device)
+        return SearchResult(scores, rows, exact, everything, everything.clone())
 
     def _rows_of(self, ids: torch.Tensor | None) -> torch.Tensor | None:
         """``(B, L)`` external ids -> corpus rows; unknown ids and padding become ``-1``."""

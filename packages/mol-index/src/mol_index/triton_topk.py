@@ -28,7 +28,7 @@ from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide
 from mol_index._inputs import Exclude, check_k, exclusion_tensor
 from mol_index.exact import merge_topk
 
-__all__ = ["TRITON_AVAILABLE", "triton_exact_search"]
+__all__ = ["TRITON_AVAILABLE", "triton_exact_search", "unsupported_reason"]
 
 try:
     import triton  # type: ignore[import-not-found,unused-ignore]
@@ -113,6 +113,29 @@ def _pow2(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
 
 
+def unsupported_reason(similarity: object, block_items: int = 16) -> str | None:
+    """Why the kernel cannot score ``similarity`` (a sentence), or ``None`` when it can.
+
+    The kernel needs Triton, a ``MoLSimilarity``, and ``P``, ``d``, the gating hidden width and
+    ``block_items`` powers of two with ``P``, the hidden width and ``block_items`` at least 16.
+    """
+    if not TRITON_AVAILABLE:
+        return "the Triton kernel needs triton: pip install 'mol-index[triton]'"
+    if not isinstance(similarity, MoLSimilarity):
+        return f"the Triton kernel scores MoLSimilarity only, not {type(similarity).__name__}"
+    num_p, dim = similarity.num_components, similarity.component_dim
+    hidden = similarity.gating.logits_mlp.hidden.out_features
+    if (
+        not (_pow2(num_p) and _pow2(dim) and _pow2(hidden) and _pow2(block_items))
+        or min(num_p, hidden, block_items) < 16
+    ):
+        return (
+            f"the Triton kernel needs P = {num_p}, d = {dim}, gating hidden = {hidden} and block_items = "
+            f"{block_items} to be powers of two, with P, hidden and block_items >= 16; use exact_search"
+        )
+    return None
+
+
 def triton_exact_search(
     similarity: MoLSimilarity,
     query: QuerySide,
@@ -141,10 +164,12 @@ def triton_exact_search(
         ConfigError: Triton is not installed, the tensors are on the CPU without ``TRITON_INTERPRET=1``,
             or the shapes do not meet the kernel's requirements (module docstring).
     """
-    if not TRITON_AVAILABLE:
-        raise ConfigError("the Triton kernel needs triton: pip install 'mol-index[triton]'")
-    if not isinstance(similarity, MoLSimilarity) or query.gating is None or corpus.gating is None:
-        raise ConfigError("triton_exact_search scores MoLSimilarity with query and item gating features")
+    reason = unsupported_reason(similarity, block_items)
+    if reason is not None:
+        raise ConfigError(reason)
+    assert isinstance(similarity, MoLSimilarity)
+    if query.gating is None or corpus.gating is None:
+        raise ConfigError("triton_exact_search needs query and item gating features (MoL)")
     device = query.embeddings.device
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ConfigError(
@@ -157,15 +182,6 @@ def triton_exact_search(
         similarity.component_dim,
     )
     hidden = mlp.hidden.out_features
-    num_p = num_q * num_x
-    if (
-        not (_pow2(num_p) and _pow2(dim) and _pow2(hidden) and _pow2(block_items))
-        or min(num_p, hidden, block_items) < 16
-    ):
-        raise ConfigError(
-            f"the Triton kernel needs P = {num_p}, d = {dim}, gating hidden = {hidden} and block_items = "
-            f"{block_items} to be powers of two, with P, hidden and block_items >= 16; use exact_search"
-        )
     num_items = corpus.num_items
     check_k(k, num_items)
     batch = query.batch_size

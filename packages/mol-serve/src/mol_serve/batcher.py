@@ -231,7 +231,7 @@ class MicroBatcher:
         total = scores.shape[0]
         if self._on_batch is not None:
             self._on_batch(total)
-        id_rows, score_rows = ids.tolist(), scores.tolist()
+        id_rows, score_rows = ids.cpu().tolist(), scores.cpu().tolist()
         out, offset = [], 0
         for entry in entries:
             rows = range(offset, offset + entry.rows)

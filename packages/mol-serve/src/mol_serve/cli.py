@@ -85,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--torch-threads", type=int, help="intra-op threads for search")
     serve.add_argument(
+        "--device",
+        help="where exact indexes search: auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N",
+    )
+    serve.add_argument(
+        "--kernel",
+        help="exact-scan kernel: auto (fused Triton top-k on a GPU when the index fits it), torch, triton",
+    )
+    serve.add_argument(
         "--shutdown-grace-s", type=float, help="seconds SIGTERM waits for in-flight calls (default 5)"
     )
     serve.add_argument(
@@ -161,6 +169,8 @@ def _serve(args: argparse.Namespace) -> int:
         "tls_client_ca": args.tls_client_ca,
         "insecure": args.insecure,
         "torch_threads": args.torch_threads,
+        "device": args.device,
+        "kernel": args.kernel,
         "shutdown_grace_s": args.shutdown_grace_s,
     }
     config = (

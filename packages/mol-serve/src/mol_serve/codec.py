@@ -124,7 +124,7 @@ def _params(request: retrieval_pb2.RetrieveRequest, config: ServeConfig) -> Sear
         else:
             known = ", ".join((*_INT_PARAMS, "guarantee_exact"))
             raise InvalidRequest(f"unknown algorithm_params key {key!r}; expected some of {known}")
-    return SearchParams(algorithm=algorithm, **values)  # type: ignore[arg-type]
+    return SearchParams(algorithm=algorithm, kernel=config.kernel, **values)  # type: ignore[arg-type]
 
 
 def parse_request(

@@ -18,6 +18,7 @@ Relative paths in a file are resolved against the file's directory.
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -30,10 +31,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ALGORITHMS", "ServeConfig", "is_loopback", "load_config"]
+__all__ = ["ALGORITHMS", "KERNELS", "ServeConfig", "is_loopback", "load_config"]
 
 #: Retrieval algorithms a request may name (mol-index ``Algorithm`` values).
 ALGORITHMS = ("exact", "topk_per_embd", "topk_avg", "comb_topk")
+#: ``mol_index.SearchParams.kernel`` values (kept here so that the client imports without torch).
+KERNELS = ("auto", "torch", "triton")
 
 _PATH_KEYS = ("bundle", "tls_cert", "tls_key", "tls_client_ca", "token_file", "admin_token_file")
 
@@ -68,6 +71,11 @@ class ServeConfig:
         tls_client_ca: PEM CA bundle; when set clients must present a certificate it signed (mTLS).
         insecure: allow a non-loopback listen address without a token.
         torch_threads: intra-op threads for search (``None`` = torch's default).
+        device: where indexes live and searches run: ``auto`` (the first CUDA GPU when torch sees one,
+            else the CPU), ``cpu``, ``cuda`` or ``cuda:N``. Only torch-stage (exact) indexes go to a GPU;
+            the bundle's query encoder runs on the CPU.
+        kernel: the exact scan's kernel (``mol_index.SearchParams.kernel``): ``auto`` (the fused Triton
+            top-k on a GPU when the index fits it, else torch), ``torch`` or ``triton``.
         shutdown_grace_s: how long SIGTERM waits for in-flight RPCs before stopping.
     """
 
@@ -93,6 +101,8 @@ class ServeConfig:
     tls_client_ca: Path | None = None
     insecure: bool = False
     torch_threads: int | None = None
+    device: str = "auto"
+    kernel: str = "auto"
     shutdown_grace_s: float = 5.0
 
     def __post_init__(self) -> None:
@@ -112,6 +122,10 @@ class ServeConfig:
             raise ConfigError(
                 f"default_algorithm must be one of {', '.join(ALGORITHMS)}; got {self.default_algorithm!r}"
             )
+        if self.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        if self.kernel not in KERNELS:
+            raise ConfigError(f"kernel must be one of {', '.join(KERNELS)}; got {self.kernel!r}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both tls_cert and tls_key (PEM files); got only one")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -125,6 +139,20 @@ class ServeConfig:
                 f"refusing to listen on non-loopback address {self.host!r} without authentication: set a "
                 "token (--token / token_file) or pass --insecure if the network is trusted"
             )
+
+    def resolved_device(self) -> str:
+        """The device searches run on: ``device``, with ``auto`` resolved by what torch sees now.
+
+        Raises:
+            ConfigError: a CUDA device was asked for and torch sees none.
+        """
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {self.device!r} was asked for but torch sees no CUDA GPU")
+        return self.device
 
     @property
     def resolved_default_alias(self) -> str | None:

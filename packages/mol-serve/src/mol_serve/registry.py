@@ -47,8 +47,11 @@ class LoadedIndex:
     load_us: int
 
 
-def load_and_validate(path: Path, bundle: ModelBundle | None) -> LoadedIndex:
-    """Loads an artifact, checks it fits the bundle, and runs one search as a smoke test.
+def load_and_validate(
+    path: Path, bundle: ModelBundle | None, device: str = "cpu", kernel: str = "auto"
+) -> LoadedIndex:
+    """Loads an artifact, moves it to ``device``, checks it fits the bundle, and runs one exact search
+    with ``kernel`` as a smoke test.
 
     Raises:
         LoadRefused: the artifact is missing, corrupt, incompatible with the bundle, or its smoke search
@@ -69,7 +72,7 @@ def load_and_validate(path: Path, bundle: ModelBundle | None) -> LoadedIndex:
             stage_kind=art.stage_kind,
             faiss_stage=art.faiss_stage,
             parameters=dict(manifest.parameters),
-        )
+        ).to(device)
     except (ArtifactError, ConfigError, ShapeError, OSError) as err:
         raise LoadRefused(f"cannot load index artifact {path}: {err}") from err
     sim = index.similarity
@@ -89,7 +92,9 @@ def load_and_validate(path: Path, bundle: ModelBundle | None) -> LoadedIndex:
         gating = None
         if needs_gating(sim):
             gating = torch.randn(1, sim.num_components, generator=generator)
-        scores, _ = index.search(queries, 1, gating=gating, params=SearchParams(algorithm="exact"))
+        scores, _ = index.search(
+            queries, 1, gating=gating, params=SearchParams(algorithm="exact", kernel=kernel)
+        )
     except Exception as err:  # a smoke test: any failure means the artifact cannot serve
         raise LoadRefused(f"index {path} failed its smoke search: {err}") from err
     if not bool(torch.isfinite(scores).all()):

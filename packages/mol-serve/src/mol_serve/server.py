@@ -118,9 +118,10 @@ async def create_server(config: ServeConfig, *, bundle: ModelBundle | None = Non
         torch.set_num_threads(config.torch_threads)
     if bundle is None and config.bundle is not None:
         bundle = load_bundle(config.bundle)
+    device = config.resolved_device()
     registry = IndexRegistry(config.resolved_default_alias)
     for alias, path in config.indexes.items():
-        registry.install(load_and_validate(Path(path), bundle), alias)
+        registry.install(load_and_validate(Path(path), bundle, device, config.kernel), alias)
     metrics = ServerMetrics()
     metrics.set_aliases(registry.snapshot()[1])
     batcher = MicroBatcher(
@@ -181,7 +182,14 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.shutdown()))
-    logger.info("mol-serve listening on %s:%d (metrics port %s)", config.host, port, server.metrics_port)
+    logger.info(
+        "mol-serve listening on %s:%d (metrics port %s), searching on %s with kernel %s",
+        config.host,
+        port,
+        server.metrics_port,
+        config.resolved_device(),
+        config.kernel,
+    )
     if port_file is not None:
         fd, tmp = tempfile.mkstemp(dir=port_file.parent, prefix=port_file.name, suffix=".tmp")
         with os.fdopen(fd, "w") as handle:

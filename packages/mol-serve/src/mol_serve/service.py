@@ -151,7 +151,12 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):  # type: i
                 raise ConfigError("LoadIndex needs both path and alias")
             async with self._load_lock:  # one load at a time; serving continues meanwhile
                 loaded = await asyncio.get_running_loop().run_in_executor(
-                    None, load_and_validate, Path(request.path), self.bundle
+                    None,
+                    load_and_validate,
+                    Path(request.path),
+                    self.bundle,
+                    self.config.resolved_device(),
+                    self.config.kernel,
                 )
                 previous = self.registry.install(loaded, request.alias)
             self.metrics.set_aliases(self.registry.snapshot()[1])
