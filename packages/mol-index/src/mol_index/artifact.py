@@ -77,6 +77,7 @@ def write_artifact(
     parameters: dict[str, str],
     version: str,
     overwrite: bool = False,
+    source_bundle_sha256: str = "",
 ) -> Path:
     """Writes an index artifact directory atomically; returns its path.
 
@@ -91,6 +92,7 @@ def write_artifact(
         version: the mol-index version writing it.
         overwrite: replace an existing directory at ``path`` (the old one is removed only after the new
             one is complete).
+        source_bundle_sha256: SHA-256 of the model bundle's manifest.json the items came from, or "".
 
     Raises:
         ArtifactError: ``path`` exists and ``overwrite`` is False, its parent is missing, or a write failed.
@@ -117,6 +119,7 @@ def write_artifact(
             kind=kind,
             index_version=f"{kind}-{now:%Y%m%d}-{secrets.token_hex(3)}",
             similarity=similarity_to_config(similarity),
+            source_bundle_sha256=source_bundle_sha256,
             num_items=int(item_ids.shape[0]),
             parameters={
                 **parameters,

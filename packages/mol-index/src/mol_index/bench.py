@@ -31,7 +31,8 @@ from typing import Any
 import faiss
 import torch
 
-from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide
+from mol_core.errors import ConfigError
+from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide, Similarity
 from mol_index.exact import exact_search
 from mol_index.index import MolIndex, SearchParams
 from mol_index.rails import Algorithm, SearchResult
@@ -121,6 +122,157 @@ def _index_bytes(index: MolIndex) -> int:
     return int(total)
 
 
+def _bench_corpus(
+    label: str,
+    sim: Similarity,
+    query: QuerySide,
+    corpus: ItemSide,
+    stages: list[str],
+    k_primes: list[int],
+    batches_b32: int,
+    queries_b1: int,
+    k: int,
+    log: Callable[[str], None],
+) -> tuple[list[dict[str, Any]], int]:
+    """Exact search, then every stage x algorithm x K' on one corpus: (result rows, proven-but-wrong)."""
+    num_items = corpus.num_items
+    results: list[dict[str, Any]] = []
+    violations = 0
+    b32, b1 = _split(query, 32, batches_b32), _split(query, 1, queries_b1)
+    with torch.inference_mode():
+        truth = torch.cat([exact_search(sim, q, corpus, k)[1] for q in b32])  # (Q, k)
+        exact_lat = {
+            "b1": _latency(functools.partial(exact_search, sim, corpus=corpus, k=k), b1),
+            "b32": _latency(functools.partial(exact_search, sim, corpus=corpus, k=k), b32),
+        }
+    log(
+        f"N={num_items}: exact p50 B=1 {exact_lat['b1']['p50_ms']:.1f} ms, "
+        f"B=32 {exact_lat['b32']['p50_ms']:.1f} ms"
+    )
+    results.append(
+        {
+            "corpus": label,
+            "N": num_items,
+            "stage": "-",
+            "algorithm": "exact",
+            "k_prime": num_items,
+            "recall": 1.0,
+            "top1_hit": 1.0,
+            "proven_exact": 1.0,
+            "candidates": num_items,
+            "b1": exact_lat["b1"],
+            "b32": exact_lat["b32"],
+            "speedup_b1": 1.0,
+            "speedup_b32": 1.0,
+            "index_bytes": corpus.embeddings.nbytes
+            + (corpus.gating.nbytes if corpus.gating is not None else 0),
+        }
+    )
+    for stage in stages:
+        search_threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(os.cpu_count() or 1)  # build with every core, search with --threads
+        start = time.perf_counter()
+        index = MolIndex.build(
+            sim, torch.arange(num_items), corpus, stage=stage, hnsw_m=16, ef_construction=80
+        )
+        build_s = time.perf_counter() - start
+        faiss.omp_set_num_threads(search_threads)
+        nlist = int(index.parameters.get("nlist", "0"))
+        variants: list[tuple[Algorithm, int, bool]] = [(a, kp, False) for a in _ALGORITHMS for kp in k_primes]
+        if stage in ("torch", "flat"):
+            variants.append((Algorithm.COMB_TOP_K, k_primes[0], True))
+        for algorithm, k_prime, guarantee in variants:
+            params = SearchParams(
+                algorithm=algorithm,
+                k_prime=k_prime,
+                guarantee_exact=guarantee,
+                nprobe=max(8, nlist // 16) if nlist else None,
+                ef_search=2 * k_prime,
+            )
+
+            def search(q: QuerySide, p: SearchParams = params, idx: MolIndex = index) -> SearchResult:
+                return idx.search_with_info(q, k, params=p)
+
+            found = [search(q) for q in b32]
+            ids = torch.cat([r.ids for r in found])  # (Q, k)
+            proven = torch.cat([r.exact for r in found])  # (Q,)
+            hits = (ids.unsqueeze(2) == truth.unsqueeze(1)).any(2)  # (Q, k)
+            wrong = int((proven & (ids != truth).any(1)).sum())
+            violations += wrong
+            lat = {"b1": _latency(search, b1), "b32": _latency(search, b32)}
+            row = {
+                "corpus": label,
+                "N": num_items,
+                "stage": stage,
+                "algorithm": algorithm.value + (" +guarantee" if guarantee else ""),
+                "k_prime": k_prime,
+                "recall": float(hits.float().mean()),
+                "top1_hit": float((ids == truth[:, :1]).any(1).float().mean()),
+                "proven_exact": float(proven.float().mean()),
+                "proven_but_different": wrong,
+                "candidates": float(torch.cat([r.num_candidates for r in found]).float().mean()),
+                "b1": lat["b1"],
+                "b32": lat["b32"],
+                "speedup_b1": exact_lat["b1"]["p50_ms"] / lat["b1"]["p50_ms"],
+                "speedup_b32": exact_lat["b32"]["p50_ms"] / lat["b32"]["p50_ms"],
+                "index_bytes": _index_bytes(index),
+                "build_s": build_s,
+                "nlist": nlist,
+            }
+            results.append(row)
+            log(format_row(row))
+    return results, violations
+
+
+def _synthetic_of_size(
+    num_items: int, num_queries: int, *, seed: int
+) -> tuple[Similarity, QuerySide, ItemSide]:
+    return synthetic_corpus(num_items, num_queries, seed=seed)
+
+
+def read_histories(path: Path, limit: int) -> list[list[int]]:
+    """The first ``limit`` users' histories of a "user item" per line chronological text file."""
+    by_user: dict[str, list[int]] = {}
+    with path.open() as handle:
+        for number, line in enumerate(handle, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 2:
+                raise ConfigError(f"{path}:{number}: expected 'user item', got {line.strip()!r}")
+            if parts[0] not in by_user and len(by_user) == limit:
+                continue
+            by_user.setdefault(parts[0], []).append(int(parts[1]))
+    return list(by_user.values())
+
+
+def bundle_corpus(
+    bundle_path: Path, histories_path: Path | None, num_queries: int, *, seed: int = 0
+) -> tuple[Similarity, QuerySide, ItemSide]:
+    """A model bundle's similarity and item side, with ``num_queries`` queries its encoder makes.
+
+    Queries encode real histories when ``histories_path`` is given (each user's history without its last
+    item, as in a leave-one-out test; users with fewer than 2 items are skipped), else random histories of
+    20 items drawn uniformly from the vocabulary.
+    """
+    from mol_core.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    known = set(bundle.item_ids)
+    if histories_path is not None:
+        users = [[i for i in h if i in known] for h in read_histories(histories_path, 4 * num_queries)]
+        histories = [h[:-1] for h in users if len(h) >= 2][:num_queries]
+        if len(histories) < num_queries:
+            raise ConfigError(f"{histories_path}: {len(histories)} usable histories, {num_queries} needed")
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        picks = torch.randint(0, len(bundle.item_ids), (num_queries, 20), generator=gen)
+        histories = [[bundle.item_ids[i] for i in row] for row in picks.tolist()]
+    with torch.inference_mode():
+        query = bundle.encode(histories)
+    return bundle.similarity.eval(), query, bundle.items
+
+
 def run(
     *,
     sizes: list[int],
@@ -130,97 +282,35 @@ def run(
     queries_b1: int,
     k: int = 10,
     seed: int = 0,
+    bundle: Path | None = None,
+    histories: Path | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Runs the benchmark; returns the JSON-ready result (see the module docstring for what is measured)."""
     results: list[dict[str, Any]] = []
     violations = 0
-    for num_items in sizes:
-        num_queries = 32 * batches_b32
-        sim, query, corpus = synthetic_corpus(num_items, num_queries, seed=seed)
-        b32, b1 = _split(query, 32, batches_b32), _split(query, 1, queries_b1)
-        with torch.inference_mode():
-            truth = torch.cat([exact_search(sim, q, corpus, k)[1] for q in b32])  # (Q, k)
-            exact_lat = {
-                "b1": _latency(functools.partial(exact_search, sim, corpus=corpus, k=k), b1),
-                "b32": _latency(functools.partial(exact_search, sim, corpus=corpus, k=k), b32),
-            }
-        log(
-            f"N={num_items}: exact p50 B=1 {exact_lat['b1']['p50_ms']:.1f} ms, "
-            f"B=32 {exact_lat['b32']['p50_ms']:.1f} ms"
+    corpora: list[tuple[str, Callable[[int], tuple[Similarity, QuerySide, ItemSide]]]] = [
+        ("synthetic", functools.partial(_synthetic_of_size, num_items, seed=seed)) for num_items in sizes
+    ]
+    if bundle is not None:
+        corpora.append((f"bundle:{bundle.name}", functools.partial(bundle_corpus, bundle, histories)))
+    for label, make in corpora:
+        sim, query, corpus = make(32 * batches_b32)
+        num_items = corpus.num_items
+        rows, wrong = _bench_corpus(
+            label,
+            sim,
+            query,
+            corpus,
+            stages[0] if label != "synthetic" else stages.get(num_items, []),
+            k_primes,
+            batches_b32,
+            queries_b1,
+            k,
+            log,
         )
-        results.append(
-            {
-                "N": num_items,
-                "stage": "-",
-                "algorithm": "exact",
-                "k_prime": num_items,
-                "recall": 1.0,
-                "top1_hit": 1.0,
-                "proven_exact": 1.0,
-                "candidates": num_items,
-                "b1": exact_lat["b1"],
-                "b32": exact_lat["b32"],
-                "speedup_b1": 1.0,
-                "speedup_b32": 1.0,
-                "index_bytes": corpus.embeddings.nbytes
-                + (corpus.gating.nbytes if corpus.gating is not None else 0),
-            }
-        )
-        for stage in stages.get(num_items, []):
-            search_threads = faiss.omp_get_max_threads()
-            faiss.omp_set_num_threads(os.cpu_count() or 1)  # build with every core, search with --threads
-            start = time.perf_counter()
-            index = MolIndex.build(
-                sim, torch.arange(num_items), corpus, stage=stage, hnsw_m=16, ef_construction=80
-            )
-            build_s = time.perf_counter() - start
-            faiss.omp_set_num_threads(search_threads)
-            nlist = int(index.parameters.get("nlist", "0"))
-            variants: list[tuple[Algorithm, int, bool]] = [
-                (a, kp, False) for a in _ALGORITHMS for kp in k_primes
-            ]
-            if stage in ("torch", "flat"):
-                variants.append((Algorithm.COMB_TOP_K, k_primes[0], True))
-            for algorithm, k_prime, guarantee in variants:
-                params = SearchParams(
-                    algorithm=algorithm,
-                    k_prime=k_prime,
-                    guarantee_exact=guarantee,
-                    nprobe=max(8, nlist // 16) if nlist else None,
-                    ef_search=2 * k_prime,
-                )
-
-                def search(q: QuerySide, p: SearchParams = params, idx: MolIndex = index) -> SearchResult:
-                    return idx.search_with_info(q, k, params=p)
-
-                found = [search(q) for q in b32]
-                ids = torch.cat([r.ids for r in found])  # (Q, k)
-                proven = torch.cat([r.exact for r in found])  # (Q,)
-                hits = (ids.unsqueeze(2) == truth.unsqueeze(1)).any(2)  # (Q, k)
-                wrong = int((proven & (ids != truth).any(1)).sum())
-                violations += wrong
-                lat = {"b1": _latency(search, b1), "b32": _latency(search, b32)}
-                row = {
-                    "N": num_items,
-                    "stage": stage,
-                    "algorithm": algorithm.value + (" +guarantee" if guarantee else ""),
-                    "k_prime": k_prime,
-                    "recall": float(hits.float().mean()),
-                    "top1_hit": float((ids == truth[:, :1]).any(1).float().mean()),
-                    "proven_exact": float(proven.float().mean()),
-                    "proven_but_different": wrong,
-                    "candidates": float(torch.cat([r.num_candidates for r in found]).float().mean()),
-                    "b1": lat["b1"],
-                    "b32": lat["b32"],
-                    "speedup_b1": exact_lat["b1"]["p50_ms"] / lat["b1"]["p50_ms"],
-                    "speedup_b32": exact_lat["b32"]["p50_ms"] / lat["b32"]["p50_ms"],
-                    "index_bytes": _index_bytes(index),
-                    "build_s": build_s,
-                    "nlist": nlist,
-                }
-                results.append(row)
-                log(format_row(row))
+        results += rows
+        violations += wrong
         log(f"N={num_items}: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
     return {
         "benchmark": "mol_index",
@@ -234,6 +324,8 @@ def run(
             "faiss": faiss.__version__,
         },
         "config": {
+            "bundle": None if bundle is None else str(bundle),
+            "histories": None if histories is None else str(histories),
             "Pq": 8,
             "Px": 4,
             "d": 64,
@@ -350,6 +442,18 @@ def main(argv: list[str] | None = None) -> int:
         "jobs on a shared machine; with torch and FAISS both spinning OpenMP threads on 2 cores each switch "
         "between them cost about 9 ms)",
     )
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        help="also benchmark the items of this mol-train model bundle (e.g. an ML-1M export), with the "
+        "stages of --stages and queries from its encoder",
+    )
+    parser.add_argument(
+        "--histories",
+        type=Path,
+        help="'user item' per line chronological file (e.g. ml-1m/user_movie_chrono.txt) whose users' "
+        "histories (without the last item) are the --bundle queries; default: random 20-item histories",
+    )
     parser.add_argument("--output", type=Path, help="write the result as JSON to this path")
     parser.add_argument("--plot", type=Path, help="write a recall-vs-latency PNG here (needs matplotlib)")
     args = parser.parse_args(argv)
@@ -358,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     sizes = args.sizes or ([10_000] if args.quick else [10_000, 100_000, 1_000_000])
     small = args.stages or ["torch", "flat", "ivf", "hnsw"]
     stages = {n: (small if n <= 100_000 else list(args.large_stages)) for n in sizes}
+    stages[0] = small  # the bundle's corpus (any N)
+    if args.histories is not None and args.bundle is None:
+        parser.error("--histories needs --bundle")
     print(HEADER, flush=True)
     result = run(
         sizes=sizes,
@@ -365,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         k_primes=args.k_primes or ([16, 64] if args.quick else [16, 64, 256]),
         batches_b32=args.batches or (2 if args.quick else 5),
         queries_b1=args.b1_queries or (10 if args.quick else 30),
+        bundle=args.bundle,
+        histories=args.histories,
         log=lambda line: print(line, flush=True),
     )
     result["mode"] = "quick" if args.quick else "full"

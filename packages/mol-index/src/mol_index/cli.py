@@ -6,8 +6,10 @@
     mol-index info OUT
     mol-index bench --quick
 
-Arrays are ``.npy`` files or ``.safetensors`` files (tensor names below). Building from a mol-train model
-bundle is not offered yet (mol-train's export is not final); export the item side to arrays.
+    mol-index build OUT --bundle artifacts/bundle --stage torch
+
+Arrays are ``.npy`` files or ``.safetensors`` files (tensor names below); ``--bundle`` takes the item side,
+ids and similarity from a mol-train model bundle instead.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from mol_core.manifest import INDEX_FORMAT_VERSION, MANIFEST_FILENAME, read_mani
 from mol_core.proto.mol.v1 import manifest_pb2, similarity_pb2
 from mol_core.similarity import ItemSide, QuerySide, similarity_from_config
 from mol_index.candidates import STAGE_KINDS
-from mol_index.index import MolIndex, SearchParams
+from mol_index.index import MolIndex, SearchParams, build_from_bundle
 from mol_index.rails import Algorithm
 
 __all__ = ["main"]
@@ -57,6 +59,21 @@ def _array(path: Path | None, name: str, fallback: dict[str, torch.Tensor]) -> t
 
 
 def _build(args: argparse.Namespace) -> int:
+    if args.bundle is not None:
+        if args.items is not None or args.similarity_config is not None:
+            raise ConfigError("--bundle replaces --items and --similarity-config; give one or the other")
+        index = build_from_bundle(
+            args.bundle,
+            stage=args.stage,
+            nlist=args.nlist,
+            hnsw_m=args.hnsw_m,
+            ef_construction=args.ef_construction,
+        )
+        path = index.save(args.output, overwrite=args.overwrite)
+        print(f"built {index.kind} index of {index.num_items} items from bundle {args.bundle} at {path}")
+        return 0
+    if args.items is None or args.similarity_config is None:
+        raise ConfigError("mol-index build needs --bundle, or --items and --similarity-config")
     try:
         config = json_format.Parse(args.similarity_config.read_text(), similarity_pb2.SimilarityConfig())
     except (OSError, json_format.ParseError) as err:
@@ -149,9 +166,14 @@ def _parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="build an index artifact from item arrays")
     build.add_argument("output", type=Path, help="index directory to create (its parent must exist)")
     build.add_argument(
+        "--bundle",
+        type=Path,
+        help="a mol-train model bundle directory: its items, integer vocabulary ids and similarity "
+        "(instead of --items and --similarity-config)",
+    )
+    build.add_argument(
         "--items",
         type=Path,
-        required=True,
         help="item side: .safetensors with item_embeddings (N, Px, d) [item_gating (N, P), "
         "item_ids (N,)], or a .npy of (N, Px, d) embeddings, or (N, d) vectors for a "
         "dot product",
@@ -161,7 +183,6 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--similarity-config",
         type=Path,
-        required=True,
         help="mol.v1.SimilarityConfig as protobuf JSON (e.g. the similarity of a bundle manifest)",
     )
     build.add_argument(

@@ -9,12 +9,14 @@ Shape symbols: ``B`` queries, ``N`` items, ``Pq``/``Px`` components, ``P = Pq * 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from mol_core.errors import ConfigError, ShapeError
+from mol_core.manifest import MANIFEST_FILENAME
 from mol_core.similarity import DotProductSimilarity, ItemSide, MoLSimilarity, QuerySide, Similarity
 from mol_index._inputs import Exclude, as_query_side, exclusion_tensor
 from mol_index.artifact import KINDS, read_artifact, write_artifact
@@ -82,6 +84,8 @@ class MolIndex:
         stage_kind: ``torch`` (GEMM candidates), ``flat``, ``ivf`` or ``hnsw`` (FAISS candidates).
         faiss_stage: the built FAISS stage, required unless ``stage_kind`` is ``torch``.
         parameters: build parameters recorded in the manifest.
+        source_bundle_sha256: SHA-256 of the source model bundle's manifest.json ("" when built from
+            arrays); saved in the index manifest.
     """
 
     def __init__(
@@ -93,8 +97,10 @@ class MolIndex:
         stage_kind: str = "torch",
         faiss_stage: FaissStage | None = None,
         parameters: dict[str, str] | None = None,
+        source_bundle_sha256: str = "",
     ) -> None:
         self.similarity = similarity.eval()
+        self.source_bundle_sha256 = source_bundle_sha256
         self.item_ids = _check_item_ids(item_ids, corpus.num_items)
         self.corpus = corpus
         self.stage_kind = stage_kind
@@ -200,6 +206,7 @@ class MolIndex:
             parameters=self.parameters,
             version=__version__,
             overwrite=overwrite,
+            source_bundle_sha256=self.source_bundle_sha256,
         )
 
     @classmethod
@@ -217,6 +224,7 @@ class MolIndex:
             stage_kind=art.stage_kind,
             faiss_stage=art.faiss_stage,
             parameters=dict(art.manifest.parameters),
+            source_bundle_sha256=art.manifest.source_bundle_sha256,
         )
 
     # ------------------------------------------------------------------ search
@@ -392,7 +400,8 @@ def build_from_bundle(
     """Builds a :class:`MolIndex` over every item of a mol-train model bundle (``mol_core.bundle``).
 
     The bundle's precomputed item side and similarity are used as they are; its item vocabulary gives the
-    external ids, which must be integers (the wire format of mol-serve carries int64 ids).
+    external ids, which must be integers (the wire format of mol-serve carries int64 ids). The index
+    records the SHA-256 of the bundle's manifest.json (``source_bundle_sha256``).
 
     Raises:
         ArtifactError: the bundle is missing, corrupt or of another format version.
@@ -405,7 +414,7 @@ def build_from_bundle(
         raise ConfigError(
             f"{bundle_path}: the bundle's item vocabulary holds non-integer ids; mol-index needs integer ids"
         )
-    return MolIndex.build(
+    index = MolIndex.build(
         bundle.similarity,
         torch.tensor(bundle.item_ids, dtype=torch.int64),
         bundle.items,
@@ -414,6 +423,10 @@ def build_from_bundle(
         hnsw_m=hnsw_m,
         ef_construction=ef_construction,
     )
+    index.source_bundle_sha256 = hashlib.sha256(
+        (Path(bundle_path) / MANIFEST_FILENAME).read_bytes()
+    ).hexdigest()
+    return index
 
 
 def _check_item_ids(item_ids: torch.Tensor, num_items: int) -> torch.Tensor:

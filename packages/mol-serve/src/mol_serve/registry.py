@@ -72,6 +72,7 @@ def load_and_validate(
             stage_kind=art.stage_kind,
             faiss_stage=art.faiss_stage,
             parameters=dict(manifest.parameters),
+            source_bundle_sha256=manifest.source_bundle_sha256,
         ).to(device)
     except (ArtifactError, ConfigError, ShapeError, OSError) as err:
         raise LoadRefused(f"cannot load index artifact {path}: {err}") from err
