@@ -4,7 +4,7 @@
     nox -s bench -- --full   # the full benchmarks, for the record in docs/benchmarks.md
     nox -s lint typecheck    # ruff and mypy --strict on the packages
     nox -s protos            # regenerate mol-core's code from protos/ (-- --check only compares)
-    nox -s quickstart        # the main job (for now: the mol-core demo)
+    nox -s quickstart        # the main job: data, train, export, index, serve, query (tools/quickstart.py)
 
 Every session installs what it needs into its own virtual environment; torch goes in first through
 tools/install_torch.py, which refuses a CUDA build on a CPU machine (docs/install.md).
@@ -92,7 +92,7 @@ def protos(session: nox.Session) -> None:
 
 @nox.session
 def quickstart(session: nox.Session) -> None:
-    """The main job. Until the end-to-end quickstart lands it runs the mol-core demo."""
-    install_torch(session, torchrec=False)
-    install_packages(session, "mol-core", editable=False)
-    session.run("mol-core-demo", *session.posargs)
+    """The main job, end to end (tools/quickstart.py); arguments after -- go to it (e.g. -- --fresh)."""
+    install_torch(session)
+    install_packages(session, *PACKAGES, editable=False)
+    session.run("python", str(ROOT / "tools" / "quickstart.py"), *session.posargs)

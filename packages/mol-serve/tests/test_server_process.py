@@ -63,6 +63,20 @@ def test_history_results_identical_to_mol_index(client: RetrievalClient, artifac
     assert got.timings["total_us"] >= got.timings["search_us"] > 0
 
 
+def test_query_times_reach_the_encoder(client: RetrievalClient, artifacts: dict[str, Path]) -> None:
+    bundle = load_bundle(artifacts["bundle"])
+    index = MolIndex.load(artifacts["index_a"])
+    times = [[100 * (j + 1) for j in range(len(h))] for h in HISTORIES]
+    later = [t[-1] + 86_400 * 30 for t in times]  # a month after each history's last item
+    got = client.retrieve(histories=HISTORIES, timestamps=times, query_times=later, top_k=7)
+    query = bundle.encode(HISTORIES, timestamps=times, query_times=later)
+    scores, ids = index.search(query, 7, params=SearchParams(algorithm="exact"))
+    assert got.ids == ids.tolist()
+    np.testing.assert_allclose(np.array(got.scores), scores.numpy(), rtol=1e-5, atol=1e-6)
+    default = bundle.encode(HISTORIES, timestamps=times)  # query time = the last timestamp
+    assert not torch.allclose(default.embeddings, query.embeddings)  # the query time matters
+
+
 def test_embedding_results_identical_to_mol_index(
     client: RetrievalClient, artifacts: dict[str, Path]
 ) -> None:

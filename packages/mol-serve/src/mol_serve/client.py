@@ -93,6 +93,7 @@ def build_request(
     gating: Any = None,
     histories: Sequence[Sequence[int]] | None = None,
     timestamps: Sequence[Sequence[int]] | None = None,
+    query_times: Sequence[int] | None = None,
     exclude_ids: Sequence[int] = (),
     exclude_history: bool = False,
     algorithm: str = "",
@@ -101,7 +102,11 @@ def build_request(
     index_version: str | None = None,
     dtype: str = "float32",
 ) -> retrieval_pb2.RetrieveRequest:
-    """Builds a ``RetrieveRequest`` from ``(B, Pq, d)`` embeddings (+ ``(B, P)`` gating) or B histories."""
+    """Builds a ``RetrieveRequest`` from ``(B, Pq, d)`` embeddings (+ ``(B, P)`` gating) or B histories.
+
+    ``timestamps`` (B lists aligned with ``histories``) and ``query_times`` (B times the queries are about;
+    the server uses each history's last timestamp when absent) feed the bundle's time-aware encoder.
+    """
     if (embeddings is None) == (histories is None):
         raise ValueError("pass exactly one of embeddings= or histories=")
     request = retrieval_pb2.RetrieveRequest(
@@ -123,6 +128,8 @@ def build_request(
             query.history.item_ids.extend(int(x) for x in items)
             if timestamps is not None:
                 query.history.timestamps.extend(int(t) for t in timestamps[b])
+            if query_times is not None:
+                query.history.query_time = int(query_times[b])
     else:
         emb = np.asarray(embeddings, dtype=np.float32)
         gates = None if gating is None else np.asarray(gating, dtype=np.float32)

@@ -206,20 +206,11 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _restore(run: Path, data: Path, weights: Path | None) -> tuple[object, object, object]:
-    from mol_core.errors import ArtifactError
-    from mol_train.checkpoint import load_checkpoint
-    from mol_train.config import config_from_dict
-    from mol_train.model import build_model
-    from mol_train.train import encoder_from_weights
+    from mol_train.train import restore_encoder
 
-    config_file = run / "config.json"
-    if not config_file.is_file():
-        raise ArtifactError(f"{run} is not a run directory: {config_file} is missing")
-    config = config_from_dict(json.loads(config_file.read_text()), str(config_file))
     dataset = _load_dataset(data)
-    model = build_model(config, dataset.num_items)  # type: ignore[attr-defined]
-    state = load_checkpoint(weights or run / "best.pt")
-    return config, dataset, encoder_from_weights(model, state["weights"]).eval()
+    config, encoder = restore_encoder(run, dataset.num_items, weights=weights)  # type: ignore[attr-defined]
+    return config, dataset, encoder
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -45,7 +45,7 @@ from mol_train.evaluate import evaluate_encoder
 from mol_train.model import QueryEncoder, SequentialRecommender, build_model
 from mol_train.run_log import MetricsLog, plot_training_curves
 
-__all__ = ["FitResult", "encoder_from_weights", "fit", "load_weights"]
+__all__ = ["FitResult", "encoder_from_weights", "fit", "load_weights", "restore_encoder"]
 
 logger = logging.getLogger(__name__)
 
@@ -255,6 +255,32 @@ def encoder_from_weights(model: SequentialRecommender, weights: dict[str, torch.
     encoder = QueryEncoder(weights["item_table"], weights.get("user_table"), model.encoder, model.similarity)
     encoder.load_state_dict(weights)
     return encoder
+
+
+def restore_encoder(
+    run_dir: str | Path, num_items: int, *, weights: str | Path | None = None
+) -> tuple[TrainConfig, QueryEncoder]:
+    """The configuration and trained query path of a finished run, in eval mode.
+
+    Args:
+        run_dir: a :func:`fit` output folder (``config.json`` and ``best.pt``).
+        num_items: N, the item count of the data set the run trained on.
+        weights: another weights file of the run (a checkpoint) instead of ``best.pt``.
+
+    Raises:
+        ArtifactError: ``run_dir`` is not a run folder, or the weights file is missing or corrupt.
+    """
+    from mol_core.errors import ArtifactError
+    from mol_train.config import config_from_dict
+
+    run = Path(run_dir)
+    config_file = run / "config.json"
+    if not config_file.is_file():
+        raise ArtifactError(f"{run} is not a run directory: {config_file} is missing")
+    config = config_from_dict(json.loads(config_file.read_text()), str(config_file))
+    model = build_model(config, num_items)
+    state = load_checkpoint(weights or run / "best.pt")
+    return config, encoder_from_weights(model, state["weights"]).eval()
 
 
 def load_weights(model: SequentialRecommender, weights: dict[str, torch.Tensor]) -> None:

@@ -1,0 +1,147 @@
+"""The proto contract: a client generated from protos/ alone (no mol code) talks to a real mol-serve.
+
+The Python code is generated into a temporary folder with grpcio-tools' protoc, and the client runs in a
+subprocess whose import path holds only that folder and the third-party packages; it asserts that no
+``mol_*`` module was imported. Needs mol-serve and grpcio-tools (the nox test session installs both).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("grpc_tools", reason="generating a client needs grpcio-tools")
+pytest.importorskip("mol_serve", reason="the server side needs mol-serve")
+
+import torch
+
+from mol_core.similarity import ItemSide, MoLSimilarity
+from mol_index import MolIndex, SearchParams
+
+PROTOS = Path(__file__).resolve().parent.parent / "protos"
+
+CLIENT = """
+import json, struct, sys
+import grpc
+from mol.v1 import retrieval_pb2, retrieval_pb2_grpc
+
+target, pq, d, p = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+values = json.loads(sys.stdin.read())
+request = retrieval_pb2.RetrieveRequest(top_k=5, algorithm="exact", index_alias="main", exclude_ids=[13])
+for emb, gate in zip(values["embeddings"], values["gating"]):
+    query = request.queries.add()
+    query.embeddings.data = struct.pack(f"<{pq * d}f", *emb)
+    query.embeddings.dtype = retrieval_pb2.DTYPE_FLOAT32
+    query.embeddings.shape.extend([pq, d])
+    query.gating.data = struct.pack(f"<{p}f", *gate)
+    query.gating.dtype = retrieval_pb2.DTYPE_FLOAT32
+    query.gating.shape.extend([p])
+with grpc.insecure_channel(target) as channel:
+    stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)
+    response = stub.Retrieve(request, timeout=60)
+    try:
+        stub.Retrieve(retrieval_pb2.RetrieveRequest(top_k=5, index_alias="main"), timeout=60)
+        refusal = None
+    except grpc.RpcError as err:
+        refusal = [err.code().name, err.details()]
+mol_modules = sorted(m for m in sys.modules if m.startswith("mol_"))
+print(json.dumps({
+    "ids": [list(r.ids) for r in response.results],
+    "scores": [list(r.scores) for r in response.results],
+    "version": response.index_version,
+    "refusal": refusal,
+    "mol_modules": mol_modules,
+}))
+"""
+
+
+def generate_client(out: Path) -> None:
+    import importlib.resources
+
+    from grpc_tools import protoc
+
+    well_known = importlib.resources.files("grpc_tools") / "_proto"  # google/protobuf/*.proto
+    files = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "mol" / "v1").glob("*.proto"))
+    args = [
+        "protoc",
+        f"-I{PROTOS}",
+        f"-I{well_known}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        *files,
+    ]
+    assert protoc.main(args) == 0
+    for folder in (out / "mol", out / "mol" / "v1"):
+        (folder / "__init__.py").touch()
+
+
+def test_client_generated_from_protos_alone_talks_to_the_server(tmp_path: Path) -> None:
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    generate_client(generated)
+    torch.manual_seed(0)
+    sim = MoLSimilarity(
+        query_input_dim=8, item_input_dim=8, query_components=2, item_components=2, component_dim=8
+    ).eval()
+    with torch.inference_mode():
+        items = sim.item_side(torch.randn(50, 8))
+        query = sim.query_side(torch.randn(3, 8))
+    ids = torch.arange(50, dtype=torch.int64) + 10
+    index_dir = MolIndex.build(sim, ids, ItemSide(items.embeddings.clone(), items.gating.clone())).save(
+        tmp_path / "index"
+    )
+    want_scores, want_ids = MolIndex.load(index_dir).search(
+        query, 5, exclude=[[13]] * 3, params=SearchParams(algorithm="exact")
+    )
+
+    port_file = tmp_path / "port.json"
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "mol_serve", "serve", "--port", "0", "--port-file", str(port_file)),
+            *("--index", f"main={index_dir}", "--torch-threads", "1"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not port_file.exists():
+            assert server.poll() is None, "mol-serve exited before serving"
+            assert time.monotonic() < deadline, "mol-serve did not start in 90 s"
+            time.sleep(0.1)
+        port = json.loads(port_file.read_text())["port"]
+        values = {
+            "embeddings": query.embeddings.reshape(3, -1).tolist(),
+            "gating": query.gating.tolist(),
+        }
+        # the generated code first, then the installed packages without their .pth files (python -S):
+        # editable mol installs are not on the path, and the client must import no mol module
+        site = [p for p in sys.path if "site-packages" in p]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(generated), *site]))
+        run = subprocess.run(
+            [sys.executable, "-S", "-c", CLIENT, f"127.0.0.1:{port}", "2", "8", "4"],
+            input=json.dumps(values),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    assert run.returncode == 0, run.stderr[-3000:]
+    answer = json.loads(run.stdout)
+    assert answer["mol_modules"] == []
+    assert answer["ids"] == want_ids.tolist()
+    torch.testing.assert_close(torch.tensor(answer["scores"]), want_scores, rtol=1e-5, atol=1e-6)
+    assert answer["version"].startswith("exact-")
+    assert answer["refusal"][0] == "INVALID_ARGUMENT"
+    assert "queries is empty" in answer["refusal"][1]

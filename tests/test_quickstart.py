@@ -1,0 +1,62 @@
+"""The main job (tools/quickstart.py) at a small size: every step runs, every check passes, a rerun reuses.
+
+Needs all four packages (the nox test session installs them); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+for name in ("mol_train", "mol_index", "mol_serve"):
+    pytest.importorskip(name, reason="the quickstart needs every mol package (nox -s test installs them)")
+
+SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "quickstart.py"
+SMALL = ["--users", "150", "--items", "60", "--epochs", "1"]
+
+
+def run_quickstart(workdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--workdir", str(workdir), *SMALL, *extra],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_quickstart_runs_end_to_end_and_reuses_its_artifacts(tmp_path: Path) -> None:
+    first = run_quickstart(tmp_path / "run")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "- [ ]" not in report  # no failed check
+    assert report.count("- [x]") == 4
+    for artifact in (
+        "data",
+        "bundle",
+        "index-exact",
+        "index-hnsw",
+        "runs/mol/curves.png",
+        "runs/dot/results.json",
+    ):
+        assert (tmp_path / "run" / artifact).exists(), artifact
+    results = json.loads((tmp_path / "run" / "runs" / "mol" / "results.json").read_text())
+    assert f"| HSTU + MoL | 1 | {results['test']['hr@1']:.4f} | {results['test']['hr@10']:.4f}" in report
+
+    second = run_quickstart(tmp_path / "run")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert (
+        "Reused from an earlier run: data, train mol, train dot, export, index exact, index approx"
+        in (tmp_path / "run" / "report.md").read_text()
+    )
+
+
+def test_quickstart_refuses_a_missing_data_file(tmp_path: Path) -> None:
+    result = run_quickstart(tmp_path / "run", "--data", str(tmp_path / "nope.dat"))
+    assert result.returncode == 2
+    assert "--data" in result.stderr
+    assert "no such file" in result.stderr
