@@ -100,3 +100,11 @@ def test_resolved_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="torch sees no CUDA GPU"):
             ServeConfig(device="cuda:1").resolved_device()
+
+
+def test_faiss_indexes_stay_on_the_cpu_under_auto_only() -> None:
+    import torch
+
+    gpu = "cuda" if torch.cuda.is_available() else "cpu"
+    assert ServeConfig().index_devices() == (gpu, "cpu")
+    assert ServeConfig(device="cpu").index_devices() == ("cpu", "cpu")

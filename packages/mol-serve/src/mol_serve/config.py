@@ -72,8 +72,8 @@ class ServeConfig:
         insecure: allow a non-loopback listen address without a token.
         torch_threads: intra-op threads for search (``None`` = torch's default).
         device: where indexes live and searches run: ``auto`` (the first CUDA GPU when torch sees one,
-            else the CPU), ``cpu``, ``cuda`` or ``cuda:N``. Only torch-stage (exact) indexes go to a GPU;
-            the bundle's query encoder runs on the CPU.
+            else the CPU; FAISS-stage indexes stay on the CPU), ``cpu``, ``cuda`` or ``cuda:N`` (FAISS-stage
+            indexes are then refused). The bundle's query encoder runs on the CPU.
         kernel: the exact scan's kernel (``mol_index.SearchParams.kernel``): ``auto`` (the fused Triton
             top-k on a GPU when the index fits it, else torch), ``torch`` or ``triton``.
         shutdown_grace_s: how long SIGTERM waits for in-flight RPCs before stopping.
@@ -153,6 +153,16 @@ class ServeConfig:
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {self.device!r} was asked for but torch sees no CUDA GPU")
         return self.device
+
+    def index_devices(self) -> tuple[str, str]:
+        """``(device for torch-stage indexes, device for FAISS-stage indexes)``.
+
+        With ``device = "auto"`` FAISS-stage indexes stay on the CPU (their stage is a CPU index) while
+        exact ones go to the GPU; an explicit CUDA device applies to both, so a FAISS-stage index is then
+        refused at load.
+        """
+        device = self.resolved_device()
+        return device, ("cpu" if self.device == "auto" else device)
 
     @property
     def resolved_default_alias(self) -> str | None:

@@ -48,10 +48,14 @@ class LoadedIndex:
 
 
 def load_and_validate(
-    path: Path, bundle: ModelBundle | None, device: str = "cpu", kernel: str = "auto"
+    path: Path,
+    bundle: ModelBundle | None,
+    device: str = "cpu",
+    kernel: str = "auto",
+    faiss_device: str | None = None,
 ) -> LoadedIndex:
-    """Loads an artifact, moves it to ``device``, checks it fits the bundle, and runs one exact search
-    with ``kernel`` as a smoke test.
+    """Loads an artifact, moves it to ``device`` (``faiss_device``, default ``device``, for FAISS-stage
+    indexes), checks it fits the bundle, and runs one exact search with ``kernel`` as a smoke test.
 
     Raises:
         LoadRefused: the artifact is missing, corrupt, incompatible with the bundle, or its smoke search
@@ -73,7 +77,8 @@ def load_and_validate(
             faiss_stage=art.faiss_stage,
             parameters=dict(manifest.parameters),
             source_bundle_sha256=manifest.source_bundle_sha256,
-        ).to(device)
+        )
+        index.to(device if art.faiss_stage is None else (faiss_device or device))
     except (ArtifactError, ConfigError, ShapeError, OSError) as err:
         raise LoadRefused(f"cannot load index artifact {path}: {err}") from err
     sim = index.similarity

@@ -118,10 +118,10 @@ async def create_server(config: ServeConfig, *, bundle: ModelBundle | None = Non
         torch.set_num_threads(config.torch_threads)
     if bundle is None and config.bundle is not None:
         bundle = load_bundle(config.bundle)
-    device = config.resolved_device()
+    device, faiss_device = config.index_devices()
     registry = IndexRegistry(config.resolved_default_alias)
     for alias, path in config.indexes.items():
-        registry.install(load_and_validate(Path(path), bundle, device, config.kernel), alias)
+        registry.install(load_and_validate(Path(path), bundle, device, config.kernel, faiss_device), alias)
     metrics = ServerMetrics()
     metrics.set_aliases(registry.snapshot()[1])
     batcher = MicroBatcher(

@@ -150,13 +150,15 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):  # type: i
             if not request.path or not request.alias:
                 raise ConfigError("LoadIndex needs both path and alias")
             async with self._load_lock:  # one load at a time; serving continues meanwhile
+                device, faiss_device = self.config.index_devices()
                 loaded = await asyncio.get_running_loop().run_in_executor(
                     None,
                     load_and_validate,
                     Path(request.path),
                     self.bundle,
-                    self.config.resolved_device(),
+                    device,
                     self.config.kernel,
+                    faiss_device,
                 )
                 previous = self.registry.install(loaded, request.alias)
             self.metrics.set_aliases(self.registry.snapshot()[1])
