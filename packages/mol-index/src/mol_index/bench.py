@@ -419,7 +419,10 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="N = 10,000 only, fewer queries (CI, under 3 minutes)"
     )
     parser.add_argument(
-        "--sizes", type=int, nargs="+", help="corpus sizes (default 10,000 100,000 1,000,000)"
+        "--sizes",
+        type=int,
+        nargs="*",
+        help="synthetic corpus sizes (default 10,000 100,000 1,000,000); none with --bundle: only the bundle",
     )
     parser.add_argument("--k-primes", type=int, nargs="+", help="K' values (default 16 64 256; quick: 16 64)")
     parser.add_argument(
@@ -459,7 +462,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     faiss.omp_set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    sizes = args.sizes or ([10_000] if args.quick else [10_000, 100_000, 1_000_000])
+    sizes = (
+        args.sizes if args.sizes is not None else ([10_000] if args.quick else [10_000, 100_000, 1_000_000])
+    )
+    if not sizes and args.bundle is None:
+        parser.error("--sizes without values needs --bundle (there would be nothing to measure)")
     small = args.stages or ["torch", "flat", "ivf", "hnsw"]
     stages = {n: (small if n <= 100_000 else list(args.large_stages)) for n in sizes}
     stages[0] = small  # the bundle's corpus (any N)
