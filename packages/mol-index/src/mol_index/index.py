@@ -315,8 +315,11 @@ class MolIndex:
         """Like :meth:`search`, returning a :class:`~mol_index.rails.SearchResult` with per-query
         exactness flags, candidate counts and the ``K'`` used; ``ids`` are external ids."""
         params = params or SearchParams()
-        query = as_query_side(self.similarity, queries, gating)
         device = self.device
+        if isinstance(queries, torch.Tensor):  # raw vectors may go through the similarity: same device
+            queries = queries.to(device)
+            gating = None if gating is None else gating.to(device)
+        query = as_query_side(self.similarity, queries, gating)
         if query.embeddings.device != device:
             query = QuerySide(
                 query.embeddings.to(device), None if query.gating is None else query.gating.to(device)
