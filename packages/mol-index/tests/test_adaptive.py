@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mol_core.errors import ConfigError, ShapeError
+from mol_core.similarity import QuerySide
 from mol_index.adaptive import adaptive_search, factorize, fit_query_map, sparse_score_matrix
 
 
@@ -164,3 +165,41 @@ def test_query_map_recovers_a_linear_map() -> None:
     dual = torch.randn(200, 4, generator=gen)
     true_map = torch.randn(4, 7, generator=gen)
     torch.testing.assert_close(fit_query_map(dual, dual @ true_map, reg=1e-6), true_map, atol=1e-4, rtol=1e-4)
+
+
+def test_adaptive_index_round_trips_and_is_exact_with_a_full_budget(tmp_path, mol_corpus) -> None:  # type: ignore[no-untyped-def]
+    from mol_index import MolIndex, SearchParams, build_adaptive, exact_search
+
+    sim, queries, corpus = mol_corpus(6, 150, 40)  # 40 queries: 32 to train on, 8 to search
+    train = QuerySide(queries.embeddings[:32], queries.gating[:32])
+    test = QuerySide(queries.embeddings[32:], queries.gating[32:])
+    ids = torch.arange(150) * 2 + 1
+    index = build_adaptive(MolIndex.build(sim, ids, corpus), train, per_query=20, iterations=3)
+    assert index.kind == "adaptive"
+    path = index.save(tmp_path / "adaptive")
+    loaded = MolIndex.load(path)
+    assert loaded.kind == "adaptive"
+    assert loaded.parameters["per_query"] == "20"
+    params = SearchParams(algorithm="adaptive", budget=40, rounds=4)
+    before = index.search_with_info(test, 5, exclude=[[1, 3]] * 8, params=params)
+    after = loaded.search_with_info(test, 5, exclude=[[1, 3]] * 8, params=params)
+    assert torch.equal(before.ids, after.ids)
+    assert before.num_candidates.tolist() == [40] * 8  # scorer calls, never above the budget
+    assert not set(before.ids.flatten().tolist()) & {1, 3}
+    assert not bool(before.exact.any())  # adaptive search proves nothing
+    with torch.inference_mode():
+        want_scores, want_rows = exact_search(sim, test, corpus, 5)
+    full = loaded.search(test, 5, params=SearchParams(algorithm="adaptive", budget=150, rounds=1))
+    assert torch.equal(full[1], ids[want_rows])
+    torch.testing.assert_close(full[0], want_scores)
+
+
+def test_adaptive_algorithm_needs_an_adaptive_index(mol_corpus) -> None:  # type: ignore[no-untyped-def]
+    from mol_index import Algorithm, MolIndex, SearchParams, TorchStage, rails_search
+
+    sim, queries, corpus = mol_corpus(7, 60, 2)
+    index = MolIndex.build(sim, torch.arange(60), corpus)
+    with pytest.raises(ConfigError, match="algorithm 'adaptive' needs an index of kind 'adaptive'"):
+        index.search(queries, 3, params=SearchParams(algorithm="adaptive"))
+    with pytest.raises(ConfigError, match="needs an adaptive index"):
+        rails_search(sim, queries, corpus, 3, TorchStage(corpus.embeddings), algorithm=Algorithm.ADAPTIVE)

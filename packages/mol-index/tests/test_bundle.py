@@ -94,3 +94,26 @@ def test_bench_bundle_rows_use_real_histories(bundle_dir: Path, tmp_path: Path) 
     assert result["violations"] == 0
     guaranteed = [r for r in rows if "guarantee" in r["algorithm"]]
     assert guaranteed[0]["recall"] == 1.0
+
+
+def test_cli_builds_an_adaptive_index_from_a_bundle(bundle_dir: Path, tmp_path: Path) -> None:
+    from mol_core.bundle import load_bundle
+
+    ids = load_bundle(bundle_dir).item_ids
+    lines = [f"{user} {ids[(user * 3 + j) % len(ids)]}" for user in range(30) for j in range(6)]
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    args = ["build", str(tmp_path / "adaptive"), "--bundle", str(bundle_dir), "--stage", "adaptive"]
+    assert main([*args, "--train-histories", str(tmp_path / "train.txt"), "--per-query", "10"]) == 0
+    index = MolIndex.load(tmp_path / "adaptive")
+    assert index.kind == "adaptive"
+    assert index.parameters["train_queries"] == "30"
+    assert index.adaptive is not None
+    assert index.adaptive.items.shape[0] == len(ids)
+
+
+def test_cli_adaptive_needs_training_histories(
+    bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["build", str(tmp_path / "a"), "--bundle", str(bundle_dir), "--stage", "adaptive"]) == 2
+    assert "--stage adaptive needs --bundle and --train-histories" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()

@@ -5,6 +5,7 @@
 - :class:`MolIndex`: build / save / load / search with external ids, candidate stages by torch GEMM or
   FAISS (flat, IVF, HNSW), also for dot-product (two-tower) models;
 - the CLI ``mol-index build|search|bench|info``;
+- :func:`build_adaptive`: adaptive retrieval for expensive scorers (AXN, :mod:`mol_index.adaptive`);
 - :mod:`mol_index.triton_topk`: a fused Triton top-k kernel (optional ``triton`` extra; not imported here).
 
 Errors are mol-core's: ``ConfigError`` / ``ShapeError`` (ValueErrors) for bad arguments, ``ArtifactError``
@@ -13,7 +14,7 @@ for index directories.
 
 from mol_index.candidates import FaissStage, StageParams, TorchStage
 from mol_index.exact import exact_search
-from mol_index.index import MolIndex, SearchParams, build_from_arrays, build_from_bundle
+from mol_index.index import MolIndex, SearchParams, build_adaptive, build_from_arrays, build_from_bundle
 from mol_index.rails import Algorithm, SearchResult, rails_search
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ __all__ = [
     "StageParams",
     "TorchStage",
     "__version__",
+    "build_adaptive",
     "build_from_arrays",
     "build_from_bundle",
     "exact_search",

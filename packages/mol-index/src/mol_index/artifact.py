@@ -10,9 +10,11 @@ Layout (format version :data:`mol_core.manifest.INDEX_FORMAT_VERSION`)::
       similarity.safetensors the similarity module's state dict (the gating MLPs MoL scores with)
       faiss/component_<b>.faiss, faiss/mean.faiss
                              FAISS candidate stage (kinds faiss-flat, faiss-ivf, faiss-hnsw only)
+      adaptive.safetensors   factorized_items (N, r), query_map (d, r) (kind adaptive only)
 
 Kinds: ``exact`` (no candidate-stage files: exact search and RAILS with the torch GEMM stage) and
-``faiss-flat`` / ``faiss-ivf`` / ``faiss-hnsw`` (RAILS with that FAISS stage; exact search too).
+``faiss-flat`` / ``faiss-ivf`` / ``faiss-hnsw`` (RAILS with that FAISS stage; exact search too), and
+``adaptive`` (an exact index plus the learned model of :mod:`mol_index.adaptive`).
 
 Writing is atomic: everything goes to a temporary directory next to the destination, which is renamed
 into place at the end; a failure removes it, leaving nothing behind. Reading checks the format version
@@ -44,13 +46,21 @@ from mol_core.manifest import (
 )
 from mol_core.proto.mol.v1 import manifest_pb2
 from mol_core.similarity import ItemSide, Similarity, similarity_from_config, similarity_to_config
+from mol_index.adaptive import AdaptiveModel
 from mol_index.candidates import FaissStage
 
 __all__ = ["KINDS", "LoadedArtifact", "read_artifact", "write_artifact"]
 
 #: Index kinds this mol writes and reads, by candidate stage.
-KINDS = {"torch": "exact", "flat": "faiss-flat", "ivf": "faiss-ivf", "hnsw": "faiss-hnsw"}
+KINDS = {
+    "torch": "exact",
+    "flat": "faiss-flat",
+    "ivf": "faiss-ivf",
+    "hnsw": "faiss-hnsw",
+    "adaptive": "adaptive",
+}
 _ITEMS = "items.safetensors"
+_ADAPTIVE = "adaptive.safetensors"
 _SIMILARITY = "similarity.safetensors"
 
 
@@ -64,6 +74,7 @@ class LoadedArtifact:
     stage_kind: str
     faiss_stage: FaissStage | None
     manifest: manifest_pb2.IndexManifest
+    adaptive: AdaptiveModel | None = None
 
 
 def write_artifact(
@@ -78,6 +89,7 @@ def write_artifact(
     version: str,
     overwrite: bool = False,
     source_bundle_sha256: str = "",
+    adaptive: AdaptiveModel | None = None,
 ) -> Path:
     """Writes an index artifact directory atomically; returns its path.
 
@@ -93,6 +105,7 @@ def write_artifact(
         overwrite: replace an existing directory at ``path`` (the old one is removed only after the new
             one is complete).
         source_bundle_sha256: SHA-256 of the model bundle's manifest.json the items came from, or "".
+        adaptive: the learned model of an ``adaptive`` index (``stage_kind="adaptive"``).
 
     Raises:
         ArtifactError: ``path`` exists and ``overwrite`` is False, its parent is missing, or a write failed.
@@ -133,6 +146,11 @@ def write_artifact(
         if faiss_stage is not None:
             for file in faiss_stage.save(tmp):
                 manifest.files.append(file_entry(file, tmp, "faiss_index"))
+        if adaptive is not None:
+            model = {"factorized_items": adaptive.items, "query_map": adaptive.query_map}
+            save_file({n: t.detach().cpu().contiguous() for n, t in model.items()}, str(tmp / _ADAPTIVE))
+            manifest.files.append(file_entry(tmp / _ADAPTIVE, tmp, "adaptive_tensors"))
+            manifest.parameters["rmse"] = repr(adaptive.rmse)
         write_manifest(manifest, tmp / MANIFEST_FILENAME)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.old")
@@ -187,6 +205,26 @@ def read_artifact(path: str | Path) -> LoadedArtifact:
         )
     stage_kind = stages[manifest.kind]
     faiss_stage = None
-    if stage_kind != "torch":
+    adaptive = None
+    if stage_kind == "adaptive":
+        adaptive = _read_adaptive(root, manifest, corpus)
+    elif stage_kind != "torch":
         faiss_stage = FaissStage.load(stage_kind, root, similarity.num_item_components)
-    return LoadedArtifact(similarity, item_ids, corpus, stage_kind, faiss_stage, manifest)
+    return LoadedArtifact(similarity, item_ids, corpus, stage_kind, faiss_stage, manifest, adaptive)
+
+
+def _read_adaptive(root: Path, manifest: manifest_pb2.IndexManifest, corpus: ItemSide) -> AdaptiveModel:
+    try:
+        tensors = load_file(str(root / _ADAPTIVE))
+        model = AdaptiveModel(
+            tensors["factorized_items"], tensors["query_map"], float(manifest.parameters.get("rmse", "nan"))
+        )
+    except (SafetensorError, KeyError, OSError, ValueError) as err:
+        raise ArtifactError(f"{root}/{_ADAPTIVE}: cannot load the adaptive model: {err}; rebuild") from err
+    dim = corpus.embeddings.shape[-1]
+    if model.items.shape[0] != corpus.num_items or model.query_map.shape != (dim, model.items.shape[1]):
+        raise ArtifactError(
+            f"{root}/{_ADAPTIVE}: factorized_items {tuple(model.items.shape)} and query_map "
+            f"{tuple(model.query_map.shape)} do not fit N = {corpus.num_items}, d = {dim}; rebuild the index"
+        )
+    return model

@@ -29,7 +29,7 @@ from mol_core.manifest import INDEX_FORMAT_VERSION, MANIFEST_FILENAME, read_mani
 from mol_core.proto.mol.v1 import manifest_pb2, similarity_pb2
 from mol_core.similarity import ItemSide, QuerySide, similarity_from_config
 from mol_index.candidates import STAGE_KINDS
-from mol_index.index import MolIndex, SearchParams, build_from_bundle
+from mol_index.index import MolIndex, SearchParams, build_adaptive, build_from_bundle
 from mol_index.rails import Algorithm
 
 __all__ = ["main"]
@@ -59,16 +59,24 @@ def _array(path: Path | None, name: str, fallback: dict[str, torch.Tensor]) -> t
 
 
 def _build(args: argparse.Namespace) -> int:
+    adaptive = args.stage == "adaptive"
+    if adaptive and (args.bundle is None or args.train_histories is None):
+        raise ConfigError(
+            "--stage adaptive needs --bundle and --train-histories (the training queries run through the "
+            "bundle's encoder)"
+        )
     if args.bundle is not None:
         if args.items is not None or args.similarity_config is not None:
             raise ConfigError("--bundle replaces --items and --similarity-config; give one or the other")
         index = build_from_bundle(
             args.bundle,
-            stage=args.stage,
+            stage="torch" if adaptive else args.stage,
             nlist=args.nlist,
             hnsw_m=args.hnsw_m,
             ef_construction=args.ef_construction,
         )
+        if adaptive:
+            index = _adaptive_from_bundle(index, args)
         path = index.save(args.output, overwrite=args.overwrite)
         print(f"built {index.kind} index of {index.num_items} items from bundle {args.bundle} at {path}")
         return 0
@@ -112,6 +120,25 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adaptive_from_bundle(index: MolIndex, args: argparse.Namespace) -> MolIndex:
+    """The adaptive index over a bundle's items, trained on the histories of ``--train-histories``."""
+    from mol_core.bundle import load_bundle
+    from mol_index.bench import read_histories
+
+    bundle = load_bundle(args.bundle)
+    known = set(bundle.item_ids)
+    histories = [[i for i in h if i in known] for h in read_histories(args.train_histories, args.train_users)]
+    histories = [h for h in histories if h]
+    if not histories:
+        raise ConfigError(f"{args.train_histories}: no history with an item of the bundle's vocabulary")
+    with torch.inference_mode():
+        parts = [bundle.encode(histories[i : i + 512]) for i in range(0, len(histories), 512)]
+    gating = None if parts[0].gating is None else torch.cat([q.gating for q in parts if q.gating is not None])
+    queries = QuerySide(torch.cat([q.embeddings for q in parts]), gating)
+    print(f"training the adaptive model on {queries.batch_size} queries x {args.per_query} scored items")
+    return build_adaptive(index, queries, per_query=args.per_query, reg=args.reg)
+
+
 def _search(args: argparse.Namespace) -> int:
     index = MolIndex.load(args.index)
     found = _tensors(args.queries)
@@ -131,6 +158,8 @@ def _search(args: argparse.Namespace) -> int:
         guarantee_exact=args.guarantee_exact,
         nprobe=args.nprobe,
         ef_search=args.ef_search,
+        budget=args.budget,
+        rounds=args.rounds,
     )
     res = index.search_with_info(queries, args.k, exclude=exclude, params=params)
     for row in range(res.ids.shape[0]):
@@ -192,11 +221,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument(
         "--stage",
-        choices=STAGE_KINDS,
+        choices=[*STAGE_KINDS, "adaptive"],
         default="torch",
         help="candidate stage: torch (exact GEMM, no extra files), flat (FAISS exact), ivf or "
-        "hnsw (FAISS approximate); default torch",
+        "hnsw (FAISS approximate); or adaptive (AXN: needs --bundle and --train-histories); default torch",
     )
+    build.add_argument(
+        "--train-histories",
+        type=Path,
+        help="adaptive: 'user item' per line chronological file whose users' histories are the training "
+        "queries",
+    )
+    build.add_argument("--train-users", type=int, default=2000, help="adaptive: training users (2000)")
+    build.add_argument("--per-query", type=int, default=100, help="adaptive: scored items per query (100)")
+    build.add_argument("--reg", type=float, default=1000.0, help="adaptive: ridge strength (1000)")
     build.add_argument("--nlist", type=int, help="IVF lists (default sqrt(N), at most N / 39)")
     build.add_argument("--hnsw-m", type=int, default=32, help="HNSW neighbours per node (default 32)")
     build.add_argument("--ef-construction", type=int, default=200, help="HNSW build beam width (default 200)")
@@ -219,8 +257,10 @@ def _parser() -> argparse.ArgumentParser:
         "--algorithm",
         choices=[a.value for a in Algorithm],
         default="comb_topk",
-        help="exact, or a RAILS algorithm (default comb_topk)",
+        help="exact, a RAILS algorithm (default comb_topk), or adaptive (adaptive indexes)",
     )
+    search.add_argument("--budget", type=int, help="adaptive: scorer calls per query (default max(k, 200))")
+    search.add_argument("--rounds", type=int, default=5, help="adaptive: rounds (default 5)")
     search.add_argument(
         "--k-prime", type=int, default=64, help="K', candidates per component pair (default 64)"
     )

@@ -18,12 +18,13 @@ import torch
 from mol_core.errors import ConfigError, ShapeError
 from mol_core.manifest import MANIFEST_FILENAME
 from mol_core.similarity import DotProductSimilarity, ItemSide, MoLSimilarity, QuerySide, Similarity
-from mol_index._inputs import Exclude, as_query_side, exclusion_tensor
-from mol_index.artifact import KINDS, read_artifact, write_artifact
+from mol_index._inputs import Exclude, as_query_side, check_k, exclusion_tensor
+from mol_index.adaptive import AdaptiveModel, build_adaptive_model, search_adaptive_model
+from mol_index.artifact import KINDS, LoadedArtifact, read_artifact, write_artifact
 from mol_index.candidates import STAGE_KINDS, CandidateStage, FaissStage, StageParams, TorchStage
 from mol_index.rails import Algorithm, SearchResult, rails_search
 
-__all__ = ["KERNELS", "MolIndex", "SearchParams", "build_from_arrays", "build_from_bundle"]
+__all__ = ["KERNELS", "MolIndex", "SearchParams", "build_adaptive", "build_from_arrays", "build_from_bundle"]
 
 #: Values of :attr:`SearchParams.kernel`.
 KERNELS = ("auto", "torch", "triton")
@@ -42,6 +43,8 @@ class SearchParams:
         nprobe: IVF lists to visit (``faiss-ivf`` indexes; default ``max(8, nlist // 16)``).
         ef_search: HNSW beam width (``faiss-hnsw`` indexes; at least ``K'`` is used).
         block_size: items per block of the exact scan.
+        budget: scorer calls per query of the ``adaptive`` algorithm (default ``max(k, 200)``, at most N).
+        rounds: retrieve-score-refit rounds of the ``adaptive`` algorithm.
         kernel: how the ``exact`` algorithm scans: ``torch`` (blockwise, any device), ``triton`` (the fused
             kernel of :mod:`mol_index.triton_topk`: MoL on CUDA, or on the CPU under
             ``TRITON_INTERPRET=1``), or ``auto`` (``triton`` when the index is on a CUDA device, Triton is
@@ -54,6 +57,8 @@ class SearchParams:
     nprobe: int | None = None
     ef_search: int | None = None
     block_size: int | None = None
+    budget: int | None = None
+    rounds: int = 5
     kernel: str = "auto"
 
     def __post_init__(self) -> None:
@@ -64,9 +69,9 @@ class SearchParams:
         except ValueError as err:
             choices = ", ".join(a.value for a in Algorithm)
             raise ConfigError(f"unknown algorithm {self.algorithm!r}; expected one of {choices}") from err
-        for name in ("k_prime", "nprobe", "ef_search", "block_size"):
+        for name in ("k_prime", "nprobe", "ef_search", "block_size", "budget", "rounds"):
             value = getattr(self, name)
-            if value is None and name != "k_prime":
+            if value is None and name not in ("k_prime", "rounds"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"SearchParams.{name} must be a positive integer; got {value!r}")
@@ -86,6 +91,8 @@ class MolIndex:
         parameters: build parameters recorded in the manifest.
         source_bundle_sha256: SHA-256 of the source model bundle's manifest.json ("" when built from
             arrays); saved in the index manifest.
+        adaptive: the learned model of an ``adaptive`` index (``stage_kind="adaptive"``; see
+            :func:`build_adaptive`).
     """
 
     def __init__(
@@ -98,6 +105,7 @@ class MolIndex:
         faiss_stage: FaissStage | None = None,
         parameters: dict[str, str] | None = None,
         source_bundle_sha256: str = "",
+        adaptive: AdaptiveModel | None = None,
     ) -> None:
         self.similarity = similarity.eval()
         self.source_bundle_sha256 = source_bundle_sha256
@@ -105,7 +113,10 @@ class MolIndex:
         self.corpus = corpus
         self.stage_kind = stage_kind
         self.parameters = dict(parameters or {})
-        if stage_kind == "torch":
+        if (stage_kind == "adaptive") != (adaptive is not None):
+            raise ConfigError("stage_kind 'adaptive' and an AdaptiveModel go together (see build_adaptive)")
+        self.adaptive = adaptive
+        if stage_kind in ("torch", "adaptive"):
             self._stage: CandidateStage = TorchStage(corpus.embeddings)
         elif faiss_stage is None:
             raise ConfigError(f"stage_kind {stage_kind!r} needs a built FaissStage")
@@ -207,6 +218,7 @@ class MolIndex:
             version=__version__,
             overwrite=overwrite,
             source_bundle_sha256=self.source_bundle_sha256,
+            adaptive=self.adaptive,
         )
 
     @classmethod
@@ -216,7 +228,12 @@ class MolIndex:
         Raises:
             ArtifactError: missing, corrupt, or of another format version or kind.
         """
-        art = read_artifact(path)
+        return cls.from_artifact(read_artifact(path))
+
+    @classmethod
+    def from_artifact(cls, art: LoadedArtifact) -> MolIndex:
+        """The index of an artifact already read (and checked) by :func:`mol_index.artifact.read_artifact`,
+        for callers that also need its manifest (index version, kind)."""
         return cls(
             art.similarity,
             art.item_ids,
@@ -225,6 +242,7 @@ class MolIndex:
             faiss_stage=art.faiss_stage,
             parameters=dict(art.manifest.parameters),
             source_bundle_sha256=art.manifest.source_bundle_sha256,
+            adaptive=art.adaptive,
         )
 
     # ------------------------------------------------------------------ search
@@ -265,6 +283,8 @@ class MolIndex:
         self._sorted_ids, self._order = self._sorted_ids.to(target), self._order.to(target)
         if self._faiss_stage is None:
             self._stage = TorchStage(self.corpus.embeddings)
+        if self.adaptive is not None:
+            self.adaptive = self.adaptive.to(target)
         return self
 
     @property
@@ -329,6 +349,8 @@ class MolIndex:
         with torch.inference_mode():
             if params.algorithm is Algorithm.EXACT and self._use_triton(params.kernel):
                 res = self._triton_exact(query, k, rows_excluded)
+            elif params.algorithm is Algorithm.ADAPTIVE:
+                res = self._adaptive(query, k, rows_excluded, params)
             else:
                 res = rails_search(
                     self.similarity,
@@ -345,6 +367,32 @@ class MolIndex:
                 )
         ids = torch.where(res.ids >= 0, self.item_ids[res.ids.clamp_min(0)], torch.full_like(res.ids, -1))
         return SearchResult(res.scores, ids, res.exact, res.num_candidates, res.k_prime)
+
+    def _adaptive(
+        self, query: QuerySide, k: int, rows_excluded: torch.Tensor | None, params: SearchParams
+    ) -> SearchResult:
+        if self.adaptive is None:
+            raise ConfigError(
+                f"algorithm 'adaptive' needs an index of kind 'adaptive' (this one is {self.kind!r}); "
+                "build one with mol_index.build_adaptive or `mol-index build --stage adaptive`"
+            )
+        check_k(k, self.num_items)
+        budget = min(self.num_items, params.budget or max(k, 200))
+        found = search_adaptive_model(
+            self.similarity,
+            query,
+            self.corpus,
+            self.adaptive,
+            k,
+            budget=budget,
+            rounds=min(params.rounds, budget),
+            exclude=rows_excluded,
+        )
+        batch, device = query.batch_size, query.embeddings.device
+        never = torch.zeros(batch, dtype=torch.bool, device=device)
+        return SearchResult(
+            found.scores, found.rows, never, found.scorer_calls, torch.full_like(found.scorer_calls, budget)
+        )
 
     def _use_triton(self, kernel: str) -> bool:
         """Whether the exact scan runs the fused Triton kernel (see :attr:`SearchParams.kernel`)."""
@@ -443,3 +491,45 @@ def _check_item_ids(item_ids: torch.Tensor, num_items: int) -> torch.Tensor:
     if torch.unique(ids).numel() != num_items:
         raise ConfigError("item_ids must be distinct: each item needs its own external id")
     return ids
+
+
+def build_adaptive(
+    index: MolIndex,
+    train_queries: QuerySide,
+    *,
+    per_query: int = 100,
+    reg: float = 1000.0,
+    iterations: int = 10,
+) -> MolIndex:
+    """An ``adaptive`` index (AXN, :mod:`mol_index.adaptive`) over the items and similarity of ``index``.
+
+    Args:
+        index: any index (its similarity, items, ids and source bundle are reused).
+        train_queries: ``Q`` training queries drawn like real ones, ``(Q, Pq, d)`` (+ ``(Q, P)`` gating).
+        per_query: items scored per training query by the similarity (the index's only scorer calls).
+        reg: ridge strength of the factorization and the query map.
+        iterations: ALS sweeps.
+
+    Raises:
+        ConfigError: ``per_query`` not in ``[1, N]``, bad ``reg`` / ``iterations``.
+        ShapeError: training queries that do not fit the similarity.
+    """
+    train = as_query_side(index.similarity, train_queries, None)
+    model = build_adaptive_model(
+        index.similarity, index.corpus, train, per_query=per_query, reg=reg, iterations=iterations
+    )
+    parameters = {
+        "train_queries": str(train.batch_size),
+        "per_query": str(per_query),
+        "reg": repr(float(reg)),
+        "iterations": str(iterations),
+    }
+    return MolIndex(
+        index.similarity,
+        index.item_ids,
+        index.corpus,
+        stage_kind="adaptive",
+        parameters=parameters,
+        source_bundle_sha256=index.source_bundle_sha256,
+        adaptive=model,
+    )

@@ -50,6 +50,7 @@ class Algorithm(str, Enum):
     TOP_K_PER_EMBD = "topk_per_embd"
     TOP_K_AVG = "topk_avg"
     COMB_TOP_K = "comb_topk"
+    ADAPTIVE = "adaptive"  # adaptive indexes only (mol_index.adaptive); rails_search refuses it
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,8 @@ def rails_search(
     batch = query.batch_size
     device = query.embeddings.device
     algorithm = Algorithm(algorithm)
+    if algorithm is Algorithm.ADAPTIVE:
+        raise ConfigError("algorithm 'adaptive' needs an adaptive index (MolIndex of kind 'adaptive')")
     if algorithm is Algorithm.EXACT:
         scores, rows = exact_search(similarity, query, corpus, k, exclude=exclude, block_size=block_size)
         full = torch.full((batch,), num_items, dtype=torch.int64, device=device)

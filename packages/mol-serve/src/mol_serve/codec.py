@@ -13,7 +13,7 @@ import torch
 
 from mol_core.bundle import ModelBundle
 from mol_core.proto.mol.v1 import retrieval_pb2
-from mol_index import SearchParams
+from mol_index import Algorithm, SearchParams
 from mol_serve.config import ALGORITHMS, ServeConfig
 from mol_serve.errors import InvalidRequest
 from mol_serve.registry import LoadedIndex, needs_gating
@@ -25,7 +25,7 @@ _DTYPES: dict[int, tuple[str, int]] = {
     retrieval_pb2.DTYPE_BFLOAT16: ("bfloat16", 2),
     retrieval_pb2.DTYPE_FLOAT16: ("float16", 2),
 }
-_INT_PARAMS = ("k_prime", "nprobe", "ef_search", "block_size")
+_INT_PARAMS = ("k_prime", "nprobe", "ef_search", "block_size", "budget", "rounds")
 
 
 @dataclass(frozen=True)
@@ -160,6 +160,10 @@ def parse_request(
         raise InvalidRequest("all queries of one request must be of the same kind (history or embeddings)")
     kind = kinds.pop()
     params = _params(request, config)
+    if Algorithm(params.algorithm) is Algorithm.ADAPTIVE and index.adaptive is None:
+        raise InvalidRequest(
+            f"algorithm 'adaptive' needs an adaptive index; index {loaded.version} is of kind {loaded.kind!r}"
+        )
     shared = list(request.exclude_ids)
     exclude = [shared + list(q.exclude_ids) for q in request.queries]
     sim = index.similarity

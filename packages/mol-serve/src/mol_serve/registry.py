@@ -65,19 +65,9 @@ def load_and_validate(
 
     start = time.perf_counter()
     try:
-        # MolIndex.load does the same but does not expose the manifest (index_version, kind): read the
-        # artifact once through mol_index.artifact and build the index from it.
-        art = read_artifact(path)  # verifies format version and checksums
+        art = read_artifact(path)  # verifies format version and checksums; the manifest names the version
         manifest = art.manifest
-        index = MolIndex(
-            art.similarity,
-            art.item_ids,
-            art.corpus,
-            stage_kind=art.stage_kind,
-            faiss_stage=art.faiss_stage,
-            parameters=dict(manifest.parameters),
-            source_bundle_sha256=manifest.source_bundle_sha256,
-        )
+        index = MolIndex.from_artifact(art)
         index.to(device if art.faiss_stage is None else (faiss_device or device))
     except (ArtifactError, ConfigError, ShapeError, OSError) as err:
         raise LoadRefused(f"cannot load index artifact {path}: {err}") from err
