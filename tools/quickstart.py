@@ -66,6 +66,7 @@ class Report:
     """What the run measured, for the printed and written report."""
 
     workdir: Path
+    data: str = ""
     steps: dict[str, float] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
     quality: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -173,17 +174,18 @@ def build_indexes(bundle_dir: Path, report: Report) -> dict[str, Path]:
     return paths
 
 
-def test_queries(dataset: SequenceDataset) -> TestQueries:
+def held_out_queries(dataset: SequenceDataset, max_len: int) -> TestQueries:
+    """Every user's test query with the ``max_len`` most recent history items, as training evaluates."""
     vocab = dataset.item_vocab
     histories, times, query_times, targets = [], [], [], []
     for user in range(dataset.num_users):
         start, stop = int(dataset.offsets[user]), int(dataset.offsets[user + 1])
         items = [int(vocab[i - 1]) for i in dataset.items[start:stop]]
-        histories.append(items[:-1][-dataset.max_len :])
+        histories.append(items[:-1][-max_len:])
         targets.append(items[-1])
         if dataset.timestamps is not None:
             stamps = [int(t) for t in dataset.timestamps[start:stop]]
-            times.append(stamps[:-1][-dataset.max_len :])
+            times.append(stamps[:-1][-max_len:])
             query_times.append(stamps[-1])  # as in training's evaluation: the held-out item's time
     if dataset.timestamps is None:
         return TestQueries(histories, None, None, targets)
@@ -359,14 +361,14 @@ def serve_and_query(
     print(f"   {users} users queried over gRPC; results identical to in-process search: {same}")
 
 
-def render(report: Report, args: argparse.Namespace) -> str:
+def render(report: Report) -> str:
     mol, dot = report.quality["mol"], report.quality["dot"]
     lines = [
         "# mol quickstart report",
         "",
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.platform()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads); data: "
-        f"{args.data or f'synthetic, {args.users} users x {args.items} items'}.",
+        f"{report.data}.",
         "",
         "## Quality: test split, full corpus, history filtered",
         "",
@@ -470,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(args.workdir.resolve())
     try:
         dataset = run_step(report, "data", "1/8 data", lambda: build_data(args, report))
+        report.data = f"{dataset.name or 'data'}, {dataset.num_users} users x {dataset.num_items} items"
         run_step(
             report,
             "train",
@@ -485,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         torch.set_num_threads(1)  # search latencies are single-threaded CPU numbers
         bundle = load_bundle(bundle_dir)
-        queries = test_queries(dataset)
+        queries = held_out_queries(dataset, bundle.max_len)
         exact_ids = run_step(
             report,
             "measure",
@@ -506,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         "bundle": bundle_dir,
         **{f"index {a}": p for a, p in paths.items()},
     }
-    text = render(report, args)
+    text = render(report)
     out = report.workdir / "report.md"
     tmp = out.with_suffix(".md.tmp")
     tmp.write_text(text)
