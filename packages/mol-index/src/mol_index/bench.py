@@ -315,14 +315,7 @@ def run(
     return {
         "benchmark": "mol_index",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "faiss": faiss.__version__,
-        },
+        "machine": {**machine(), "faiss": faiss.__version__},
         "config": {
             "bundle": None if bundle is None else str(bundle),
             "histories": None if histories is None else str(histories),
@@ -410,6 +403,25 @@ def plot(result: dict[str, Any], path: Path) -> None:
     tmp.replace(path)
 
 
+def machine() -> dict[str, Any]:
+    """The machine a result was measured on (platform, CPU count, torch and its threads)."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def write_result(result: dict[str, Any], path: Path) -> None:
+    """Writes a benchmark result as JSON, atomically (a temporary file renamed over ``path``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI of the benchmark; exit 1 when a result the bound proved exact differs from exact search."""
     parser = argparse.ArgumentParser(
@@ -485,10 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     result["mode"] = "quick" if args.quick else "full"
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.output.with_name(f".{args.output.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(args.output)
+        write_result(result, args.output)
     if args.plot:
         plot(result, args.plot)
     if result["violations"]:

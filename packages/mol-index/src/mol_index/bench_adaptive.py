@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -36,7 +33,7 @@ import torch
 
 from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide
 from mol_index.adaptive import adaptive_search, factorize, fit_query_map, sparse_score_matrix
-from mol_index.bench import synthetic_corpus
+from mol_index.bench import machine, synthetic_corpus, write_result
 from mol_index.exact import exact_search
 
 __all__ = ["main", "run"]
@@ -154,13 +151,7 @@ def run(
     return {
         "benchmark": "mol_index_adaptive",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-        },
+        "machine": machine(),
         "config": {
             "N": num_items,
             "train_queries": train_queries,
@@ -233,10 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     result["mode"] = "quick" if args.quick else "full"
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.output.with_name(f".{args.output.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(args.output)
+        write_result(result, args.output)
     over = [r for r in result["results"] if r["scorer_calls_per_query"] > r["budget"]]
     if over:
         print(f"FAIL: methods over their scorer-call budget: {over}", file=sys.stderr)
