@@ -1,0 +1,195 @@
+"""A product-quantization layer trained jointly with the model (Poeem: Zhang et al., SIGIR 2021).
+
+The layer sits on the item side: it rotates an item embedding by a learned orthogonal matrix (a product of
+Givens rotations, so it stays orthogonal), assigns it to a coarse centroid, splits the residual into ``M``
+subspaces and replaces each part by its nearest codeword. The forward pass returns the quantized vector
+with a straight-through estimator (gradients reach the embedding as if the layer were the identity), and
+:meth:`ProductQuantizer.loss` learns the rotation, centroids and codebooks with a reconstruction term plus
+a commitment term that pulls embeddings towards their codes. :meth:`ProductQuantizer.warm_start` sets the
+centroids and codebooks by k-means on a buffer of embeddings (train unquantized first, then warm-start).
+
+Status: the layer, its k-means warm start and its losses, with tests. Not built yet (issue #7, item 1):
+the mol-train config switch, exporting codes into a ``pq`` index artifact, serving it, and the benchmark
+against FAISS PQ and OPQ + IVF-PQ built after training.
+
+Shapes: ``N`` embeddings of width ``d``, ``C`` coarse centroids, ``M`` subspaces of width ``d / M``,
+``K`` codewords per subspace.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mol_core.errors import ConfigError, ShapeError
+
+__all__ = ["GivensRotation", "ProductQuantizer", "kmeans"]
+
+
+class GivensRotation(nn.Module):
+    """A learned ``(d, d)`` rotation: ``layers`` brick-wall layers of Givens rotations of adjacent pairs.
+
+    Layer ``l`` rotates the pairs ``(i, i + 1)`` for ``i = l % 2, l % 2 + 2, ...`` by its own angles; with
+    ``d`` layers the product can express any rotation. All angles start at 0 (the identity).
+
+    Args:
+        dim: ``d`` (at least 2).
+        layers: number of layers (default ``d``).
+    """
+
+    def __init__(self, dim: int, layers: int | None = None) -> None:
+        super().__init__()
+        if dim < 2:
+            raise ConfigError(f"a rotation needs dim >= 2; got {dim}")
+        self.dim = dim
+        self.layers = layers or dim
+        self.angles = nn.Parameter(torch.zeros(self.layers, dim // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (*, d) @ R``."""
+        if x.shape[-1] != self.dim:
+            raise ShapeError(f"expected (*, d={self.dim}); got {tuple(x.shape)}")
+        for layer in range(self.layers):
+            start = layer % 2
+            pairs = (self.dim - start) // 2
+            left = torch.arange(start, start + 2 * pairs, 2, device=x.device)
+            cos, sin = torch.cos(self.angles[layer, :pairs]), torch.sin(self.angles[layer, :pairs])
+            a, b = x[..., left], x[..., left + 1]
+            x = x.clone()
+            x[..., left] = cos * a - sin * b
+            x[..., left + 1] = sin * a + cos * b
+        return x
+
+    def matrix(self) -> torch.Tensor:
+        """``R (d, d)``, orthogonal."""
+        return self.forward(torch.eye(self.dim, device=self.angles.device))
+
+
+def kmeans(points: torch.Tensor, clusters: int, *, iterations: int = 20, seed: int = 0) -> torch.Tensor:
+    """Lloyd's k-means with k-means++ seeding; returns ``(clusters, d)`` centroids.
+
+    Raises:
+        ConfigError: fewer points than clusters.
+    """
+    if points.shape[0] < clusters:
+        raise ConfigError(
+            f"k-means needs at least as many points as clusters: {points.shape[0]} points, {clusters} wanted"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    # k-means++ seeding: each next centroid drawn with probability proportional to the squared distance
+    # to the nearest one already chosen
+    chosen = [int(torch.randint(points.shape[0], (1,), generator=gen))]
+    nearest = (points - points[chosen[0]]).pow(2).sum(1)  # (N,)
+    for _ in range(clusters - 1):
+        weights = nearest if float(nearest.sum()) > 0 else torch.ones_like(nearest)
+        pick = int(torch.multinomial(weights, 1, generator=gen))
+        chosen.append(pick)
+        nearest = torch.minimum(nearest, (points - points[pick]).pow(2).sum(1))
+    centroids = points[chosen].clone()
+    for _ in range(iterations):
+        assign = torch.cdist(points, centroids).argmin(1)  # (N,)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, points)
+        counts = torch.bincount(assign, minlength=clusters).unsqueeze(1).to(points.dtype)
+        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)  # empty clusters stay
+    return centroids
+
+
+class ProductQuantizer(nn.Module):
+    """Rotation, coarse centroid and product quantization of the residual, trainable end to end.
+
+    Args:
+        dim: ``d``, divisible by ``subspaces``.
+        coarse: ``C`` coarse centroids (1 = plain PQ).
+        subspaces: ``M``.
+        codebook_size: ``K`` codewords per subspace.
+        rotation: learn a Givens rotation before the split (Poeem's optimal space decomposition).
+        commitment: weight of the commitment term in :meth:`loss`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        coarse: int = 1,
+        subspaces: int = 8,
+        codebook_size: int = 256,
+        rotation: bool = True,
+        commitment: float = 0.25,
+    ) -> None:
+        super().__init__()
+        if subspaces < 1 or dim % subspaces:
+            raise ConfigError(f"dim {dim} must be divisible by the number of subspaces; got {subspaces}")
+        if coarse < 1 or codebook_size < 1:
+            raise ConfigError(f"coarse and codebook_size must be >= 1; got {coarse} and {codebook_size}")
+        self.dim, self.subspaces, self.codebook_size = dim, subspaces, codebook_size
+        self.commitment = commitment
+        self.rotation = GivensRotation(dim) if rotation else None
+        self.centroids = nn.Parameter(torch.zeros(coarse, dim))
+        self.codebooks = nn.Parameter(torch.randn(subspaces, codebook_size, dim // subspaces) * 0.01)
+
+    def _rotate(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.rotation is None else self.rotation(x)
+
+    def _assign(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rotated ``z (N, d)`` -> ``(coarse (N,), codes (N, M), quantized z (N, d))``."""
+        coarse = torch.cdist(z, self.centroids).argmin(1)  # (N,)
+        residual = (z - self.centroids[coarse]).view(z.shape[0], self.subspaces, -1)  # (N, M, d/M)
+        distances = torch.cdist(residual.transpose(0, 1), self.codebooks)  # (M, N, K)
+        codes = distances.argmin(-1).T  # (N, M)
+        words = self.codebooks[torch.arange(self.subspaces), codes]  # (N, M, d/M)
+        return coarse, codes, self.centroids[coarse] + words.reshape(z.shape[0], -1)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x (N, d)`` -> ``(coarse ids (N,), codes (N, M))``: what an index stores per item."""
+        self._check(x)
+        with torch.no_grad():
+            coarse, codes, _ = self._assign(self._rotate(x))
+        return coarse, codes
+
+    def decode(self, coarse: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """The ``(N, d)`` reconstruction of stored codes, in the original (unrotated) space."""
+        words = self.codebooks[torch.arange(self.subspaces), codes]  # (N, M, d/M)
+        z = self.centroids[coarse] + words.reshape(codes.shape[0], -1)
+        return z if self.rotation is None else z @ self.rotation.matrix().T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantized ``x (N, d)`` with a straight-through gradient to ``x``."""
+        self._check(x)
+        _, _, quantized_z = self._assign(self._rotate(x))
+        quantized = quantized_z if self.rotation is None else quantized_z @ self.rotation.matrix().T
+        return x + (quantized - x).detach()
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction (learns rotation, centroids, codebooks) + ``commitment`` x commitment (moves
+        the embeddings towards their codes), both mean squared errors in the rotated space."""
+        self._check(x)
+        z_fixed = self._rotate(x.detach())
+        _, _, quantized = self._assign(z_fixed)
+        reconstruction = (z_fixed - quantized).pow(2).sum(-1).mean()
+        commit = (self._rotate(x) - quantized.detach()).pow(2).sum(-1).mean()
+        return reconstruction + self.commitment * commit
+
+    @torch.no_grad()
+    def warm_start(self, buffer: torch.Tensor, *, iterations: int = 20, seed: int = 0) -> None:
+        """Sets the centroids and codebooks by k-means on ``buffer (n, d)`` (rotated by the current rotation).
+
+        Raises:
+            ConfigError: fewer buffered embeddings than coarse centroids or than codewords per subspace.
+        """
+        self._check(buffer)
+        need = max(self.centroids.shape[0], self.codebook_size)
+        if buffer.shape[0] < need:
+            raise ConfigError(
+                f"too few items for the codebook size: {buffer.shape[0]} embeddings to warm-start "
+                f"{self.centroids.shape[0]} coarse centroids and {self.codebook_size} codewords per subspace"
+            )
+        z = self._rotate(buffer.float())
+        self.centroids.copy_(kmeans(z, self.centroids.shape[0], iterations=iterations, seed=seed))
+        residual = z - self.centroids[torch.cdist(z, self.centroids).argmin(1)]
+        parts = residual.view(z.shape[0], self.subspaces, -1)
+        for m in range(self.subspaces):
+            self.codebooks[m] = kmeans(parts[:, m], self.codebook_size, iterations=iterations, seed=seed + m)
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ShapeError(f"expected embeddings of shape (N, d={self.dim}); got {tuple(x.shape)}")
