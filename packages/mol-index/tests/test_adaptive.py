@@ -201,5 +201,5 @@ def test_adaptive_algorithm_needs_an_adaptive_index(mol_corpus) -> None:  # type
     index = MolIndex.build(sim, torch.arange(60), corpus)
     with pytest.raises(ConfigError, match="algorithm 'adaptive' needs an index of kind 'adaptive'"):
         index.search(queries, 3, params=SearchParams(algorithm="adaptive"))
-    with pytest.raises(ConfigError, match="needs an adaptive index"):
+    with pytest.raises(ConfigError, match="needs an index of that kind"):
         rails_search(sim, queries, corpus, 3, TorchStage(corpus.embeddings), algorithm=Algorithm.ADAPTIVE)

@@ -98,7 +98,7 @@ def test_missing_file_is_detected(mol_corpus: Callable[..., tuple], tmp_path: Pa
     ("field", "value", "message"),
     [
         ("format_version", 2, "format version 2 is not supported"),
-        ("kind", "pq", "index kind 'pq' is not one this mol-index reads"),
+        ("kind", "ivf-pq", "index kind 'ivf-pq' is not one this mol-index reads"),
     ],
 )
 def test_other_version_or_kind_is_refused(

@@ -114,6 +114,6 @@ def test_cli_builds_an_adaptive_index_from_a_bundle(bundle_dir: Path, tmp_path: 
 def test_cli_adaptive_needs_training_histories(
     bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["build", str(tmp_path / "a"), "--bundle", str(bundle_dir), "--stage", "adaptive"]) == 2
-    assert "--stage adaptive needs --bundle and --train-histories" in capsys.readouterr().err
+    assert main(["build", str(tmp_path / "a"), "--bundle", str(bundle_dir), "--kind", "adaptive"]) == 2
+    assert "--kind adaptive needs --bundle and --train-histories" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()

@@ -48,7 +48,7 @@ def test_adaptive_index_is_served(artifacts: dict[str, Path], tmp_path: Path) ->
                 algorithm="adaptive",
                 params={"budget": 20, "rounds": 2},
             )
-            with pytest.raises(InvalidRequest, match="algorithm 'adaptive' needs an adaptive index"):
+            with pytest.raises(InvalidRequest, match="'adaptive' needs an index of kind 'adaptive'"):
                 client.retrieve(histories=HISTORIES, top_k=5, index_alias="exact", algorithm="adaptive")
     finally:
         assert server.stop() == 0

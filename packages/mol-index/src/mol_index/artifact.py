@@ -11,10 +11,16 @@ Layout (format version :data:`mol_core.manifest.INDEX_FORMAT_VERSION`)::
       faiss/component_<b>.faiss, faiss/mean.faiss
                              FAISS candidate stage (kinds faiss-flat, faiss-ivf, faiss-hnsw only)
       adaptive.safetensors   factorized_items (N, r), query_map (d, r) (kind adaptive only)
+      pq.safetensors         coarse (N, Px), codes (N, Px, M) and the PQ layer's state as layer.* (kind pq
+                             only; the layer's options are manifest parameters pq.*)
+      hierarchical.safetensors
+                             the cluster tree of mol_index.hierarchical (kind hierarchical only)
 
 Kinds: ``exact`` (no candidate-stage files: exact search and RAILS with the torch GEMM stage) and
 ``faiss-flat`` / ``faiss-ivf`` / ``faiss-hnsw`` (RAILS with that FAISS stage; exact search too), and
-``adaptive`` (an exact index plus the learned model of :mod:`mol_index.adaptive`).
+``adaptive`` (an exact index plus the learned model of :mod:`mol_index.adaptive`), ``pq`` (plus the
+product-quantization codes of :mod:`mol_index.pq_index`) and ``hierarchical`` (plus the cluster tree of
+:mod:`mol_index.hierarchical`).
 
 Writing is atomic: everything goes to a temporary directory next to the destination, which is renamed
 into place at the end; a failure removes it, leaving nothing behind. Reading checks the format version
@@ -30,6 +36,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
@@ -48,6 +55,11 @@ from mol_core.proto.mol.v1 import manifest_pb2
 from mol_core.similarity import ItemSide, Similarity, similarity_from_config, similarity_to_config
 from mol_index.adaptive import AdaptiveModel
 from mol_index.candidates import FaissStage
+from mol_index.index_layers import PQItemLayer
+from mol_index.pq_index import PQCodes
+
+if TYPE_CHECKING:
+    from mol_index.hierarchical import HierarchicalIndex
 
 __all__ = ["KINDS", "LoadedArtifact", "read_artifact", "write_artifact"]
 
@@ -58,10 +70,14 @@ KINDS = {
     "ivf": "faiss-ivf",
     "hnsw": "faiss-hnsw",
     "adaptive": "adaptive",
+    "pq": "pq",
+    "hierarchical": "hierarchical",
 }
 _ITEMS = "items.safetensors"
 _ADAPTIVE = "adaptive.safetensors"
 _SIMILARITY = "similarity.safetensors"
+_PQ = "pq.safetensors"
+_HIERARCHICAL = "hierarchical.safetensors"
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,8 @@ class LoadedArtifact:
     faiss_stage: FaissStage | None
     manifest: manifest_pb2.IndexManifest
     adaptive: AdaptiveModel | None = None
+    pq: PQCodes | None = None
+    hierarchical: HierarchicalIndex | None = None
 
 
 def write_artifact(
@@ -90,6 +108,8 @@ def write_artifact(
     overwrite: bool = False,
     source_bundle_sha256: str = "",
     adaptive: AdaptiveModel | None = None,
+    pq: PQCodes | None = None,
+    hierarchical: HierarchicalIndex | None = None,
 ) -> Path:
     """Writes an index artifact directory atomically; returns its path.
 
@@ -106,6 +126,8 @@ def write_artifact(
             one is complete).
         source_bundle_sha256: SHA-256 of the model bundle's manifest.json the items came from, or "".
         adaptive: the learned model of an ``adaptive`` index (``stage_kind="adaptive"``).
+        pq: the codes of a ``pq`` index (``stage_kind="pq"``).
+        hierarchical: the cluster tree of a ``hierarchical`` index (``stage_kind="hierarchical"``).
 
     Raises:
         ArtifactError: ``path`` exists and ``overwrite`` is False, its parent is missing, or a write failed.
@@ -151,6 +173,15 @@ def write_artifact(
             save_file({n: t.detach().cpu().contiguous() for n, t in model.items()}, str(tmp / _ADAPTIVE))
             manifest.files.append(file_entry(tmp / _ADAPTIVE, tmp, "adaptive_tensors"))
             manifest.parameters["rmse"] = repr(adaptive.rmse)
+        if pq is not None:
+            save_file(pq.to_tensors(), str(tmp / _PQ))
+            manifest.files.append(file_entry(tmp / _PQ, tmp, "pq_codes"))
+            manifest.parameters.update({f"pq.{k}": v for k, v in pq.layer.config().items()})
+            manifest.parameters["pq.source"] = pq.source
+        if hierarchical is not None:
+            tree = {n: t.detach().cpu().contiguous() for n, t in hierarchical.to_tensors().items()}
+            save_file(tree, str(tmp / _HIERARCHICAL))
+            manifest.files.append(file_entry(tmp / _HIERARCHICAL, tmp, "hierarchical_tree"))
         write_manifest(manifest, tmp / MANIFEST_FILENAME)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.old")
@@ -206,11 +237,59 @@ def read_artifact(path: str | Path) -> LoadedArtifact:
     stage_kind = stages[manifest.kind]
     faiss_stage = None
     adaptive = None
+    pq = None
+    hierarchical = None
     if stage_kind == "adaptive":
         adaptive = _read_adaptive(root, manifest, corpus)
+    elif stage_kind == "pq":
+        pq = _read_pq(root, manifest, corpus)
+    elif stage_kind == "hierarchical":
+        hierarchical = _read_hierarchical(root, corpus)
     elif stage_kind != "torch":
         faiss_stage = FaissStage.load(stage_kind, root, similarity.num_item_components)
-    return LoadedArtifact(similarity, item_ids, corpus, stage_kind, faiss_stage, manifest, adaptive)
+    return LoadedArtifact(
+        similarity, item_ids, corpus, stage_kind, faiss_stage, manifest, adaptive, pq, hierarchical
+    )
+
+
+def _read_pq(root: Path, manifest: manifest_pb2.IndexManifest, corpus: ItemSide) -> PQCodes:
+    params = {k.removeprefix("pq."): v for k, v in manifest.parameters.items() if k.startswith("pq.")}
+    try:
+        layer = PQItemLayer(
+            int(params["dim"]),
+            coarse=int(params["coarse"]),
+            subspaces=int(params["subspaces"]),
+            codebook_size=int(params["codebook_size"]),
+            rotation=params["rotation"] == "true",
+            commitment=float(params["commitment"]),
+        )
+        codes = PQCodes.from_tensors(load_file(str(root / _PQ)), layer, params.get("source", ""))
+    except (SafetensorError, KeyError, OSError, ValueError, RuntimeError) as err:
+        raise ArtifactError(f"{root}/{_PQ}: cannot load the PQ codes: {err}; rebuild the index") from err
+    want = (corpus.num_items, corpus.embeddings.shape[1], layer.quantizer.subspaces)
+    if tuple(codes.codes.shape) != want or tuple(codes.coarse.shape) != want[:2]:
+        raise ArtifactError(
+            f"{root}/{_PQ}: codes {tuple(codes.codes.shape)} and coarse ids {tuple(codes.coarse.shape)} "
+            f"do not fit N = {want[0]}, Px = {want[1]}, M = {want[2]}; rebuild the index"
+        )
+    return codes
+
+
+def _read_hierarchical(root: Path, corpus: ItemSide) -> HierarchicalIndex:
+    from mol_index.hierarchical import HierarchicalIndex
+
+    try:
+        tree = HierarchicalIndex.from_tensors(load_file(str(root / _HIERARCHICAL)))
+    except (SafetensorError, KeyError, OSError, ValueError, RuntimeError) as err:
+        raise ArtifactError(
+            f"{root}/{_HIERARCHICAL}: cannot load the cluster tree: {err}; rebuild the index"
+        ) from err
+    if tree.num_items != corpus.num_items:
+        raise ArtifactError(
+            f"{root}/{_HIERARCHICAL}: the tree holds {tree.num_items} items but the index N = "
+            f"{corpus.num_items}; rebuild the index"
+        )
+    return tree
 
 
 def _read_adaptive(root: Path, manifest: manifest_pb2.IndexManifest, corpus: ItemSide) -> AdaptiveModel:

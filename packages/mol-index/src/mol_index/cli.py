@@ -1,12 +1,15 @@
 """``mol-index``: build, search, inspect and benchmark index artifacts from the command line.
 
     mol-index build OUT --items items.safetensors --similarity-config sim.json \
-        --similarity-state sim.safetensors --stage hnsw
+        --similarity-state sim.safetensors --kind faiss-hnsw
     mol-index search OUT --queries queries.safetensors -k 10 --algorithm comb_topk --k-prime 64
     mol-index info OUT
     mol-index bench --quick
 
-    mol-index build OUT --bundle artifacts/bundle --stage torch
+    mol-index build OUT --bundle artifacts/bundle --kind exact
+    mol-index build OUT --bundle artifacts/bundle --kind pq            # the bundle's trained PQ layer
+    mol-index build OUT --bundle artifacts/bundle --kind hierarchical  # or its trained clusters
+    mol-index build OUT --bundle artifacts/bundle --kind adaptive --train-histories ratings.txt
 
 Arrays are ``.npy`` files or ``.safetensors`` files (tensor names below); ``--bundle`` takes the item side,
 ids and similarity from a mol-train model bundle instead.
@@ -29,7 +32,14 @@ from mol_core.manifest import INDEX_FORMAT_VERSION, MANIFEST_FILENAME, read_mani
 from mol_core.proto.mol.v1 import manifest_pb2, similarity_pb2
 from mol_core.similarity import ItemSide, QuerySide, similarity_from_config
 from mol_index.candidates import STAGE_KINDS
-from mol_index.index import MolIndex, SearchParams, build_adaptive, build_from_bundle
+from mol_index.index import (
+    MolIndex,
+    SearchParams,
+    build_adaptive,
+    build_from_bundle,
+    build_hierarchical,
+    build_pq,
+)
 from mol_index.rails import Algorithm
 
 __all__ = ["main"]
@@ -58,11 +68,34 @@ def _array(path: Path | None, name: str, fallback: dict[str, torch.Tensor]) -> t
     return found[name]
 
 
+#: ``--kind`` -> the candidate stage ``MolIndex.build`` takes (learned kinds start from an exact index).
+_KIND_STAGES = {
+    "exact": "torch",
+    "faiss-flat": "flat",
+    "faiss-ivf": "ivf",
+    "faiss-hnsw": "hnsw",
+    "pq": "torch",
+    "hierarchical": "torch",
+    "adaptive": "torch",
+}
+#: The older ``--stage`` names.
+_STAGE_KINDS = {
+    "torch": "exact",
+    "flat": "faiss-flat",
+    "ivf": "faiss-ivf",
+    "hnsw": "faiss-hnsw",
+    "adaptive": "adaptive",
+}
+
+
 def _build(args: argparse.Namespace) -> int:
-    adaptive = args.stage == "adaptive"
-    if adaptive and (args.bundle is None or args.train_histories is None):
+    if args.kind is not None and args.stage is not None:
+        raise ConfigError("give --kind or its older spelling --stage, not both")
+    kind = args.kind or _STAGE_KINDS[args.stage or "torch"]
+    stage = _KIND_STAGES[kind]
+    if kind == "adaptive" and (args.bundle is None or args.train_histories is None):
         raise ConfigError(
-            "--stage adaptive needs --bundle and --train-histories (the training queries run through the "
+            "--kind adaptive needs --bundle and --train-histories (the training queries run through the "
             "bundle's encoder)"
         )
     if args.bundle is not None:
@@ -70,13 +103,15 @@ def _build(args: argparse.Namespace) -> int:
             raise ConfigError("--bundle replaces --items and --similarity-config; give one or the other")
         index = build_from_bundle(
             args.bundle,
-            stage="torch" if adaptive else args.stage,
+            stage=stage,
             nlist=args.nlist,
             hnsw_m=args.hnsw_m,
             ef_construction=args.ef_construction,
         )
-        if adaptive:
+        if kind == "adaptive":
             index = _adaptive_from_bundle(index, args)
+        elif kind in ("pq", "hierarchical"):
+            index = _learned(index, kind, args)
         path = index.save(args.output, overwrite=args.overwrite)
         print(f"built {index.kind} index of {index.num_items} items from bundle {args.bundle} at {path}")
         return 0
@@ -110,14 +145,50 @@ def _build(args: argparse.Namespace) -> int:
         similarity,
         ids,
         items,
-        stage=args.stage,
+        stage=stage,
         nlist=args.nlist,
         hnsw_m=args.hnsw_m,
         ef_construction=args.ef_construction,
     )
+    if kind in ("pq", "hierarchical"):
+        index = _learned(index, kind, args)
     path = index.save(args.output, overwrite=args.overwrite)
     print(f"built {index.kind} index of {index.num_items} items at {path}")
     return 0
+
+
+def _learned(index: MolIndex, kind: str, args: argparse.Namespace) -> MolIndex:
+    """A ``pq`` or ``hierarchical`` index: from the bundle's jointly trained layer when it has one (and
+    ``--refit`` is not given), else fitted by k-means on the items."""
+    layer = None
+    if args.bundle is not None and not args.refit:
+        from mol_index.index_layers import layer_from_bundle
+
+        layer = layer_from_bundle(args.bundle, index.similarity)
+        if layer is not None and layer.kind != kind:
+            raise ConfigError(
+                f"{args.bundle} carries a jointly trained {layer.kind!r} index layer, not a {kind!r} one: "
+                f"build --kind {layer.kind}, or pass --refit to fit a {kind} index by k-means instead"
+            )
+    source = "the bundle's trained layer (no k-means)" if layer is not None else "k-means on the items"
+    print(f"building the {kind} index from {source}")
+    if kind == "pq":
+        if layer is not None:
+            return build_pq(index, layer=layer)  # type: ignore[arg-type]
+        return build_pq(
+            index, coarse=args.pq_coarse, subspaces=args.pq_subspaces, codebook_size=args.pq_codebook_size
+        )
+    if layer is not None:
+        return build_hierarchical(index, layer=layer)
+    return build_hierarchical(index, branching=_branching(args.branching))
+
+
+def _branching(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--branching must be comma-separated integers, e.g. 32,16; got {text!r}") from None
+    return levels
 
 
 def _adaptive_from_bundle(index: MolIndex, args: argparse.Namespace) -> MolIndex:
@@ -160,6 +231,7 @@ def _search(args: argparse.Namespace) -> int:
         ef_search=args.ef_search,
         budget=args.budget,
         rounds=args.rounds,
+        beam=args.beam,
     )
     res = index.search_with_info(queries, args.k, exclude=exclude, params=params)
     for row in range(res.ids.shape[0]):
@@ -220,11 +292,30 @@ def _parser() -> argparse.ArgumentParser:
         help="the similarity module's state dict (.safetensors); required for MoL",
     )
     build.add_argument(
+        "--kind",
+        choices=list(_KIND_STAGES),
+        help="index kind: exact (RAILS with the torch GEMM stage, no extra files; the default), faiss-flat, "
+        "faiss-ivf, faiss-hnsw (RAILS with that FAISS stage), pq (Poeem codes: the bundle's jointly trained "
+        "PQ layer, else k-means), hierarchical (HSNN clusters: the bundle's trained layer, else top-down "
+        "k-means), adaptive (AXN: needs --bundle and --train-histories)",
+    )
+    build.add_argument(
         "--stage",
         choices=[*STAGE_KINDS, "adaptive"],
-        default="torch",
-        help="candidate stage: torch (exact GEMM, no extra files), flat (FAISS exact), ivf or "
-        "hnsw (FAISS approximate); or adaptive (AXN: needs --bundle and --train-histories); default torch",
+        help="the older spelling of --kind: torch = exact, flat/ivf/hnsw = faiss-*, adaptive",
+    )
+    build.add_argument(
+        "--refit",
+        action="store_true",
+        help="pq / hierarchical: ignore the bundle's trained index layer and fit by k-means",
+    )
+    build.add_argument("--pq-coarse", type=int, default=1, help="pq by k-means: coarse centroids (1)")
+    build.add_argument("--pq-subspaces", type=int, default=8, help="pq by k-means: subspaces M (8)")
+    build.add_argument(
+        "--pq-codebook-size", type=int, default=256, help="pq by k-means: codewords per subspace (256)"
+    )
+    build.add_argument(
+        "--branching", default="16,8", help="hierarchical by k-means: clusters per level (default 16,8)"
     )
     build.add_argument(
         "--train-histories",
@@ -257,8 +348,10 @@ def _parser() -> argparse.ArgumentParser:
         "--algorithm",
         choices=[a.value for a in Algorithm],
         default="comb_topk",
-        help="exact, a RAILS algorithm (default comb_topk), or adaptive (adaptive indexes)",
+        help="exact, a RAILS algorithm (default comb_topk), or adaptive / pq / hierarchical (indexes of "
+        "that kind)",
     )
+    search.add_argument("--beam", type=int, default=8, help="hierarchical: clusters kept per level (8)")
     search.add_argument("--budget", type=int, help="adaptive: scorer calls per query (default max(k, 200))")
     search.add_argument("--rounds", type=int, default=5, help="adaptive: rounds (default 5)")
     search.add_argument(

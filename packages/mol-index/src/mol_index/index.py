@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,10 +23,26 @@ from mol_index._inputs import Exclude, as_query_side, check_k, exclusion_tensor
 from mol_index.adaptive import AdaptiveModel, build_adaptive_model, search_adaptive_model
 from mol_index.artifact import KINDS, LoadedArtifact, read_artifact, write_artifact
 from mol_index.candidates import STAGE_KINDS, CandidateStage, FaissStage, StageParams, TorchStage
+from mol_index.index_layers import PQItemLayer
+from mol_index.pq_index import PQCodes, encode_corpus, fit_codes, pq_search
 from mol_index.rails import Algorithm, SearchResult, rails_search
 
-__all__ = ["KERNELS", "MolIndex", "SearchParams", "build_adaptive", "build_from_arrays", "build_from_bundle"]
+if TYPE_CHECKING:
+    from mol_index.hierarchical import HierarchicalIndex
 
+__all__ = [
+    "KERNELS",
+    "MolIndex",
+    "SearchParams",
+    "build_adaptive",
+    "build_from_arrays",
+    "build_from_bundle",
+    "build_hierarchical",
+    "build_pq",
+]
+
+#: Index kinds whose search structure is learned (their candidate stage for RAILS is the torch GEMM).
+_LEARNED = ("adaptive", "pq", "hierarchical")
 #: Values of :attr:`SearchParams.kernel`.
 KERNELS = ("auto", "torch", "triton")
 
@@ -37,14 +54,16 @@ class SearchParams:
     Attributes:
         algorithm: an :class:`Algorithm` or its value: ``exact`` scans the corpus; ``topk_per_embd``,
             ``topk_avg`` and ``comb_topk`` are the RAILS algorithms (candidates from the index's stage,
-            exact MoL rerank).
-        k_prime: ``K'``, candidates per (query component, item component) pair and for the mean.
+            exact MoL rerank); ``adaptive``, ``pq`` and ``hierarchical`` need an index of that kind.
+        k_prime: ``K'``, candidates per (query component, item component) pair and for the mean; for
+            ``pq``, candidates kept from the quantized scan (``max(k, K')``).
         guarantee_exact: widen ``K'`` until every result is provably exact (exact stages only).
         nprobe: IVF lists to visit (``faiss-ivf`` indexes; default ``max(8, nlist // 16)``).
         ef_search: HNSW beam width (``faiss-hnsw`` indexes; at least ``K'`` is used).
         block_size: items per block of the exact scan.
         budget: scorer calls per query of the ``adaptive`` algorithm (default ``max(k, 200)``, at most N).
         rounds: retrieve-score-refit rounds of the ``adaptive`` algorithm.
+        beam: clusters kept per level by the ``hierarchical`` algorithm.
         kernel: how the ``exact`` algorithm scans: ``torch`` (blockwise, any device), ``triton`` (the fused
             kernel of :mod:`mol_index.triton_topk`: MoL on CUDA, or on the CPU under
             ``TRITON_INTERPRET=1``), or ``auto`` (``triton`` when the index is on a CUDA device, Triton is
@@ -60,6 +79,7 @@ class SearchParams:
     budget: int | None = None
     rounds: int = 5
     kernel: str = "auto"
+    beam: int = 8
 
     def __post_init__(self) -> None:
         if self.kernel not in KERNELS:
@@ -69,9 +89,9 @@ class SearchParams:
         except ValueError as err:
             choices = ", ".join(a.value for a in Algorithm)
             raise ConfigError(f"unknown algorithm {self.algorithm!r}; expected one of {choices}") from err
-        for name in ("k_prime", "nprobe", "ef_search", "block_size", "budget", "rounds"):
+        for name in ("k_prime", "nprobe", "ef_search", "block_size", "budget", "rounds", "beam"):
             value = getattr(self, name)
-            if value is None and name not in ("k_prime", "rounds"):
+            if value is None and name not in ("k_prime", "rounds", "beam"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"SearchParams.{name} must be a positive integer; got {value!r}")
@@ -93,6 +113,9 @@ class MolIndex:
             arrays); saved in the index manifest.
         adaptive: the learned model of an ``adaptive`` index (``stage_kind="adaptive"``; see
             :func:`build_adaptive`).
+        pq: the codes of a ``pq`` index (``stage_kind="pq"``; see :func:`build_pq`).
+        hierarchical: the cluster tree of a ``hierarchical`` index (``stage_kind="hierarchical"``; see
+            :func:`build_hierarchical`).
     """
 
     def __init__(
@@ -106,6 +129,8 @@ class MolIndex:
         parameters: dict[str, str] | None = None,
         source_bundle_sha256: str = "",
         adaptive: AdaptiveModel | None = None,
+        pq: PQCodes | None = None,
+        hierarchical: HierarchicalIndex | None = None,
     ) -> None:
         self.similarity = similarity.eval()
         self.source_bundle_sha256 = source_bundle_sha256
@@ -113,10 +138,13 @@ class MolIndex:
         self.corpus = corpus
         self.stage_kind = stage_kind
         self.parameters = dict(parameters or {})
-        if (stage_kind == "adaptive") != (adaptive is not None):
-            raise ConfigError("stage_kind 'adaptive' and an AdaptiveModel go together (see build_adaptive)")
+        for name, part in (("adaptive", adaptive), ("pq", pq), ("hierarchical", hierarchical)):
+            if (stage_kind == name) != (part is not None):
+                raise ConfigError(f"stage_kind {name!r} and its model go together (see build_{name})")
         self.adaptive = adaptive
-        if stage_kind in ("torch", "adaptive"):
+        self.pq = pq
+        self.hierarchical = hierarchical
+        if stage_kind in ("torch", *_LEARNED):
             self._stage: CandidateStage = TorchStage(corpus.embeddings)
         elif faiss_stage is None:
             raise ConfigError(f"stage_kind {stage_kind!r} needs a built FaissStage")
@@ -219,6 +247,8 @@ class MolIndex:
             overwrite=overwrite,
             source_bundle_sha256=self.source_bundle_sha256,
             adaptive=self.adaptive,
+            pq=self.pq,
+            hierarchical=self.hierarchical,
         )
 
     @classmethod
@@ -243,6 +273,8 @@ class MolIndex:
             parameters=dict(art.manifest.parameters),
             source_bundle_sha256=art.manifest.source_bundle_sha256,
             adaptive=art.adaptive,
+            pq=art.pq,
+            hierarchical=art.hierarchical,
         )
 
     # ------------------------------------------------------------------ search
@@ -285,11 +317,16 @@ class MolIndex:
             self._stage = TorchStage(self.corpus.embeddings)
         if self.adaptive is not None:
             self.adaptive = self.adaptive.to(target)
+        if self.pq is not None:
+            self.pq = self.pq.to(target)
+        if self.hierarchical is not None:
+            self.hierarchical = self.hierarchical.to(target)
         return self
 
     @property
     def kind(self) -> str:
-        """The artifact kind: ``exact``, ``faiss-flat``, ``faiss-ivf`` or ``faiss-hnsw``."""
+        """The artifact kind: ``exact``, ``faiss-flat``, ``faiss-ivf``, ``faiss-hnsw``, ``adaptive``, ``pq``
+        or ``hierarchical``."""
         return KINDS[self.stage_kind]
 
     def search(
@@ -351,6 +388,10 @@ class MolIndex:
                 res = self._triton_exact(query, k, rows_excluded)
             elif params.algorithm is Algorithm.ADAPTIVE:
                 res = self._adaptive(query, k, rows_excluded, params)
+            elif params.algorithm is Algorithm.PQ:
+                res = self._pq(query, k, rows_excluded, params)
+            elif params.algorithm is Algorithm.HIERARCHICAL:
+                res = self._hierarchical(query, k, rows_excluded, params)
             else:
                 res = rails_search(
                     self.similarity,
@@ -392,6 +433,40 @@ class MolIndex:
         never = torch.zeros(batch, dtype=torch.bool, device=device)
         return SearchResult(
             found.scores, found.rows, never, found.scorer_calls, torch.full_like(found.scorer_calls, budget)
+        )
+
+    def _pq(
+        self, query: QuerySide, k: int, rows_excluded: torch.Tensor | None, params: SearchParams
+    ) -> SearchResult:
+        if self.pq is None:
+            raise ConfigError(
+                f"algorithm 'pq' needs an index of kind 'pq' (this one is {self.kind!r}); build one with "
+                "mol_index.build_pq or `mol-index build --kind pq`"
+            )
+        return pq_search(
+            self.similarity, query, self.corpus, self.pq, k, k_prime=params.k_prime, excluded=rows_excluded
+        )
+
+    def _hierarchical(
+        self, query: QuerySide, k: int, rows_excluded: torch.Tensor | None, params: SearchParams
+    ) -> SearchResult:
+        if self.hierarchical is None:
+            raise ConfigError(
+                "algorithm 'hierarchical' needs an index of kind 'hierarchical' "
+                f"(this one is {self.kind!r}); build one with mol_index.build_hierarchical or "
+                "`mol-index build --kind hierarchical`"
+            )
+        check_k(k, self.num_items)
+        found = self.hierarchical.search(
+            self.similarity, query, k, beam=params.beam, excluded_rows=rows_excluded
+        )
+        batch, device = query.batch_size, query.embeddings.device
+        return SearchResult(
+            found.scores,
+            found.rows,
+            torch.zeros(batch, dtype=torch.bool, device=device),
+            found.scored,
+            torch.full((batch,), params.beam, dtype=torch.int64, device=device),
         )
 
     def _use_triton(self, kernel: str) -> bool:
@@ -491,6 +566,84 @@ def _check_item_ids(item_ids: torch.Tensor, num_items: int) -> torch.Tensor:
     if torch.unique(ids).numel() != num_items:
         raise ConfigError("item_ids must be distinct: each item needs its own external id")
     return ids
+
+
+def build_pq(
+    index: MolIndex,
+    *,
+    layer: PQItemLayer | None = None,
+    coarse: int = 1,
+    subspaces: int = 8,
+    codebook_size: int = 256,
+    iterations: int = 20,
+) -> MolIndex:
+    """A ``pq`` index over the items and similarity of ``index``.
+
+    With ``layer`` (a PQ layer trained jointly with the model, e.g. from
+    :func:`mol_index.index_layers.layer_from_bundle`) every item is encoded with it, with no k-means; without
+    it the codebooks are fitted after training by k-means on the corpus (``coarse``, ``subspaces``,
+    ``codebook_size``).
+
+    Raises:
+        ConfigError: too few items for the codebook size, a width the subspaces do not divide, or an
+            untrained layer.
+        ShapeError: a layer of another component width than the index.
+    """
+    if layer is not None:
+        codes = encode_corpus(layer, index.corpus, source="joint")
+    else:
+        codes = fit_codes(
+            index.corpus,
+            coarse=coarse,
+            subspaces=subspaces,
+            codebook_size=codebook_size,
+            iterations=iterations,
+        )
+    return MolIndex(
+        index.similarity,
+        index.item_ids,
+        index.corpus,
+        stage_kind="pq",
+        parameters={"bytes_per_item": repr(codes.bytes_per_item())},
+        source_bundle_sha256=index.source_bundle_sha256,
+        pq=codes,
+    )
+
+
+def build_hierarchical(
+    index: MolIndex,
+    *,
+    layer: torch.nn.Module | None = None,
+    branching: tuple[int, ...] = (16, 8),
+    iterations: int = 20,
+    seed: int = 0,
+) -> MolIndex:
+    """A ``hierarchical`` index (HSNN, :mod:`mol_index.hierarchical`) over the items of ``index``.
+
+    With ``layer`` (a :class:`~mol_index.hierarchical.HierarchicalLayer` trained with the model) the items
+    are assigned to its learned clusters, with no k-means; without it the tree is built by top-down k-means
+    with ``branching`` clusters per level.
+
+    Raises:
+        ConfigError: too few items for the first level, or a bad branching.
+    """
+    from mol_index.hierarchical import HierarchicalIndex
+
+    if layer is not None:
+        tree = layer.export_index(index.corpus)  # type: ignore[operator]
+        parameters = {"source": "joint"}
+    else:
+        tree = HierarchicalIndex.build(index.corpus, tuple(branching), iterations=iterations, seed=seed)
+        parameters = {"source": "kmeans", "branching": ",".join(str(b) for b in branching)}
+    return MolIndex(
+        index.similarity,
+        index.item_ids,
+        index.corpus,
+        stage_kind="hierarchical",
+        parameters=parameters,
+        source_bundle_sha256=index.source_bundle_sha256,
+        hierarchical=tree,
+    )
 
 
 def build_adaptive(

@@ -51,6 +51,8 @@ class Algorithm(str, Enum):
     TOP_K_AVG = "topk_avg"
     COMB_TOP_K = "comb_topk"
     ADAPTIVE = "adaptive"  # adaptive indexes only (mol_index.adaptive); rails_search refuses it
+    PQ = "pq"  # pq indexes only (mol_index.pq_index); rails_search refuses it
+    HIERARCHICAL = "hierarchical"  # hierarchical indexes only (mol_index.hierarchical)
 
 
 @dataclass(frozen=True)
@@ -200,8 +202,11 @@ def rails_search(
     batch = query.batch_size
     device = query.embeddings.device
     algorithm = Algorithm(algorithm)
-    if algorithm is Algorithm.ADAPTIVE:
-        raise ConfigError("algorithm 'adaptive' needs an adaptive index (MolIndex of kind 'adaptive')")
+    if algorithm in (Algorithm.ADAPTIVE, Algorithm.PQ, Algorithm.HIERARCHICAL):
+        raise ConfigError(
+            f"algorithm {algorithm.value!r} needs an index of that kind "
+            f"(a MolIndex of kind {algorithm.value!r})"
+        )
     if algorithm is Algorithm.EXACT:
         scores, rows = exact_search(similarity, query, corpus, k, exclude=exclude, block_size=block_size)
         full = torch.full((batch,), num_items, dtype=torch.int64, device=device)

@@ -69,7 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-top-k", type=int, help="largest top_k accepted (default 1000)")
     serve.add_argument("--max-message-bytes", type=int, help="gRPC message size limit (default 16 MiB)")
     serve.add_argument(
-        "--default-algorithm", help="exact, topk_per_embd, topk_avg, comb_topk or adaptive (default exact)"
+        "--default-algorithm",
+        help="exact, topk_per_embd, topk_avg, comb_topk, or adaptive / pq / hierarchical for indexes "
+        "of that kind (default exact)",
     )
     serve.add_argument("--token-file", type=Path, help="file holding the serving bearer token")
     serve.add_argument("--admin-token-file", type=Path, help="file holding the admin bearer token")

@@ -25,7 +25,7 @@ _DTYPES: dict[int, tuple[str, int]] = {
     retrieval_pb2.DTYPE_BFLOAT16: ("bfloat16", 2),
     retrieval_pb2.DTYPE_FLOAT16: ("float16", 2),
 }
-_INT_PARAMS = ("k_prime", "nprobe", "ef_search", "block_size", "budget", "rounds")
+_INT_PARAMS = ("k_prime", "nprobe", "ef_search", "block_size", "budget", "rounds", "beam")
 
 
 @dataclass(frozen=True)
@@ -160,9 +160,16 @@ def parse_request(
         raise InvalidRequest("all queries of one request must be of the same kind (history or embeddings)")
     kind = kinds.pop()
     params = _params(request, config)
-    if Algorithm(params.algorithm) is Algorithm.ADAPTIVE and index.adaptive is None:
+    learned = {
+        Algorithm.ADAPTIVE: index.adaptive,
+        Algorithm.PQ: index.pq,
+        Algorithm.HIERARCHICAL: index.hierarchical,
+    }
+    algorithm = Algorithm(params.algorithm)
+    if algorithm in learned and learned[algorithm] is None:
         raise InvalidRequest(
-            f"algorithm 'adaptive' needs an adaptive index; index {loaded.version} is of kind {loaded.kind!r}"
+            f"algorithm {algorithm.value!r} needs an index of kind {algorithm.value!r}; "
+            f"index {loaded.version} is of kind {loaded.kind!r}"
         )
     shared = list(request.exclude_ids)
     exclude = [shared + list(q.exclude_ids) for q in request.queries]

@@ -34,7 +34,15 @@ else:  # pragma: no cover
 __all__ = ["ALGORITHMS", "KERNELS", "ServeConfig", "is_loopback", "load_config"]
 
 #: Retrieval algorithms a request may name (mol-index ``Algorithm`` values).
-ALGORITHMS = ("exact", "topk_per_embd", "topk_avg", "comb_topk", "adaptive")
+ALGORITHMS = (
+    "exact",
+    "topk_per_embd",
+    "topk_avg",
+    "comb_topk",
+    "adaptive",
+    "pq",
+    "hierarchical",
+)
 #: ``mol_index.SearchParams.kernel`` values (kept here so that the client imports without torch).
 KERNELS = ("auto", "torch", "triton")
 

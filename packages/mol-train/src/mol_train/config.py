@@ -1,9 +1,10 @@
 """Training configuration: typed, frozen dataclasses loaded from TOML presets.
 
-A config file has four tables, ``[data]``, ``[model]``, ``[similarity]`` and ``[train]``, whose keys are
-the fields below. Presets ship with the package (``mol_train/configs/*.toml``) and are named by their file
-stem; :func:`load_config` takes a preset name or a path, plus ``table.key=value`` overrides. An unknown
-table or key is an error that lists the valid ones.
+A config file has up to five tables, ``[data]``, ``[model]``, ``[similarity]``, ``[train]`` and
+``[index]`` (a jointly trained index layer, off by default), whose keys are the fields below. Presets
+ship with the package (``mol_train/configs/*.toml``) and are named by their file stem;
+:func:`load_config` takes a preset name or a path, plus ``table.key=value`` overrides. An unknown table
+or key is an error that lists the valid ones.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ else:  # pragma: no cover
 __all__ = [
     "DataConfig",
     "EncoderKind",
+    "IndexSettings",
     "LossKind",
     "ModelConfig",
     "SimilarityKind",
@@ -124,6 +126,49 @@ class TrainSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class IndexSettings:
+    """An index layer trained jointly with the model (needs mol-index: ``pip install mol-train[index]``).
+
+    Training runs unquantized for ``warmup_steps`` optimizer steps, then the layer is warm-started by
+    k-means on the item side of the whole corpus and trained with the model from there on (see
+    mol_index.index_layers). The exported bundle carries the trained layer, from which
+    ``mol-index build --kind pq|hierarchical --bundle`` writes the index without another k-means pass.
+    """
+
+    kind: str = "none"  # "none" | "pq" (Poeem) | "hierarchical" (HSNN)
+    warmup_steps: int = 100  # optimizer steps before the layer is warm-started and switched on
+    weight: float = 1.0  # weight of the layer's own loss in the training loss
+    # pq: an item component embedding is stored as a coarse id + `subspaces` codes of `codebook_size`
+    coarse: int = 1
+    subspaces: int = 8
+    codebook_size: int = 256
+    rotation: bool = True  # learned Givens rotation before the subspace split
+    commitment: float = 0.25
+    # hierarchical: clusters per level (level l has branching[0] * ... * branching[l] clusters)
+    branching: tuple[int, ...] = (16, 8)
+    routing_weight: float = 1.0
+    clustering_weight: float = 1.0
+    assignment_temperature: float = 1.0
+
+    def layer_options(self) -> dict[str, Any]:
+        """The constructor arguments of the layer ``kind`` names."""
+        if self.kind == "pq":
+            return {
+                "coarse": self.coarse,
+                "subspaces": self.subspaces,
+                "codebook_size": self.codebook_size,
+                "rotation": self.rotation,
+                "commitment": self.commitment,
+            }
+        return {
+            "branching": tuple(self.branching),
+            "routing_weight": self.routing_weight,
+            "clustering_weight": self.clustering_weight,
+            "temperature": self.assignment_temperature,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """A whole training configuration."""
 
@@ -131,6 +176,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    index: IndexSettings = field(default_factory=IndexSettings)
 
     def validate(self) -> TrainConfig:
         """Checks cross-field consistency; returns self. Raises ConfigError naming the fields."""
@@ -172,7 +218,39 @@ class TrainConfig:
             )
         if self.similarity.kind is SimilarityKind.DOT and self.similarity.user_components > 0:
             raise ConfigError("similarity.user_components is only supported with similarity.kind = 'mol'")
+        self._validate_index()
         return self
+
+    def _validate_index(self) -> None:
+        index = self.index
+        if index.kind not in ("none", "pq", "hierarchical"):
+            raise ConfigError(f"index.kind must be 'none', 'pq' or 'hierarchical'; got {index.kind!r}")
+        if index.kind == "none":
+            return
+        if index.warmup_steps < 0 or index.weight < 0:
+            raise ConfigError(
+                f"index.warmup_steps and index.weight must be >= 0; got {index.warmup_steps}, {index.weight}"
+            )
+        width = (
+            self.model.item_dim
+            if self.similarity.kind is SimilarityKind.DOT
+            else self.similarity.component_dim
+        )
+        if index.kind == "pq":
+            if index.subspaces < 1 or width % index.subspaces:
+                raise ConfigError(
+                    f"index.subspaces = {index.subspaces} must divide the item component width {width} "
+                    "(model.item_dim for dot, similarity.component_dim for mol)"
+                )
+            if index.coarse < 1 or index.codebook_size < 2:
+                raise ConfigError(
+                    f"index.coarse must be >= 1 and index.codebook_size >= 2; got {index.coarse}, "
+                    f"{index.codebook_size}"
+                )
+        elif not index.branching or any(b < 2 for b in index.branching):
+            raise ConfigError(
+                f"index.branching must be a list of clusters per level, each >= 2; got {index.branching}"
+            )
 
 
 _TABLES: dict[str, type[Any]] = {
@@ -180,6 +258,7 @@ _TABLES: dict[str, type[Any]] = {
     "model": ModelConfig,
     "similarity": SimilaritySettings,
     "train": TrainSettings,
+    "index": IndexSettings,
 }
 
 
@@ -268,6 +347,14 @@ def _build_table(cls: type[Any], values: dict[str, Any], where: str) -> Any:
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise ConfigError(f"{where} must be a list of integers; got {value!r}")
+        return tuple(value)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         try:
             return hint(value)

@@ -2,7 +2,10 @@
 
 The query encoder (plain embedding tables, the sequence encoder and the similarity's query side) is
 exported with ``torch.export`` for a dynamic batch of right-aligned histories of width ``max_len``; the item
-side of every item is precomputed; nothing in the bundle needs mol-train or torchrec to run. The bundle is
+side of every item is precomputed; nothing in the bundle needs mol-train or torchrec to run. A model
+trained with an index layer (``[index]``) also exports the trained layer: its tensors go into the item
+tensors file as ``index_layer.*`` and its settings into the manifest parameters as ``index_layer.*``
+(mol_index.index_layers reads them back). The bundle is
 written into a temporary folder next to the destination and renamed into place when complete.
 """
 
@@ -87,8 +90,8 @@ def export_bundle(
         The bundle directory.
 
     Raises:
-        ArtifactError: the destination exists (without ``overwrite``) or the vocabulary does not match the
-            item table.
+        ArtifactError: the destination exists (without ``overwrite``), the vocabulary does not match the
+            item table, or the model's index layer was never warm-started (warmup_steps not reached).
     """
     target = Path(destination)
     if target.exists() and not overwrite:
@@ -100,6 +103,19 @@ def export_bundle(
         )
     encoder = encoder.eval()
     similarity = encoder.similarity
+    layer_parameters: dict[str, str] = {}
+    layer_tensors: dict[str, torch.Tensor] = {}
+    if encoder.index_layer is not None:
+        if not bool(encoder.index_layer.warmed):
+            raise ArtifactError(
+                "the model's index layer was never warm-started: training ended before index.warmup_steps; "
+                "train longer or lower index.warmup_steps"
+            )
+        from mol_index.index_layers import layer_parameters as stored_layer
+
+        layer_parameters, layer_tensors = stored_layer(encoder.index_layer)
+        # the exported program is the query path only
+        encoder = QueryEncoder(encoder.item_table, encoder.user_table, encoder.encoder, similarity).eval()
     use_users = encoder.user_table is not None
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -122,6 +138,7 @@ def export_bundle(
             tensors["item_gating"] = items.gating.float().contiguous()
         for name, value in similarity.state_dict().items():
             tensors[f"similarity.{name}"] = value.detach().float().contiguous()
+        tensors.update(layer_tensors)
         save_file(tensors, str(staging / ITEM_TENSORS_FILE))
         (staging / ITEM_VOCABULARY_FILE).write_text(json.dumps([_plain(i) for i in item_vocabulary]))
 
@@ -144,6 +161,7 @@ def export_bundle(
                 "temperature": repr(float(similarity.temperature)),
                 "uses_timestamps": str(use_timestamps).lower(),
                 "uses_user_ids": str(use_users).lower(),
+                **layer_parameters,
                 **(parameters or {}),
             }
         )

@@ -7,6 +7,12 @@ the batch's other positives (in-batch with logQ correction). :meth:`SequentialRe
 the loss so that the whole model can sit inside torchrec's ``DistributedModelParallel``; evaluation and
 export use :meth:`SequentialRecommender.query_side` and :meth:`SequentialRecommender.corpus_side`.
 
+An optional index layer (``[index]`` in the config; mol_index.index_layers) is trained with the model: once
+warm-started (:meth:`SequentialRecommender.warm_start_index`) the positives and negatives are scored
+through it (PQ: quantized with a straight-through gradient) and its own loss is added with
+``index.weight``. Evaluation scores the unquantized items; the index's recall is what the mol-index
+benchmarks measure.
+
 Shape symbols: B sequences, L positions, D item width, M = valid positions in a batch, R negatives,
 N items, Pq/Px components, P = Pq * Px.
 """
@@ -18,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from mol_core.errors import ConfigError
 from mol_core.losses import in_batch_softmax_loss, mutual_information_loss, sampled_softmax_loss
 from mol_core.similarity import DotProductSimilarity, ItemSide, MoLSimilarity, QuerySide, Similarity
 from mol_train.config import EncoderKind, LossKind, SimilarityKind, TrainConfig
@@ -29,6 +36,7 @@ __all__ = [
     "QueryEncoder",
     "SequentialRecommender",
     "build_encoder",
+    "build_index_layer",
     "build_model",
     "build_similarity",
 ]
@@ -38,16 +46,18 @@ class LossParts(NamedTuple):
     """The training loss and its parts, all scalars.
 
     Attributes:
-        loss: what is minimised: ``softmax + mi_weight * mutual_information``.
+        loss: what is minimised: ``softmax + mi_weight * mutual_information + index_weight * index``.
         softmax: the sampled or in-batch softmax loss.
         mutual_information: the MI load-balancing loss (0 for similarities without gating).
         positions: M, the number of (query, positive) pairs in the batch, as a float tensor.
+        index: the index layer's own loss (0 without a layer or before its warm start).
     """
 
     loss: torch.Tensor
     softmax: torch.Tensor
     mutual_information: torch.Tensor
     positions: torch.Tensor
+    index: torch.Tensor
 
 
 class SequentialRecommender(nn.Module):
@@ -60,6 +70,8 @@ class SequentialRecommender(nn.Module):
         mi_weight: weight of the MI load-balancing loss.
         loss: sampled softmax or in-batch softmax.
         item_log_q: ``(N + 1,)`` log sampling probability of each item, for the in-batch logQ correction.
+        index_layer: a jointly trained index layer (mol_index.index_layers), or ``None``.
+        index_weight: weight of the index layer's loss.
     """
 
     item_log_q: torch.Tensor | None
@@ -73,6 +85,8 @@ class SequentialRecommender(nn.Module):
         mi_weight: float = 0.0,
         loss: LossKind = LossKind.SAMPLED,
         item_log_q: torch.Tensor | None = None,
+        index_layer: nn.Module | None = None,
+        index_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.tables = tables
@@ -81,6 +95,22 @@ class SequentialRecommender(nn.Module):
         self.mi_weight = mi_weight
         self.loss_kind = loss
         self.register_buffer("item_log_q", item_log_q, persistent=False)
+        self.index_layer = index_layer
+        self.index_weight = index_weight
+
+    @property
+    def index_active(self) -> bool:
+        """Whether an index layer is present and warm-started (so training scores through it)."""
+        return self.index_layer is not None and bool(self.index_layer.warmed)
+
+    @torch.no_grad()
+    def warm_start_index(self, *, seed: int = 0) -> None:
+        """Warm-starts the index layer by k-means on the item side of every item (collective under
+        sharding: every rank gathers the tables and runs the same seeded k-means)."""
+        if self.index_layer is None:
+            raise RuntimeError("this model has no index layer ([index] kind = 'none')")
+        items = self.tables.all_item_embeddings()  # (N, D)
+        self.index_layer.warm_start(self.similarity.item_side(items), seed=seed)
 
     @property
     def uses_users(self) -> bool:
@@ -122,6 +152,9 @@ class SequentialRecommender(nn.Module):
             user_repr = lookup.users.unsqueeze(1).expand(-1, inputs.shape[1], -1)[mask]  # (M, Du)
         query = self.similarity.query_side(query_repr, user_repr)
         positive_side = self.similarity.item_side(positives[mask])  # (M, Px, d)
+        index_loss = self._index_loss(query, positive_side)
+        if self.index_active:
+            positive_side = self.index_layer(positive_side)  # type: ignore[misc]
         positive_ids = targets[mask]  # (M,)
         if self.loss_kind is LossKind.IN_BATCH:
             scores, weights = self.similarity.score_pairs_with_weights(query, positive_side)  # (M, M)
@@ -135,6 +168,8 @@ class SequentialRecommender(nn.Module):
             )  # (M, 1, Px, d)
             pos_scores, weights = self.similarity.score_pairs_with_weights(query, paired)  # (M, 1)
             negative_side = self.similarity.item_side(lookup.candidates)  # (B or 1, R, Px, d)
+            if self.index_active:
+                negative_side = self.index_layer(negative_side)  # type: ignore[misc]
             if per_sequence:
                 neg_scores = self._score_per_sequence(query, negative_side, mask.sum(dim=1))  # (M, R)
                 rows = torch.arange(batch, device=mask.device).unsqueeze(1).expand_as(mask)[mask]  # (M,)
@@ -153,8 +188,18 @@ class SequentialRecommender(nn.Module):
         mutual_information = torch.zeros((), device=softmax.device)
         if self.mi_weight > 0 and isinstance(self.similarity, MoLSimilarity):
             mutual_information = mutual_information_loss(pair_weights)
-        loss = softmax + self.mi_weight * mutual_information
-        return LossParts(loss, softmax, mutual_information, mask.sum().float())
+        loss = softmax + self.mi_weight * mutual_information + self.index_weight * index_loss
+        return LossParts(loss, softmax, mutual_information, mask.sum().float(), index_loss.detach())
+
+    def _index_loss(self, query: QuerySide, positives: ItemSide) -> torch.Tensor:
+        """The index layer's loss once warm; before, a zero that still touches every layer parameter (so
+        data-parallel training sees no unused parameters)."""
+        if self.index_layer is None:
+            return torch.zeros((), device=positives.embeddings.device)
+        if not self.index_active:
+            zero = torch.zeros((), device=positives.embeddings.device)
+            return sum((p.sum() * 0.0 for p in self.index_layer.parameters()), zero)
+        return self.index_layer.loss(query, positives, self.similarity)
 
     def _score_per_sequence(
         self, query: QuerySide, negatives: ItemSide, counts: torch.Tensor
@@ -193,7 +238,7 @@ class SequentialRecommender(nn.Module):
         if self.uses_users and self.tables.num_user_buckets is not None:
             rows = torch.arange(self.tables.num_user_buckets, device=items.device)
             users = self.tables.lookup_users(rows)  # (U, Du): row r = bucket r
-        return QueryEncoder(padded, users, self.encoder, self.similarity)
+        return QueryEncoder(padded, users, self.encoder, self.similarity, self.index_layer)
 
     @torch.no_grad()
     def corpus_side(self, encoder: QueryEncoder) -> ItemSide:
@@ -211,6 +256,8 @@ class QueryEncoder(nn.Module):
         user_table: ``(U, Du)`` hashed user-id embeddings (row = ``user_id % U``), or ``None``.
         encoder: the sequence encoder.
         similarity: the similarity head (only its query side runs here).
+        index_layer: the model's jointly trained index layer, kept with the weights for export (not part
+            of the query path), or ``None``.
     """
 
     item_table: torch.Tensor
@@ -224,12 +271,14 @@ class QueryEncoder(nn.Module):
         user_table: torch.Tensor | None,
         encoder: nn.Module,
         similarity: Similarity,
+        index_layer: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.register_buffer("item_table", item_table.detach().clone())
         self.register_buffer("user_table", None if user_table is None else user_table.detach().clone())
         self.encoder = encoder
         self.similarity = similarity
+        self.index_layer = index_layer
 
     def forward(
         self,
@@ -310,11 +359,31 @@ def build_model(
     """The whole model for ``num_items`` items (ids ``1..N``) as a config describes it."""
     user_buckets = config.model.user_buckets if config.similarity.user_components > 0 else None
     tables = EmbeddingTables(num_items, config.model.item_dim, num_user_buckets=user_buckets, device=device)
+    similarity = build_similarity(config)
     return SequentialRecommender(
         tables=tables,
         encoder=build_encoder(config),
-        similarity=build_similarity(config),
+        similarity=similarity,
         mi_weight=config.train.mi_weight,
         loss=config.train.loss,
         item_log_q=item_log_q,
+        index_layer=build_index_layer(config, similarity),
+        index_weight=config.index.weight,
     )
+
+
+def build_index_layer(config: TrainConfig, similarity: Similarity) -> nn.Module | None:
+    """The index layer ``[index]`` asks for, or ``None`` (``kind = "none"``).
+
+    Raises:
+        ConfigError: a layer is asked for but mol-index is not installed, or its options are invalid.
+    """
+    if config.index.kind == "none":
+        return None
+    try:
+        from mol_index.index_layers import build_index_layer as build_layer
+    except ImportError as err:
+        raise ConfigError(
+            f"index.kind = {config.index.kind!r} needs mol-index: pip install 'mol-train[index]' ({err})"
+        ) from err
+    return build_layer(config.index.kind, similarity, config.index.layer_options())

@@ -153,6 +153,7 @@ def _train(
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + state["epoch"])
     train_seconds, train_sequences = 0.0, 0
     epochs_run = state["epoch"]
+    steps = int(state.get("steps", 0))
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
         sharded.model.train()
         epoch_start = time.perf_counter()
@@ -160,6 +161,14 @@ def _train(
         batches = _batches(dataset, config, epoch, context)
         bar = tqdm(batches, desc=f"epoch {epoch}", disable=not (progress and context.is_main), leave=False)
         for batch in bar:
+            if (
+                inner.index_layer is not None
+                and not inner.index_active
+                and steps >= config.index.warmup_steps
+            ):
+                inner.warm_start_index(seed=settings.seed)  # k-means on the corpus: collective under sharding
+                logger.info("index layer %s warm-started at step %d", config.index.kind, steps)
+                state.update(best_ndcg=-math.inf, stale=0)  # the kept model must carry a trained index
             shape: tuple[int, ...] = (settings.num_negatives,)
             if not settings.shared_negatives:
                 shape = (int(batch.inputs.shape[0]), settings.num_negatives)  # (B, R): per sequence
@@ -175,6 +184,7 @@ def _train(
                 params = [p for p in sharded.model.parameters() if p.grad is not None]
                 torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
             sharded.optimizer.step()
+            steps += 1
             losses.append(float(parts.loss.detach()))
             sequences += int(batch.inputs.shape[0])
             elapsed = time.perf_counter() - epoch_start
@@ -201,7 +211,7 @@ def _train(
             encoder, dataset, "valid", max_len=config.data.max_len, device=context.device
         )
         improved = valid["ndcg@10"] > state["best_ndcg"]
-        state.update(epoch=epoch)
+        state.update(epoch=epoch, steps=steps)
         if improved:
             state.update(best_epoch=epoch, best_ndcg=valid["ndcg@10"], stale=0)
         else:
@@ -252,7 +262,9 @@ def encoder_from_weights(model: SequentialRecommender, weights: dict[str, torch.
 
     It shares (and overwrites) ``model``'s encoder and similarity modules.
     """
-    encoder = QueryEncoder(weights["item_table"], weights.get("user_table"), model.encoder, model.similarity)
+    encoder = QueryEncoder(
+        weights["item_table"], weights.get("user_table"), model.encoder, model.similarity, model.index_layer
+    )
     encoder.load_state_dict(weights)
     return encoder
 
