@@ -36,11 +36,11 @@ def dataset():  # type: ignore[no-untyped-def]
 
 
 def test_bad_index_settings_are_refused() -> None:
-    with pytest.raises(ConfigError, match="index.kind must be"):
+    with pytest.raises(ConfigError, match=r"index\.kind must be"):
         load_config("tiny_cpu", ["index.kind='ivf'"])
     with pytest.raises(ConfigError, match="must divide the item component width 8"):
         load_config("tiny_cpu", ["index.kind='pq'", "index.subspaces=3"])
-    with pytest.raises(ConfigError, match="index.branching"):
+    with pytest.raises(ConfigError, match=r"index\.branching"):
         load_config("tiny_cpu", ["index.kind='hierarchical'", "index.branching=[4, 1]"])
     with pytest.raises(ConfigError, match="list of integers"):
         load_config("tiny_cpu", ["index.kind='hierarchical'", "index.branching='many'"])
@@ -50,7 +50,8 @@ def test_bad_index_settings_are_refused() -> None:
 def test_layer_is_off_until_warm_start_then_scores_quantized_items(dataset) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     model = build_model(load_config("tiny_cpu", [*FAST, *PQ]), dataset.num_items).eval()
-    assert isinstance(model.index_layer, PQItemLayer) and not model.index_active
+    assert isinstance(model.index_layer, PQItemLayer)
+    assert not model.index_active
     inputs = torch.tensor([[0, 0, 3, 5, 7, 9], [0, 2, 4, 6, 8, 10]])
     targets = torch.tensor([[0, 0, 5, 7, 9, 11], [0, 4, 6, 8, 10, 12]])
     negatives = torch.tensor([[20, 21, 22], [30, 31, 32]])
@@ -80,7 +81,8 @@ def test_fit_trains_the_layer_and_export_carries_it(dataset, tmp_path: Path) -> 
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["index"]["kind"] == "pq"
     _, encoder = restore_encoder(tmp_path / "run", dataset.num_items)
-    assert encoder.index_layer is not None and bool(encoder.index_layer.warmed)
+    assert encoder.index_layer is not None
+    assert bool(encoder.index_layer.warmed)
     bundle = export_bundle(
         encoder, list(dataset.item_vocab), tmp_path / "bundle", max_len=12, use_timestamps=True
     )

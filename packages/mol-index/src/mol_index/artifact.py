@@ -284,9 +284,9 @@ def _read_hierarchical(root: Path, corpus: ItemSide) -> HierarchicalIndex:
         raise ArtifactError(
             f"{root}/{_HIERARCHICAL}: cannot load the cluster tree: {err}; rebuild the index"
         ) from err
-    if tree.num_items != corpus.num_items:
+    if tree.num_rows != corpus.num_items:
         raise ArtifactError(
-            f"{root}/{_HIERARCHICAL}: the tree holds {tree.num_items} items but the index N = "
+            f"{root}/{_HIERARCHICAL}: the tree holds {tree.num_rows} items but the index N = "
             f"{corpus.num_items}; rebuild the index"
         )
     return tree

@@ -383,6 +383,7 @@ class MolIndex:
             )
         excluded = exclusion_tensor(exclude, query.batch_size)
         rows_excluded = self._rows_of(None if excluded is None else excluded.to(device))
+        rows_excluded = self._with_removed(rows_excluded, query.batch_size)
         with torch.inference_mode():
             if params.algorithm is Algorithm.EXACT and self._use_triton(params.kernel):
                 res = self._triton_exact(query, k, rows_excluded)
@@ -435,6 +436,73 @@ class MolIndex:
             found.scores, found.rows, never, found.scorer_calls, torch.full_like(found.scorer_calls, budget)
         )
 
+    def add_items(self, item_ids: torch.Tensor, items: ItemSide) -> None:
+        """Adds items to a ``hierarchical`` index without a rebuild: each goes to its nearest leaf cluster
+        (the clusters do not move); every algorithm finds them from then on.
+
+        Args:
+            item_ids: ``(n,)`` new external ids, distinct and not in the index (removed ids included).
+            items: their ``(n, Px, d)`` item side (``(n, P)`` gating for MoL).
+
+        Raises:
+            ConfigError: not a ``hierarchical`` index, or ids that are duplicated, negative or taken.
+            ShapeError: items of another shape than the corpus.
+        """
+        tree = self._tree("add_items")
+        ids = torch.as_tensor(item_ids).to(torch.int64).reshape(-1)
+        n = ids.shape[0]
+        if items.embeddings.shape[0] != n:
+            raise ShapeError(f"{n} ids but {items.embeddings.shape[0]} items to add")
+        taken = torch.isin(ids, self.item_ids.to(ids.device))
+        if bool(taken.any()):
+            raise ConfigError(
+                f"ids {ids[taken].tolist()[:10]} are already in the index (removed ids cannot be reused "
+                "without a rebuild)"
+            )
+        _check_item_ids(ids, n)
+        rows = tree.add(items)  # checks the shapes first
+        device = self.device
+        gating = None
+        if self.corpus.gating is not None and items.gating is not None:
+            gating = torch.cat([self.corpus.gating, items.gating.to(device, self.corpus.gating.dtype)])
+        embeddings = items.embeddings.to(device, self.corpus.embeddings.dtype)
+        self.corpus = ItemSide(torch.cat([self.corpus.embeddings, embeddings]), gating)
+        self.item_ids = torch.cat([self.item_ids, ids.to(device)])
+        if int(rows[0]) != self.corpus.num_items - n:
+            raise RuntimeError("the cluster tree and the corpus disagree on row numbers")
+        self._stage = TorchStage(self.corpus.embeddings)
+        self._sorted_ids, self._order = torch.sort(self.item_ids)
+
+    def remove_items(self, item_ids: torch.Tensor | list[int]) -> None:
+        """Removes items from a ``hierarchical`` index without a rebuild: no algorithm returns them again.
+
+        Raises:
+            ConfigError: not a ``hierarchical`` index, or an id that is not in it.
+        """
+        tree = self._tree("remove_items")
+        ids = torch.as_tensor(item_ids, dtype=torch.int64, device=self.device).reshape(1, -1)
+        rows = self._rows_of(ids)
+        if rows is None or bool((rows < 0).any()):
+            missing = ids if rows is None else ids[rows < 0]
+            raise ConfigError(f"ids {missing.tolist()[:10]} are not in the index")
+        tree.remove(rows.reshape(-1))
+
+    def _tree(self, action: str) -> HierarchicalIndex:
+        if self.hierarchical is None:
+            raise ConfigError(
+                f"{action} needs an index of kind 'hierarchical' (this one is {self.kind!r}); indexes of "
+                "other kinds are rebuilt to change their items"
+            )
+        return self.hierarchical
+
+    def _with_removed(self, rows_excluded: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """Adds the removed rows of a hierarchical index to every query's ``(B, L)`` exclusions."""
+        if self.hierarchical is None or not bool(self.hierarchical.removed.any()):
+            return rows_excluded
+        removed = self.hierarchical.removed.nonzero().reshape(1, -1).to(self.device)  # (1, R)
+        removed = removed.expand(batch, -1)  # (B, R)
+        return removed if rows_excluded is None else torch.cat([rows_excluded, removed], dim=1)
+
     def _pq(
         self, query: QuerySide, k: int, rows_excluded: torch.Tensor | None, params: SearchParams
     ) -> SearchResult:
@@ -457,9 +525,7 @@ class MolIndex:
                 "`mol-index build --kind hierarchical`"
             )
         check_k(k, self.num_items)
-        found = self.hierarchical.search(
-            self.similarity, query, k, beam=params.beam, excluded_rows=rows_excluded
-        )
+        found = self.hierarchical.search(self.similarity, query, k, beam=params.beam, exclude=rows_excluded)
         batch, device = query.batch_size, query.embeddings.device
         return SearchResult(
             found.scores,

@@ -160,7 +160,7 @@ def build_index_layer(kind: str, similarity: Similarity, options: dict[str, Any]
         _check_options(kind, options, known)
         return PQItemLayer(similarity.component_dim, **options)
     if kind == "hierarchical":
-        from mol_index.hierarchical import HierarchicalLayer
+        from mol_index.hierarchical_layer import HierarchicalLayer
 
         return HierarchicalLayer.for_similarity(similarity, **options)
     raise ConfigError(f"unknown index layer kind {kind!r}; expected one of {', '.join(LAYER_KINDS)}")

@@ -8,9 +8,8 @@ with a straight-through estimator (gradients reach the embedding as if the layer
 a commitment term that pulls embeddings towards their codes. :meth:`ProductQuantizer.warm_start` sets the
 centroids and codebooks by k-means on a buffer of embeddings (train unquantized first, then warm-start).
 
-Status: the layer, its k-means warm start and its losses, with tests. Not built yet (issue #7, item 1):
-the mol-train config switch, exporting codes into a ``pq`` index artifact, serving it, and the benchmark
-against FAISS PQ and OPQ + IVF-PQ built after training.
+mol-train trains it with the model through :class:`mol_index.index_layers.PQItemLayer` (``[index] kind =
+"pq"``), and :mod:`mol_index.pq_index` turns a trained layer into a ``pq`` index.
 
 Shapes: ``N`` embeddings of width ``d``, ``C`` coarse centroids, ``M`` subspaces of width ``d / M``,
 ``K`` codewords per subspace.
@@ -128,7 +127,9 @@ class ProductQuantizer(nn.Module):
         self.codebooks = nn.Parameter(torch.randn(subspaces, codebook_size, dim // subspaces) * 0.01)
 
     def _rotate(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.rotation is None else self.rotation(x)
+        # x @ R with R built once (d x d) rather than the Givens layers applied to every row: the same
+        # linear map, far cheaper for the thousands of rows of a training batch
+        return x if self.rotation is None else x @ self.rotation.matrix()
 
     def _assign(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rotated ``z (N, d)`` -> ``(coarse (N,), codes (N, M), quantized z (N, d))``."""
