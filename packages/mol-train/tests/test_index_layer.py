@@ -127,3 +127,33 @@ def test_mol_index_builds_the_pq_index_from_the_bundle_without_kmeans(dataset, t
     assert mol_index_main(args) == 2
     assert not (tmp_path / "h").exists()
     assert mol_index_main([*args, "--refit", "--branching", "4,2"]) == 0
+
+
+def test_a_hierarchical_layer_trains_with_the_model_and_becomes_the_index(dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from mol_index import MolIndex, SearchParams
+    from mol_index.cli import main as mol_index_main
+    from mol_index.hierarchical_layer import HierarchicalLayer
+
+    hierarchical = ["index.kind='hierarchical'", "index.branching=[3, 2]", "index.warmup_steps=3"]
+    config = load_config("tiny_cpu", [*FAST, *hierarchical])
+    fit(config, dataset, tmp_path / "run", progress=False)
+    _, encoder = restore_encoder(tmp_path / "run", dataset.num_items)
+    layer = encoder.index_layer
+    assert isinstance(layer, HierarchicalLayer)
+    assert bool(layer.warmed)
+    bundle = export_bundle(encoder, list(dataset.item_vocab), tmp_path / "b", max_len=12, use_timestamps=True)
+    assert (
+        mol_index_main(["build", str(tmp_path / "h"), "--bundle", str(bundle), "--kind", "hierarchical"]) == 0
+    )
+    index = MolIndex.load(tmp_path / "h")
+    assert index.parameters["source"] == "joint"
+    tree = index.hierarchical
+    assert tree is not None
+    # the tree's top level is the trained layer's (active) level-1 centroids, not a new k-means
+    active = layer.active0  # type: ignore[union-attr]
+    torch.testing.assert_close(tree.centroids[0].embeddings, layer.embeddings[0][active].detach())
+    # a beam over every cluster is exact search
+    query = encoder(torch.tensor([[0, 0, 1, 2, 3]]).expand(2, -1))
+    wide = index.search(query, 5, params=SearchParams(algorithm="hierarchical", beam=64))
+    exact = index.search(query, 5, params=SearchParams(algorithm="exact"))
+    assert torch.equal(wide[1], exact[1])

@@ -148,7 +148,7 @@ class IndexSettings:
     branching: tuple[int, ...] = (16, 8)
     routing_weight: float = 1.0
     clustering_weight: float = 1.0
-    assignment_temperature: float = 1.0
+    assignment_temperature: float = 0.1
 
     def layer_options(self) -> dict[str, Any]:
         """The constructor arguments of the layer ``kind`` names."""
