@@ -57,7 +57,7 @@ def test_layer_is_off_until_warm_start_then_scores_quantized_items(dataset) -> N
     negatives = torch.tensor([[20, 21, 22], [30, 31, 32]])
     with torch.no_grad():
         before = model(inputs, targets, negatives)
-    assert float(before.index) == 0.0
+    assert float(before.index_loss) == 0.0
     model.warm_start_index(seed=0)
     assert model.index_active
     with torch.no_grad():
@@ -66,7 +66,7 @@ def test_layer_is_off_until_warm_start_then_scores_quantized_items(dataset) -> N
         layer = model.index_layer
         corpus = model.similarity.item_side(model.tables.all_item_embeddings())
         quantized = layer(corpus)  # type: ignore[misc]
-    assert float(after.index) > 0
+    assert float(after.index_loss) > 0
     assert not torch.allclose(quantized.embeddings, corpus.embeddings)
     assert after.softmax != pytest.approx(float(before.softmax), abs=1e-6)
     # every quantized component embedding is a centroid + one codeword per subspace: at most C * K^M values

@@ -19,7 +19,7 @@ N items, Pq/Px components, P = Pq * Px.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -46,18 +46,19 @@ class LossParts(NamedTuple):
     """The training loss and its parts, all scalars.
 
     Attributes:
-        loss: what is minimised: ``softmax + mi_weight * mutual_information + index_weight * index``.
+        loss: what is minimised: ``softmax + mi_weight * mutual_information + index_weight *
+            index_loss``.
         softmax: the sampled or in-batch softmax loss.
         mutual_information: the MI load-balancing loss (0 for similarities without gating).
         positions: M, the number of (query, positive) pairs in the batch, as a float tensor.
-        index: the index layer's own loss (0 without a layer or before its warm start).
+        index_loss: the index layer's own loss (0 without a layer or before its warm start).
     """
 
     loss: torch.Tensor
     softmax: torch.Tensor
     mutual_information: torch.Tensor
     positions: torch.Tensor
-    index: torch.Tensor
+    index_loss: torch.Tensor
 
 
 class SequentialRecommender(nn.Module):
@@ -110,7 +111,8 @@ class SequentialRecommender(nn.Module):
         if self.index_layer is None:
             raise RuntimeError("this model has no index layer ([index] kind = 'none')")
         items = self.tables.all_item_embeddings()  # (N, D)
-        self.index_layer.warm_start(self.similarity.item_side(items), seed=seed)
+        layer: Any = self.index_layer  # an IndexLayer (mol_index.index_layers)
+        layer.warm_start(self.similarity.item_side(items), seed=seed)
 
     @property
     def uses_users(self) -> bool:
@@ -199,7 +201,9 @@ class SequentialRecommender(nn.Module):
         if not self.index_active:
             zero = torch.zeros((), device=positives.embeddings.device)
             return sum((p.sum() * 0.0 for p in self.index_layer.parameters()), zero)
-        return self.index_layer.loss(query, positives, self.similarity)
+        layer: Any = self.index_layer  # an IndexLayer (mol_index.index_layers)
+        loss: torch.Tensor = layer.loss(query, positives, self.similarity)
+        return loss
 
     def _score_per_sequence(
         self, query: QuerySide, negatives: ItemSide, counts: torch.Tensor
