@@ -192,6 +192,8 @@ def test_adaptive_index_round_trips_and_is_exact_with_a_full_budget(tmp_path, mo
     full = loaded.search(test, 5, params=SearchParams(algorithm="adaptive", budget=150, rounds=1))
     assert torch.equal(full[1], ids[want_rows])
     torch.testing.assert_close(full[0], want_scores)
+    with pytest.raises(ConfigError, match="budget 3 is below one scorer call per round"):
+        loaded.search(test, 2, params=SearchParams(algorithm="adaptive", budget=3, rounds=5))
 
 
 def test_adaptive_algorithm_needs_an_adaptive_index(mol_corpus) -> None:  # type: ignore[no-untyped-def]

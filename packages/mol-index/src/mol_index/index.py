@@ -420,6 +420,11 @@ class MolIndex:
             )
         check_k(k, self.num_items)
         budget = min(self.num_items, params.budget or max(k, 200))
+        if params.budget is not None and params.budget < params.rounds:
+            raise ConfigError(
+                f"budget {params.budget} is below one scorer call per round ({params.rounds} rounds); "
+                "raise budget or lower rounds"
+            )
         found = search_adaptive_model(
             self.similarity,
             query,
