@@ -171,6 +171,39 @@ def _compare(
     return rows
 
 
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Grouped bars: recall@100 of every index, per similarity and model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["similarity"], r["model"]) for r in rows}, key=lambda g: (g[0], g[1]))
+    indexes = list(dict.fromkeys(r["index"] for r in rows))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(indexes)
+    for i, name in enumerate(indexes):
+        values = [
+            next(
+                (r["recall@100"] for r in rows if (r["similarity"], r["model"]) == g and r["index"] == name),
+                0,
+            )
+            for g in groups
+        ]
+        ax.bar([g + i * width for g in range(len(groups))], values, width, label=name)
+    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
+    ax.set_xticklabels([f"{sim}: {model} model" for sim, model in groups])
+    ax.set_ylabel("recall@100 against brute force")
+    ax.set_ylim(min(0.5, min(r["recall@100"] for r in rows) - 0.05), 1.0)
+    ax.set_title("PQ trained with the model (Poeem) vs FAISS PQ / OPQ+IVF-PQ after training")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -188,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--similarities", default="dot,mol", help="which to run: dot, mol or dot,mol")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--workdir", type=Path, help="where runs are written (default: a temporary folder)")
+    parser.add_argument("--plot", type=Path, help="draw recall@100 per model and index into this PNG")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -261,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.output:
         write_result(result, args.output)
+    if args.plot:
+        _plot(rows, args.plot)
     bad = [r for r in rows if not 0.0 <= r["recall@100"] <= 1.0]
     if bad or not rows:
         print("FAIL: recall out of range or nothing measured", file=sys.stderr)

@@ -30,6 +30,28 @@ def test_synthetic_fit_eval_export(tmp_path: Path, capsys: pytest.CaptureFixture
     assert metrics["test"]["count"] == 120
     assert main(["export", "--run", str(run), "--data", str(data), "--output", str(bundle)]) == 0
     assert load_bundle(bundle).items.embeddings.shape[0] == 40
+    # --index needs a model trained with an index layer
+    other = ["export", "--run", str(run), "--data", str(data), "--output", str(tmp_path / "b2")]
+    assert main([*other, "--index", str(tmp_path / "index")]) == 2
+    assert "no jointly trained index layer" in capsys.readouterr().err
+    assert not (tmp_path / "index").exists()
+
+
+def test_export_writes_the_pq_index_of_a_jointly_trained_layer(tmp_path: Path) -> None:
+    pytest.importorskip("mol_index")
+    from mol_index import MolIndex
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert main(["data", "synthetic", "--output", str(data), "--users", "120", "--items", "40"]) == 0
+    pq = ["--set", "index.kind=pq", "--set", "index.subspaces=2", "--set", "index.codebook_size=8"]
+    fit_args = ["fit", "--config", "tiny_cpu", "--data", str(data), "--output", str(run), "--no-progress"]
+    assert main([*fit_args, "--set", "train.epochs=1", "--set", "index.warmup_steps=1", *pq]) == 0
+    export = ["export", "--run", str(run), "--data", str(data), "--output", str(tmp_path / "bundle")]
+    assert main([*export, "--index", str(tmp_path / "index")]) == 0
+    index = MolIndex.load(tmp_path / "index")
+    assert index.kind == "pq"
+    assert index.pq is not None
+    assert index.pq.source == "joint"
 
 
 def test_presets_are_listed_and_shown(capsys: pytest.CaptureFixture[str]) -> None:

@@ -98,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--output", type=Path, required=True, help="the bundle directory to create")
     export.add_argument("--name", default="", help="model name stored in the manifest")
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    export.add_argument(
+        "--index",
+        type=Path,
+        help="also write the index of the model's jointly trained index layer ([index] kind pq or "
+        "hierarchical) to this directory: codes / clusters straight from the trained layer, no k-means",
+    )
     return parser
 
 
@@ -241,7 +247,31 @@ def _export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(f"exported {path}")
+    if args.index is not None:
+        _export_index(path, args.index, overwrite=args.overwrite)
     return 0
+
+
+def _export_index(bundle: Path, destination: Path, *, overwrite: bool) -> None:
+    """Writes the index of the bundle's trained index layer (mol-index's build --kind pq|hierarchical)."""
+    from mol_core.errors import ConfigError
+
+    try:
+        from mol_index.index import build_from_bundle, build_hierarchical, build_pq
+        from mol_index.index_layers import layer_from_bundle
+    except ImportError as err:
+        raise ConfigError(f"--index needs mol-index: pip install 'mol-train[index]' ({err})") from err
+    index = build_from_bundle(bundle)
+    layer = layer_from_bundle(bundle, index.similarity)
+    if layer is None:
+        raise ConfigError(
+            "--index: the model has no jointly trained index layer ([index] kind = 'none'); build an index "
+            f"with mol-index build --bundle {bundle} instead"
+        )
+    build = build_pq if layer.kind == "pq" else build_hierarchical
+    index = build(index, layer=layer)  # type: ignore[operator]
+    written = index.save(destination, overwrite=overwrite)
+    print(f"wrote the {index.kind} index of the trained layer ({index.num_items} items) to {written}")
 
 
 def _report(valid: dict[str, float], test: dict[str, float]) -> str:
