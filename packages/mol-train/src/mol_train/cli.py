@@ -269,7 +269,7 @@ def _export_index(bundle: Path, destination: Path, *, overwrite: bool) -> None:
             f"with mol-index build --bundle {bundle} instead"
         )
     build = build_pq if layer.kind == "pq" else build_hierarchical
-    index = build(index, layer=layer)  # type: ignore[operator]
+    index = build(index, layer=layer)  # type: ignore[arg-type]
     written = index.save(destination, overwrite=overwrite)
     print(f"wrote the {index.kind} index of the trained layer ({index.num_items} items) to {written}")
 
