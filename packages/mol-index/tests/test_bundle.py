@@ -102,7 +102,7 @@ def test_cli_builds_an_adaptive_index_from_a_bundle(bundle_dir: Path, tmp_path: 
     ids = load_bundle(bundle_dir).item_ids
     lines = [f"{user} {ids[(user * 3 + j) % len(ids)]}" for user in range(30) for j in range(6)]
     (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
-    args = ["build", str(tmp_path / "adaptive"), "--bundle", str(bundle_dir), "--stage", "adaptive"]
+    args = ["build", str(tmp_path / "adaptive"), "--bundle", str(bundle_dir), "--kind", "adaptive"]
     assert main([*args, "--train-histories", str(tmp_path / "train.txt"), "--per-query", "10"]) == 0
     index = MolIndex.load(tmp_path / "adaptive")
     assert index.kind == "adaptive"

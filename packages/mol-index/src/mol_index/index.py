@@ -416,7 +416,7 @@ class MolIndex:
         if self.adaptive is None:
             raise ConfigError(
                 f"algorithm 'adaptive' needs an index of kind 'adaptive' (this one is {self.kind!r}); "
-                "build one with mol_index.build_adaptive or `mol-index build --stage adaptive`"
+                "build one with mol_index.build_adaptive or `mol-index build --kind adaptive`"
             )
         check_k(k, self.num_items)
         budget = min(self.num_items, params.budget or max(k, 200))
