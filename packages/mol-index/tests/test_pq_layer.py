@@ -78,3 +78,22 @@ def test_bad_configurations_and_inputs() -> None:
         pq.warm_start(torch.randn(20, 8))
     with pytest.raises(ShapeError, match=r"expected embeddings of shape \(N, d=8\)"):
         pq(torch.randn(3, 7))
+
+
+def test_ema_moves_centroids_and_codewords_halfway_to_their_assigned_means() -> None:
+    pq = ProductQuantizer(2, coarse=1, subspaces=1, codebook_size=2, rotation=False, ema_decay=0.5)
+    assert not pq.codebooks.requires_grad  # moved by the EMA, not by the optimizer
+    with torch.no_grad():
+        pq.centroids.zero_()
+        pq.codebooks.copy_(torch.tensor([[[0.0, 0.0], [10.0, 10.0]]]))
+    pq.train()
+    pq.loss(torch.tensor([[1.0, 1.0], [3.0, 3.0], [9.0, 9.0]]))
+    # by hand: codeword 0 holds (1, 1) and (3, 3) (mean 2), codeword 1 holds (9, 9); the centroid holds all
+    torch.testing.assert_close(pq.codebooks[0], torch.tensor([[1.0, 1.0], [9.5, 9.5]]))
+    torch.testing.assert_close(pq.centroids[0], torch.full((2,), 13.0 / 6))
+    pq.eval()
+    before = pq.codebooks.clone()
+    pq.loss(torch.tensor([[5.0, 5.0]]))
+    assert torch.equal(pq.codebooks, before)  # eval mode never moves them
+    with pytest.raises(ConfigError, match="ema_decay"):
+        ProductQuantizer(2, subspaces=1, ema_decay=1.0)

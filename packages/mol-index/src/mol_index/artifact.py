@@ -262,6 +262,7 @@ def _read_pq(root: Path, manifest: manifest_pb2.IndexManifest, corpus: ItemSide)
             codebook_size=int(params["codebook_size"]),
             rotation=params["rotation"] == "true",
             commitment=float(params["commitment"]),
+            ema_decay=float(params.get("ema_decay", "0.0")),
         )
         codes = PQCodes.from_tensors(load_file(str(root / _PQ)), layer, params.get("source", ""))
     except (SafetensorError, KeyError, OSError, ValueError, RuntimeError) as err:

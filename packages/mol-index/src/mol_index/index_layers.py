@@ -81,6 +81,8 @@ class PQItemLayer(nn.Module):
         codebook_size: ``K`` codewords per subspace.
         rotation: learn a Givens rotation before the split.
         commitment: weight of the commitment term of the layer loss.
+        ema_decay: 0 = centroids and codebooks learned by gradient; in ``(0, 1)``, moved towards the mean of
+            their assigned embeddings at every training batch instead (see ``ProductQuantizer``).
     """
 
     kind = "pq"
@@ -95,6 +97,7 @@ class PQItemLayer(nn.Module):
         codebook_size: int = 256,
         rotation: bool = True,
         commitment: float = 0.25,
+        ema_decay: float = 0.0,
     ) -> None:
         super().__init__()
         self.quantizer = ProductQuantizer(
@@ -104,6 +107,7 @@ class PQItemLayer(nn.Module):
             codebook_size=codebook_size,
             rotation=rotation,
             commitment=commitment,
+            ema_decay=ema_decay,
         )
         self._config = {
             "dim": str(dim),
@@ -112,6 +116,7 @@ class PQItemLayer(nn.Module):
             "codebook_size": str(codebook_size),
             "rotation": str(rotation).lower(),
             "commitment": repr(float(commitment)),
+            "ema_decay": repr(float(ema_decay)),
         }
         self.register_buffer("warmed", torch.zeros((), dtype=torch.bool))
 
@@ -156,7 +161,7 @@ def build_index_layer(kind: str, similarity: Similarity, options: dict[str, Any]
     """
     options = {k: v for k, v in options.items() if k not in ("dim", "item_components", "gating_dim")}
     if kind == "pq":
-        known = {"coarse", "subspaces", "codebook_size", "rotation", "commitment"}
+        known = {"coarse", "subspaces", "codebook_size", "rotation", "commitment", "ema_decay"}
         _check_options(kind, options, known)
         return PQItemLayer(similarity.component_dim, **options)
     if kind == "hierarchical":

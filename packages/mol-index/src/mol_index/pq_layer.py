@@ -103,6 +103,10 @@ class ProductQuantizer(nn.Module):
         codebook_size: ``K`` codewords per subspace.
         rotation: learn a Givens rotation before the split (Poeem's optimal space decomposition).
         commitment: weight of the commitment term in :meth:`loss`.
+        ema_decay: 0 learns the centroids and codebooks by gradient (the reconstruction term); a value in
+            ``(0, 1)`` moves them instead, at every :meth:`loss` call, towards the mean of the embeddings
+            assigned to them (exponential moving average, as in VQ-VAE), and the reconstruction term then
+            trains the rotation only. Across processes the batch means are all-reduced first.
     """
 
     def __init__(
@@ -114,8 +118,11 @@ class ProductQuantizer(nn.Module):
         codebook_size: int = 256,
         rotation: bool = True,
         commitment: float = 0.25,
+        ema_decay: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1); got {ema_decay}")
         if subspaces < 1 or dim % subspaces:
             raise ConfigError(f"dim {dim} must be divisible by the number of subspaces; got {subspaces}")
         if coarse < 1 or codebook_size < 1:
@@ -125,6 +132,10 @@ class ProductQuantizer(nn.Module):
         self.rotation = GivensRotation(dim) if rotation else None
         self.centroids = nn.Parameter(torch.zeros(coarse, dim))
         self.codebooks = nn.Parameter(torch.randn(subspaces, codebook_size, dim // subspaces) * 0.01)
+        self.ema_decay = ema_decay
+        if ema_decay > 0:  # moved by _ema_update, not by the optimizer
+            self.centroids.requires_grad_(False)
+            self.codebooks.requires_grad_(False)
 
     def _rotate(self, x: torch.Tensor) -> torch.Tensor:
         # x @ R with R built once (d x d) rather than the Givens layers applied to every row: the same
@@ -165,10 +176,42 @@ class ProductQuantizer(nn.Module):
         the embeddings towards their codes), both mean squared errors in the rotated space."""
         self._check(x)
         z_fixed = self._rotate(x.detach())
+        if self.ema_decay > 0 and self.training:
+            self._ema_update(z_fixed.detach())
         _, _, quantized = self._assign(z_fixed)
         reconstruction = (z_fixed - quantized).pow(2).sum(-1).mean()
         commit = (self._rotate(x) - quantized.detach()).pow(2).sum(-1).mean()
         return reconstruction + self.commitment * commit
+
+    @torch.no_grad()
+    def _ema_update(self, z: torch.Tensor) -> None:
+        """Moves every centroid and codeword a ``1 - ema_decay`` step towards the mean of the rotated
+        embeddings ``z (n, d)`` assigned to it (unassigned ones stay)."""
+        coarse, codes, _ = self._assign(z)
+        num_coarse, width = self.centroids.shape[0], self.dim // self.subspaces
+        residual = (z - self.centroids[coarse]).view(-1, self.subspaces, width)  # (n, M, d/M)
+        slots = (codes + torch.arange(self.subspaces, device=z.device) * self.codebook_size).reshape(-1)
+        sums = [
+            torch.zeros(num_coarse, self.dim, device=z.device).index_add_(0, coarse, z),
+            torch.zeros(self.subspaces * self.codebook_size, width, device=z.device).index_add_(
+                0, slots, residual.reshape(-1, width)
+            ),
+        ]
+        counts = [
+            torch.bincount(coarse, minlength=num_coarse).float(),
+            torch.bincount(slots, minlength=self.subspaces * self.codebook_size).float(),
+        ]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for tensor in (*sums, *counts):
+                torch.distributed.all_reduce(tensor)
+        step = 1.0 - self.ema_decay
+        for target, total, count in (
+            (self.centroids.data, sums[0], counts[0]),
+            (self.codebooks.data.view(-1, width), sums[1], counts[1]),
+        ):
+            seen = count > 0
+            mean = total[seen] / count[seen].unsqueeze(1)
+            target[seen] += step * (mean - target[seen])
 
     @torch.no_grad()
     def warm_start(self, buffer: torch.Tensor, *, iterations: int = 20, seed: int = 0) -> None:

@@ -144,6 +144,7 @@ class IndexSettings:
     codebook_size: int = 256
     rotation: bool = True  # learned Givens rotation before the subspace split
     commitment: float = 0.25
+    ema_decay: float = 0.99  # codebooks follow their assigned embeddings (EMA); 0 = learned by gradient
     # hierarchical: clusters per level (level l has branching[0] * ... * branching[l] clusters)
     branching: tuple[int, ...] = (16, 8)
     routing_weight: float = 1.0
@@ -159,6 +160,7 @@ class IndexSettings:
                 "codebook_size": self.codebook_size,
                 "rotation": self.rotation,
                 "commitment": self.commitment,
+                "ema_decay": self.ema_decay,
             }
         return {
             "branching": tuple(self.branching),
