@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import sys
 import tempfile
 import time
@@ -44,10 +45,10 @@ from mol_core.similarity import ItemSide, QuerySide, Similarity
 from mol_index.bench import machine, write_result
 from mol_index.exact import exact_search
 from mol_index.pq_index import encode_corpus
-from mol_train.config import load_config
+from mol_train.config import config_from_dict, load_config
 from mol_train.data import SequenceDataset, eval_batch, make_synthetic, prepare
 from mol_train.model import QueryEncoder
-from mol_train.train import fit, restore_encoder
+from mol_train.train import _jsonable, fit, restore_encoder
 
 K = 100
 
@@ -56,15 +57,23 @@ def _train(
     name: str, preset: str, overrides: list[str], dataset: SequenceDataset, out: Path
 ) -> tuple[QueryEncoder, dict[str, Any]]:
     config = load_config(preset, overrides)
-    start = time.perf_counter()
-    result = fit(config, dataset, out / name, progress=False)
+    finished = out / name / "results.json"
+    if (
+        finished.is_file()
+        and config_from_dict(json.loads((out / name / "config.json").read_text())) == config
+    ):
+        print(f"reusing the finished run {out / name} (same config)", file=sys.stderr)
+        saved = json.loads(finished.read_text())
+    else:
+        result = fit(config, dataset, out / name, progress=False)
+        saved = _jsonable(result)
     _, encoder = restore_encoder(out / name, dataset.num_items)
     info = {
-        "epochs_run": result.epochs_run,
-        "best_epoch": result.best_epoch,
-        "train_seconds": time.perf_counter() - start,
-        "test_hr@10": result.test["hr@10"],
-        "test_ndcg@10": result.test["ndcg@10"],
+        "epochs_run": saved["epochs_run"],
+        "best_epoch": saved["best_epoch"],
+        "train_seconds": saved["wall_seconds"],
+        "test_hr@10": saved["test"]["hr@10"],
+        "test_ndcg@10": saved["test"]["ndcg@10"],
     }
     return encoder, info
 
@@ -220,7 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-epochs", type=int, default=5, help="unquantized epochs first (default 5)")
     parser.add_argument("--similarities", default="dot,mol", help="which to run: dot, mol or dot,mol")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    parser.add_argument("--workdir", type=Path, help="where runs are written (default: a temporary folder)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="where runs are written (default: a temporary folder); a finished run found there with the "
+        "same config is reused, not retrained",
+    )
     parser.add_argument("--plot", type=Path, help="draw recall@100 per model and index into this PNG")
     args = parser.parse_args(argv)
     if args.threads:
