@@ -30,6 +30,7 @@ it does not require the joint index to win (too small to say). Full mode: ML-1M 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import sys
@@ -45,12 +46,13 @@ from mol_core.similarity import ItemSide, QuerySide, Similarity
 from mol_index.bench import machine, write_result
 from mol_index.exact import exact_search
 from mol_index.pq_index import encode_corpus
-from mol_train.config import config_from_dict, load_config
+from mol_train.config import TrainConfig, config_from_dict, load_config
 from mol_train.data import SequenceDataset, eval_batch, make_synthetic, prepare
 from mol_train.model import QueryEncoder
 from mol_train.train import _jsonable, fit, restore_encoder
 
 K = 100
+JOINT_EXTRA: list[str] = []  # --joint-set overrides of the joint model's config
 
 
 def _train(
@@ -58,9 +60,8 @@ def _train(
 ) -> tuple[QueryEncoder, dict[str, Any]]:
     config = load_config(preset, overrides)
     finished = out / name / "results.json"
-    if (
-        finished.is_file()
-        and config_from_dict(json.loads((out / name / "config.json").read_text())) == config
+    if finished.is_file() and _same_run(
+        config_from_dict(json.loads((out / name / "config.json").read_text())), config
     ):
         print(f"reusing the finished run {out / name} (same config)", file=sys.stderr)
         saved = json.loads(finished.read_text())
@@ -76,6 +77,13 @@ def _train(
         "test_ndcg@10": saved["test"]["ndcg@10"],
     }
     return encoder, info
+
+
+def _same_run(saved: TrainConfig, wanted: TrainConfig) -> bool:
+    """Equal configs; the ``[index]`` settings do not matter when neither run has an index layer."""
+    if saved.index.kind == wanted.index.kind == "none":
+        saved = dataclasses.replace(saved, index=wanted.index)
+    return saved == wanted
 
 
 @torch.no_grad()
@@ -133,6 +141,7 @@ def _compare(
         f"index.coarse={pq['coarse']}",
         f"index.subspaces={pq['subspaces']}",
         f"index.codebook_size={pq['codebook_size']}",
+        *JOINT_EXTRA,
     ]
     baseline, base_info = _train(f"{label}-baseline", preset, common, dataset, out)
     joint, joint_info = _train(f"{label}-joint", preset, [*common, *index_overrides], dataset, out)
@@ -236,7 +245,15 @@ def main(argv: list[str] | None = None) -> int:
         "same config is reused, not retrained",
     )
     parser.add_argument("--plot", type=Path, help="draw recall@100 per model and index into this PNG")
+    parser.add_argument(
+        "--joint-set",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="config override for the joint model only, e.g. --joint-set index.ema_decay=0 (repeatable)",
+    )
     args = parser.parse_args(argv)
+    JOINT_EXTRA[:] = args.joint_set
     if args.threads:
         torch.set_num_threads(args.threads)
     wanted = set(args.similarities.split(","))
@@ -294,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "pq": pq,
         "warmup_steps": warmup,
+        "joint_overrides": args.joint_set,
         "rows": rows,
     }
     print(f"Poeem vs post-hoc PQ ({result['mode']}), {result['machine']}")
