@@ -208,13 +208,20 @@ class HierarchicalLayer(nn.Module):
         """The identity: training scores the items themselves (same interface as the PQ layer)."""
         return items
 
-    def loss(self, query: QuerySide, positives: ItemSide, similarity: Similarity) -> torch.Tensor:
+    def loss(
+        self,
+        query: QuerySide,
+        positives: ItemSide,
+        similarity: Similarity,
+        negatives: ItemSide | None = None,
+    ) -> torch.Tensor:
         """Clustering + routing loss (see the class docstring) of ``M`` queries and their positives.
 
         Args:
             query: ``(M, Pq, d)`` queries.
             positives: ``(M, Px, d)`` item sides of their positives.
             similarity: the model's similarity (scores the queries against the centroids).
+            negatives: the batch's sampled negatives; unused (the routing loss needs (query, item) pairs).
 
         Returns:
             A scalar tensor.

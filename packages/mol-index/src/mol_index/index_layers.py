@@ -57,8 +57,16 @@ class IndexLayer(Protocol):
     def __call__(self, items: ItemSide) -> ItemSide:
         """The item side training scores: ``(*, Px, d)`` in, the same shape out."""
 
-    def loss(self, query: QuerySide, positives: ItemSide, similarity: Similarity) -> torch.Tensor:
-        """The layer's own training loss (scalar) on a batch of ``M`` queries and their positives."""
+    def loss(
+        self,
+        query: QuerySide,
+        positives: ItemSide,
+        similarity: Similarity,
+        negatives: ItemSide | None = None,
+    ) -> torch.Tensor:
+        """The layer's own training loss (scalar) on a batch of ``M`` queries and their positives, with the
+        batch's uniformly sampled negatives (``(*, Px, d)``, a sample of the whole catalogue) when the loss
+        has them."""
 
     def config(self) -> dict[str, str]:
         """Constructor arguments as text (stored in bundle manifests)."""
@@ -142,10 +150,21 @@ class PQItemLayer(nn.Module):
         quantized = self.quantizer(flat.float()).to(embeddings.dtype).view_as(embeddings)
         return ItemSide(quantized, items.gating)
 
-    def loss(self, query: QuerySide, positives: ItemSide, similarity: Similarity) -> torch.Tensor:
-        """Reconstruction + commitment of the positives' component embeddings (the query is unused)."""
-        embeddings = positives.embeddings
-        return self.quantizer.loss(embeddings.reshape(-1, embeddings.shape[-1]).float())
+    def loss(
+        self,
+        query: QuerySide,
+        positives: ItemSide,
+        similarity: Similarity,
+        negatives: ItemSide | None = None,
+    ) -> torch.Tensor:
+        """Reconstruction + commitment of the component embeddings of the positives and the sampled
+        negatives (the query is unused). The negatives matter: positives follow item popularity, while the
+        index must quantize every item, and uniformly sampled negatives are a sample of the catalogue."""
+        width = positives.embeddings.shape[-1]
+        parts = [positives.embeddings.reshape(-1, width)]
+        if negatives is not None:
+            parts.append(negatives.embeddings.reshape(-1, width))
+        return self.quantizer.loss(torch.cat(parts).float())
 
 
 def build_index_layer(kind: str, similarity: Similarity, options: dict[str, Any]) -> nn.Module:

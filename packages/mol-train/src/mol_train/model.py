@@ -154,7 +154,7 @@ class SequentialRecommender(nn.Module):
             user_repr = lookup.users.unsqueeze(1).expand(-1, inputs.shape[1], -1)[mask]  # (M, Du)
         query = self.similarity.query_side(query_repr, user_repr)
         positive_side = self.similarity.item_side(positives[mask])  # (M, Px, d)
-        index_loss = self._index_loss(query, positive_side)
+        raw_positives, raw_negatives = positive_side, None  # what the index layer's loss sees
         if self.index_active:
             positive_side = self.index_layer(positive_side)  # type: ignore[misc]
         positive_ids = targets[mask]  # (M,)
@@ -170,6 +170,7 @@ class SequentialRecommender(nn.Module):
             )  # (M, 1, Px, d)
             pos_scores, weights = self.similarity.score_pairs_with_weights(query, paired)  # (M, 1)
             negative_side = self.similarity.item_side(lookup.candidates)  # (B or 1, R, Px, d)
+            raw_negatives = negative_side
             if self.index_active:
                 negative_side = self.index_layer(negative_side)  # type: ignore[misc]
             if per_sequence:
@@ -190,19 +191,21 @@ class SequentialRecommender(nn.Module):
         mutual_information = torch.zeros((), device=softmax.device)
         if self.mi_weight > 0 and isinstance(self.similarity, MoLSimilarity):
             mutual_information = mutual_information_loss(pair_weights)
+        index_loss = self._index_loss(query, raw_positives, raw_negatives)
         loss = softmax + self.mi_weight * mutual_information + self.index_weight * index_loss
         return LossParts(loss, softmax, mutual_information, mask.sum().float(), index_loss.detach())
 
-    def _index_loss(self, query: QuerySide, positives: ItemSide) -> torch.Tensor:
-        """The index layer's loss once warm; before, a zero that still touches every layer parameter (so
-        data-parallel training sees no unused parameters)."""
+    def _index_loss(self, query: QuerySide, positives: ItemSide, negatives: ItemSide | None) -> torch.Tensor:
+        """The index layer's loss once warm (``negatives``: the uniformly sampled items, a sample of the
+        whole catalogue, or ``None`` for the in-batch loss); before, a zero that still touches every layer
+        parameter (so data-parallel training sees no unused parameters)."""
         if self.index_layer is None:
             return torch.zeros((), device=positives.embeddings.device)
         if not self.index_active:
             zero = torch.zeros((), device=positives.embeddings.device)
             return sum((p.sum() * 0.0 for p in self.index_layer.parameters()), zero)
         layer: Any = self.index_layer  # an IndexLayer (mol_index.index_layers)
-        loss: torch.Tensor = layer.loss(query, positives, self.similarity)
+        loss: torch.Tensor = layer.loss(query, positives, self.similarity, negatives)
         return loss
 
     def _score_per_sequence(
