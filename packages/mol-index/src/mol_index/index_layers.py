@@ -158,8 +158,9 @@ class PQItemLayer(nn.Module):
         negatives: ItemSide | None = None,
     ) -> torch.Tensor:
         """Reconstruction + commitment of the component embeddings of the positives and the sampled
-        negatives (the query is unused). The negatives matter: positives follow item popularity, while the
-        index must quantize every item, and uniformly sampled negatives are a sample of the catalogue."""
+        negatives (the query is unused). Positives follow item popularity while the index must quantize
+        every item, and uniformly sampled negatives are a sample of the catalogue; on ML-1M adding them did
+        not raise the index's recall, though (docs/benchmarks.md)."""
         width = positives.embeddings.shape[-1]
         parts = [positives.embeddings.reshape(-1, width)]
         if negatives is not None:
