@@ -36,7 +36,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from safetensors import SafetensorError
@@ -55,7 +55,7 @@ from mol_core.proto.mol.v1 import manifest_pb2
 from mol_core.similarity import ItemSide, Similarity, similarity_from_config, similarity_to_config
 from mol_index.adaptive import AdaptiveModel
 from mol_index.candidates import FaissStage
-from mol_index.index_layers import PQItemLayer
+from mol_index.index_layers import PQItemLayer, build_index_layer, parse_options
 from mol_index.pq_index import PQCodes
 
 if TYPE_CHECKING:
@@ -242,7 +242,7 @@ def read_artifact(path: str | Path) -> LoadedArtifact:
     if stage_kind == "adaptive":
         adaptive = _read_adaptive(root, manifest, corpus)
     elif stage_kind == "pq":
-        pq = _read_pq(root, manifest, corpus)
+        pq = _read_pq(root, manifest, corpus, similarity)
     elif stage_kind == "hierarchical":
         hierarchical = _read_hierarchical(root, corpus)
     elif stage_kind != "torch":
@@ -252,19 +252,14 @@ def read_artifact(path: str | Path) -> LoadedArtifact:
     )
 
 
-def _read_pq(root: Path, manifest: manifest_pb2.IndexManifest, corpus: ItemSide) -> PQCodes:
+def _read_pq(
+    root: Path, manifest: manifest_pb2.IndexManifest, corpus: ItemSide, similarity: Similarity
+) -> PQCodes:
     params = {k.removeprefix("pq."): v for k, v in manifest.parameters.items() if k.startswith("pq.")}
+    source = params.pop("source", "")
     try:
-        layer = PQItemLayer(
-            int(params["dim"]),
-            coarse=int(params["coarse"]),
-            subspaces=int(params["subspaces"]),
-            codebook_size=int(params["codebook_size"]),
-            rotation=params["rotation"] == "true",
-            commitment=float(params["commitment"]),
-            ema_decay=float(params.get("ema_decay", "0.0")),
-        )
-        codes = PQCodes.from_tensors(load_file(str(root / _PQ)), layer, params.get("source", ""))
+        layer = cast(PQItemLayer, build_index_layer("pq", similarity, parse_options(params)))
+        codes = PQCodes.from_tensors(load_file(str(root / _PQ)), layer, source)
     except (SafetensorError, KeyError, OSError, ValueError, RuntimeError) as err:
         raise ArtifactError(f"{root}/{_PQ}: cannot load the PQ codes: {err}; rebuild the index") from err
     want = (corpus.num_items, corpus.embeddings.shape[1], layer.quantizer.subspaces)

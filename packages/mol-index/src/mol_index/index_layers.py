@@ -38,6 +38,7 @@ __all__ = [
     "build_index_layer",
     "layer_from_bundle",
     "layer_parameters",
+    "parse_options",
 ]
 
 #: Kinds of jointly trained index layers.
@@ -216,19 +217,17 @@ def layer_from_bundle(bundle_path: str | Path, similarity: Similarity) -> nn.Mod
     """
     from safetensors.torch import load_file
 
-    from mol_core.manifest import MANIFEST_FILENAME
+    from mol_core.manifest import BUNDLE_FORMAT_VERSION, MANIFEST_FILENAME, read_manifest
     from mol_core.proto.mol.v1.manifest_pb2 import ModelBundleManifest
 
     root = Path(bundle_path)
-    from mol_core.manifest import BUNDLE_FORMAT_VERSION, read_manifest
-
     manifest = read_manifest(root / MANIFEST_FILENAME, ModelBundleManifest, BUNDLE_FORMAT_VERSION)
     params = {k.removeprefix(_PREFIX): v for k, v in manifest.parameters.items() if k.startswith(_PREFIX)}
     if not params:
         return None
     kind = params.pop("kind", "")
     try:
-        layer = build_index_layer(kind, similarity, _parse_options(params))
+        layer = build_index_layer(kind, similarity, parse_options(params))
         tensors = load_file(str(root / manifest.item_tensors_file))
         state = {k.removeprefix(_PREFIX): v for k, v in tensors.items() if k.startswith(_PREFIX)}
         current = layer.state_dict()
@@ -242,7 +241,7 @@ def layer_from_bundle(bundle_path: str | Path, similarity: Similarity) -> nn.Mod
     return layer.eval()
 
 
-def _parse_options(params: dict[str, str]) -> dict[str, Any]:
+def parse_options(params: dict[str, str]) -> dict[str, Any]:
     """Manifest text -> constructor arguments (ints, floats, booleans, comma-separated int tuples)."""
     options: dict[str, Any] = {}
     for name, text in params.items():
