@@ -53,6 +53,25 @@ def test_scan_keeps_the_quantized_top_and_reranks_exactly(mol_corpus, reference)
     torch.testing.assert_close(every.scores, values)
 
 
+def test_codes_of_a_jointly_trained_layer_rank_by_their_decoded_scores(mol_corpus) -> None:  # type: ignore[no-untyped-def]
+    sim, query, corpus = mol_corpus(7, 300, 4)
+    layer = PQItemLayer(16, coarse=2, subspaces=4, codebook_size=8)
+    layer.warm_start(corpus)
+    joint = build_pq(MolIndex.build(sim, torch.arange(300), corpus), layer=layer)
+    assert joint.pq is not None
+    assert joint.pq.source == "joint"
+    scores, found = joint.search(query, 10, params=SearchParams(algorithm="pq", k_prime=100))
+    # the model trained on the decoded items: their brute-force top 10 and scores, K' notwithstanding
+    decoded = ItemSide(joint.pq.decode(0, 300), corpus.gating)
+    with torch.inference_mode():
+        want_scores, want_rows = torch.topk(sim.score_pairs(query, decoded), 10, dim=1)
+    assert torch.equal(found, want_rows)
+    torch.testing.assert_close(scores, want_scores)
+    # the same codes fitted after training are a candidate stage: the exact rerank changes the scores
+    res = pq_search(sim, query, corpus, joint.pq, 10, k_prime=100)
+    assert not torch.allclose(res.scores, want_scores)
+
+
 def test_quantized_recall_is_high_with_fine_codes_and_low_with_coarse_ones(mol_corpus, reference) -> None:  # type: ignore[no-untyped-def]
     sim, query, corpus = mol_corpus(2, 400, 8)
     _, ids, _ = reference(sim, query, corpus, 10)

@@ -14,13 +14,17 @@ For each similarity (dot product, MoL) two models are trained on the same data f
   k-means). FAISS PQ and OPQ + IVF-PQ on the joint model's own embeddings are also reported, which tells
   the codebooks' share of the gain from the embeddings' share.
 
-Recall@100 is measured per model against its own brute force: for every test query (the held-out last
-item of every user, full history), the 100 items with the highest similarity on the decoded (quantized)
-item side, against the 100 with the highest exact similarity; nothing is excluded. For the dot product this
-is the FAISS ranking itself (asymmetric distance); for MoL the decoded component embeddings are scored with
-the model's own MoL (gating features are not quantized). Build time is what turns trained embeddings into
-codes: FAISS training + adding, or the joint layer's encoding. Test HR@10 / NDCG@10 of each model (exact
-scoring) show what the joint training costs in model quality.
+Each index is measured as Poeem's tutorial measures it (precision@100 .9805 joint vs .9610 FAISS built
+after training, brute force .9989): by the ground truth, with brute force as the reference. For every test
+query (every user's held-out last item, full history), the items are ranked by the similarity on the
+decoded (quantized) item side, history filtered as in mol-train's evaluation, and **recall@100** is the
+share of held-out items in the top 100 (HR@10 likewise). For the dot product this is the FAISS ranking
+itself (asymmetric distance); for MoL the decoded component embeddings are scored with the model's own MoL
+(gating features are not quantized). **overlap@100** is the other measure: the share of each model's exact
+top 100 (its raw item embeddings, nothing filtered) that the index's top 100 keeps. For the joint model the
+raw embeddings are a latent: after the warm start it trained, and is evaluated, on its quantized items, so
+overlap with their ranking is not what its index is for. Build time is what turns trained embeddings into
+codes: FAISS training + adding, or the joint layer's encoding.
 
 Quick mode (CI): a synthetic data set with planted structure, tiny models, 3 epochs; the 16-codeword
 codebooks are smaller than the full mode's. It checks that everything runs and that recall is in [0, 1];
@@ -42,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mol_core.metrics import RankingMetrics
 from mol_core.similarity import ItemSide, QuerySide, Similarity
 from mol_index.bench import machine, write_result
 from mol_index.exact import exact_search
@@ -73,8 +78,7 @@ def _train(
         "epochs_run": saved["epochs_run"],
         "best_epoch": saved["best_epoch"],
         "train_seconds": saved["wall_seconds"],
-        "test_hr@10": saved["test"]["hr@10"],
-        "test_ndcg@10": saved["test"]["ndcg@10"],
+        "model_test_hr@10": saved["test"]["hr@10"],  # mol-train's own evaluation (through a warm layer)
     }
     return encoder, info
 
@@ -86,28 +90,53 @@ def _same_run(saved: TrainConfig, wanted: TrainConfig) -> bool:
     return saved == wanted
 
 
+@dataclasses.dataclass
+class _TestQueries:
+    """Every user's test query (history up to the held-out last item) and what recall is measured on."""
+
+    query: QuerySide  # (U, Pq, d)
+    targets: torch.Tensor  # (U,) column of the held-out item
+    seen: torch.Tensor  # (U, L) columns of the history (filtered from rankings), padded with -1
+
+
 @torch.no_grad()
-def _queries(encoder: QueryEncoder, dataset: SequenceDataset, max_len: int) -> QuerySide:
-    """The test query of every user (history up to the held-out last item)."""
-    parts = []
+def _queries(encoder: QueryEncoder, dataset: SequenceDataset, max_len: int) -> _TestQueries:
+    parts, targets, seen = [], [], []
     for start in range(0, dataset.num_users, 512):
         rows = list(range(start, min(start + 512, dataset.num_users)))
         batch = eval_batch(dataset, rows, "test", max_len=max_len)
-        times = None if batch.target_timestamps is None else batch.target_timestamps
-        parts.append(encoder(batch.history, batch.timestamps, times, batch.user_rows))
+        parts.append(encoder(batch.history, batch.timestamps, batch.target_timestamps, batch.user_rows))
+        targets.append(batch.target_columns())
+        seen.append(batch.seen())
     gating = None if parts[0].gating is None else torch.cat([p.gating for p in parts])  # type: ignore[misc]
-    return QuerySide(torch.cat([p.embeddings for p in parts]), gating)
+    return _TestQueries(
+        QuerySide(torch.cat([p.embeddings for p in parts]), gating), torch.cat(targets), torch.cat(seen)
+    )
 
 
 @torch.no_grad()
 def _top(similarity: Similarity, query: QuerySide, items: ItemSide) -> torch.Tensor:
-    """``(B, K)`` rows of the K best items by the similarity on ``items``."""
+    """``(U, K)`` rows of the K best items by the similarity on ``items`` (nothing excluded)."""
     return exact_search(similarity, query, items, K)[1]
 
 
-def _recall(found: torch.Tensor, truth: torch.Tensor) -> float:
+def _overlap(found: torch.Tensor, truth: torch.Tensor) -> float:
     hits = sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True))
     return hits / truth.numel()
+
+
+@torch.no_grad()
+def _held_out_recall(similarity: Similarity, test: _TestQueries, items: ItemSide) -> dict[str, float]:
+    """Recall@100 and HR@10 of the held-out items when ``items`` are ranked (history filtered; ties count
+    against the held-out item)."""
+    metrics = RankingMetrics(ks=(10, K))
+    for start in range(0, test.query.batch_size, 512):
+        stop = start + 512
+        gating = None if test.query.gating is None else test.query.gating[start:stop]
+        scores = similarity.score_corpus(QuerySide(test.query.embeddings[start:stop], gating), items)
+        metrics.update(scores, test.targets[start:stop], seen=test.seen[start:stop])
+    result = metrics.compute()
+    return {"recall@100": result[f"hr@{K}"], "hr@10": result["hr@10"]}
 
 
 def _faiss_decoded(factory: str, vectors: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -158,31 +187,35 @@ def _compare(
         similarity = encoder.similarity.eval()
         with torch.no_grad():
             corpus = similarity.item_side(encoder.item_table[1:])  # (N, Px, d)
-        query = _queries(encoder, dataset, max_len)
-        truth = _top(similarity, query, corpus)
+        test = _queries(encoder, dataset, max_len)
+        exact_top = _top(similarity, test.query, corpus)
         n, px, d = corpus.embeddings.shape
-        methods: dict[str, tuple[torch.Tensor, float]] = {}
+        methods: dict[str, tuple[torch.Tensor, float, int]] = {
+            "brute force": (corpus.embeddings, 0.0, 32 * d)
+        }
         for name, factory in factories.items():
             decoded, seconds = _faiss_decoded(factory, corpus.embeddings.reshape(-1, d).float())
-            methods[name] = (decoded.view(n, px, d), seconds)
+            bits_used = m * bits + (0 if name == plain else coarse_bits)
+            methods[name] = (decoded.view(n, px, d), seconds, bits_used)
         if encoder.index_layer is not None:
             start = time.perf_counter()
             codes = encode_corpus(encoder.index_layer, corpus)  # type: ignore[arg-type]
             seconds = time.perf_counter() - start
             with torch.no_grad():
-                methods["joint PQ (Poeem)"] = (codes.decode(0, n), seconds)
-        for name, (decoded, seconds) in methods.items():
-            found = _top(similarity, query, ItemSide(decoded.to(corpus.embeddings.dtype), corpus.gating))
+                methods["joint PQ (Poeem)"] = (codes.decode(0, n), seconds, m * bits + coarse_bits)
+        for name, (decoded, seconds, bits_used) in methods.items():
+            items = ItemSide(decoded.to(corpus.embeddings.dtype), corpus.gating)
             rows.append(
                 {
                     "similarity": label,
                     "model": model_name,
                     "index": name,
-                    "recall@100": _recall(found, truth),
+                    **_held_out_recall(similarity, test, items),
+                    "overlap@100": _overlap(_top(similarity, test.query, items), exact_top),
                     "build_seconds": seconds,
-                    "bits_per_component": m * bits + (0 if name == plain else coarse_bits),
+                    "bits_per_component": bits_used,
                     "num_items": n,
-                    "num_queries": query.batch_size,
+                    "num_queries": test.query.batch_size,
                     **info,
                 }
             )
@@ -211,8 +244,9 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.bar([g + i * width for g in range(len(groups))], values, width, label=name)
     ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
     ax.set_xticklabels([f"{sim}: {model} model" for sim, model in groups])
-    ax.set_ylabel("recall@100 against brute force")
-    ax.set_ylim(min(0.5, min(r["recall@100"] for r in rows) - 0.05), 1.0)
+    ax.set_ylabel("recall@100 of the held-out item")
+    low, high = min(r["recall@100"] for r in rows), max(r["recall@100"] for r in rows)
+    ax.set_ylim(max(0.0, low - 0.05), min(1.0, high + 0.05))
     ax.set_title("PQ trained with the model (Poeem) vs FAISS PQ / OPQ+IVF-PQ after training")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="y", alpha=0.3)
@@ -316,20 +350,20 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"Poeem vs post-hoc PQ ({result['mode']}), {result['machine']}")
     print(
-        f"{'sim':<4} {'model':<9} {'index':<28} {'R@100':>7} {'build s':>8} {'bits':>5} "
-        f"{'HR@10':>7} {'epochs':>6}"
+        f"{'sim':<4} {'model':<9} {'index':<28} {'R@100':>7} {'HR@10':>7} {'overlap':>7} {'build s':>8} "
+        f"{'bits':>5} {'epochs':>6}"
     )
     for r in rows:
         print(
             f"{r['similarity']:<4} {r['model']:<9} {r['index']:<28} {r['recall@100']:>7.4f} "
-            f"{r['build_seconds']:>8.3f} {r['bits_per_component']:>5} {r['test_hr@10']:>7.4f} "
-            f"{r['epochs_run']:>6}"
+            f"{r['hr@10']:>7.4f} {r['overlap@100']:>7.4f} {r['build_seconds']:>8.3f} "
+            f"{r['bits_per_component']:>5} {r['epochs_run']:>6}"
         )
     if args.output:
         write_result(result, args.output)
     if args.plot:
         _plot(rows, args.plot)
-    bad = [r for r in rows if not 0.0 <= r["recall@100"] <= 1.0]
+    bad = [r for r in rows if not all(0.0 <= r[key] <= 1.0 for key in ("recall@100", "hr@10", "overlap@100"))]
     if bad or not rows:
         print("FAIL: recall out of range or nothing measured", file=sys.stderr)
         return 1

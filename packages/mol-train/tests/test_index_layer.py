@@ -10,8 +10,11 @@ import torch
 
 from mol_core.bundle import load_bundle
 from mol_core.errors import ArtifactError, ConfigError
+from mol_core.metrics import RankingMetrics
+from mol_core.similarity import ItemSide
 from mol_train.config import load_config
-from mol_train.data import make_synthetic
+from mol_train.data import iter_eval_batches, make_synthetic
+from mol_train.evaluate import EVAL_KS, evaluate_encoder
 from mol_train.export import export_bundle
 from mol_train.model import build_model
 from mol_train.train import fit, restore_encoder
@@ -157,3 +160,37 @@ def test_a_hierarchical_layer_trains_with_the_model_and_becomes_the_index(datase
     wide = index.search(query, 5, params=SearchParams(algorithm="hierarchical", beam=64))
     exact = index.search(query, 5, params=SearchParams(algorithm="exact"))
     assert torch.equal(wide[1], exact[1])
+
+
+def test_evaluation_ranks_the_quantized_items_once_the_layer_is_warm(dataset) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = build_model(load_config("tiny_cpu", [*FAST, *PQ]), dataset.num_items).eval()
+    raw_before = evaluate_encoder(model.query_encoder(), dataset, "test")
+    model.warm_start_index(seed=0)
+    encoder = model.query_encoder()
+    got = evaluate_encoder(encoder, dataset, "test")
+
+    # reference: rank the items rebuilt from their stored codes (encode, then decode by hand)
+    encoder.eval()
+    layer = encoder.index_layer
+    assert isinstance(layer, PQItemLayer)
+    quantizer = layer.quantizer
+    with torch.no_grad():
+        corpus = encoder.similarity.item_side(encoder.item_table[1:])
+        flat = corpus.embeddings.reshape(-1, corpus.embeddings.shape[-1]).float()
+        coarse, codes = quantizer.encode(flat)
+        words = torch.stack([quantizer.codebooks[m, codes[:, m]] for m in range(codes.shape[1])], dim=1)
+        rotated = quantizer.centroids[coarse] + words.reshape(flat.shape[0], -1)
+        decoded = rotated @ quantizer.rotation.matrix().T  # type: ignore[union-attr]
+        quantized = ItemSide(decoded.view_as(corpus.embeddings), corpus.gating)
+        metrics = RankingMetrics(ks=EVAL_KS)
+        for batch in iter_eval_batches(dataset, "test", 64):
+            query = encoder(batch.history, batch.timestamps, batch.target_timestamps, batch.user_rows)
+            metrics.update(
+                encoder.similarity.score_corpus(query, quantized), batch.target_columns(), seen=batch.seen()
+            )
+    want = metrics.compute()
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+    # the warm layer changed what is ranked (before it, the same encoder ranked the raw items)
+    assert got["mrr"] != pytest.approx(raw_before["mrr"], abs=1e-6)

@@ -516,8 +516,17 @@ class MolIndex:
                 f"algorithm 'pq' needs an index of kind 'pq' (this one is {self.kind!r}); build one with "
                 "mol_index.build_pq or `mol-index build --kind pq`"
             )
+        # codes from a layer trained with the model are the model's ranking (it trained and was evaluated
+        # on the decoded items); codes fitted after training are only a candidate stage for the exact rerank
         return pq_search(
-            self.similarity, query, self.corpus, self.pq, k, k_prime=params.k_prime, excluded=rows_excluded
+            self.similarity,
+            query,
+            self.corpus,
+            self.pq,
+            k,
+            k_prime=params.k_prime,
+            excluded=rows_excluded,
+            rerank=self.pq.source != "joint",
         )
 
     def _hierarchical(

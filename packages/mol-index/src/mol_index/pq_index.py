@@ -148,8 +148,9 @@ def pq_search(
     *,
     k_prime: int | None = None,
     excluded: torch.Tensor | None = None,
+    rerank: bool = True,
 ) -> SearchResult:
-    """Top-k rows: the top ``K'`` by the similarity on decoded items, reranked exactly.
+    """Top-k rows: the top ``K'`` by the similarity on decoded items, reranked exactly (or not).
 
     Args:
         similarity: the index's similarity (eval mode).
@@ -159,15 +160,19 @@ def pq_search(
         k: results per query.
         k_prime: candidates kept from the quantized scan (default and minimum ``k``; at most ``N``).
         excluded: ``(B, L)`` corpus rows to leave out per query (``-1`` padding), or ``None``.
+        rerank: rerank the ``K'`` candidates by the unquantized items. ``False`` returns the top ``k`` of
+            the decoded items with their decoded scores (``K'`` is then unused): the ranking a model trained
+            through its PQ layer (Poeem) was trained and evaluated on.
 
     Returns:
-        A :class:`SearchResult` with corpus rows as ids; ``exact`` is True only when ``K' = N``.
+        A :class:`SearchResult` with corpus rows as ids; ``exact`` is True only when ``K' = N`` and the
+        candidates are reranked.
     """
     num_items = corpus.num_items
     check_k(k, num_items)
     if codes.num_items != num_items:
         raise ShapeError(f"the codes cover {codes.num_items} items but the corpus has {num_items}")
-    width = min(num_items, max(k, k_prime or k))
+    width = min(num_items, max(k, k_prime or k)) if rerank else k
     batch = query.batch_size
     device = query.embeddings.device
     block = max(64, _BLOCK_PAIRS // max(1, batch))
@@ -183,13 +188,15 @@ def pq_search(
             scores = mask_excluded(similarity.score_pairs(query, decoded).float(), excluded, start)  # (B, n)
             rows = torch.arange(start, stop, device=device).unsqueeze(0).expand(batch, -1)  # (B, n)
             running = merge_topk(running, (scores, rows), width)
-        candidates = running[1].masked_fill(running[1] < 0, num_items)  # (B, K'), padding N
-        scores = _rerank(similarity, query, corpus, candidates, excluded)  # (B, K')
+        scores = running[0]  # (B, K'): decoded scores
+        if rerank:
+            candidates = running[1].masked_fill(running[1] < 0, num_items)  # (B, K'), padding N
+            scores = _rerank(similarity, query, corpus, candidates, excluded)  # (B, K')
     top_scores, top_rows = sorted_topk(scores, running[1], k)
     return SearchResult(
         scores=top_scores,
         ids=top_rows,
-        exact=torch.full((batch,), width >= num_items, dtype=torch.bool, device=device),
+        exact=torch.full((batch,), rerank and width >= num_items, dtype=torch.bool, device=device),
         num_candidates=(running[1] >= 0).sum(dim=1),
         k_prime=torch.full((batch,), width, dtype=torch.int64, device=device),
     )

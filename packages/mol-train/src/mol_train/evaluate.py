@@ -1,5 +1,10 @@
 """Full-corpus leave-one-out evaluation: every query ranked against every item, its history filtered.
 
+A model with a warm-started index layer is evaluated through it: a jointly trained PQ layer ranks the
+quantized items, which are what the model trained against and what its ``pq`` index serves (the raw item
+embeddings are then only the latent the codes are assigned from). A hierarchical layer returns the items
+unchanged.
+
 Under ``torch.distributed`` each process ranks its share of the users (``iter_eval_batches`` with its rank)
 and the metric sums are all-reduced, so every process returns the same numbers.
 """
@@ -44,6 +49,9 @@ def evaluate_encoder(
     try:
         similarity = encoder.similarity
         corpus = similarity.item_side(encoder.item_table[1:])  # (N, Px, d); row i = item id i + 1
+        layer = encoder.index_layer
+        if layer is not None and bool(layer.warmed):
+            corpus = layer(corpus)  # the items as the trained index holds them
         rank, world = _rank_and_world()
         metrics = RankingMetrics(ks=EVAL_KS)
         batches = iter_eval_batches(dataset, split, batch_size, rank=rank, world_size=world, max_len=max_len)

@@ -10,8 +10,9 @@ export use :meth:`SequentialRecommender.query_side` and :meth:`SequentialRecomme
 An optional index layer (``[index]`` in the config; mol_index.index_layers) is trained with the model: once
 warm-started (:meth:`SequentialRecommender.warm_start_index`) the positives and negatives are scored
 through it (PQ: quantized with a straight-through gradient) and its own loss is added with
-``index.weight``. Evaluation scores the unquantized items; the index's recall is what the Poeem
-benchmark (benchmarks/bench_mol_train_poeem.py) measures.
+``index.weight``. Evaluation (mol_train.evaluate) scores the items through the warm layer too: for PQ, the
+quantized items its index serves; the Poeem benchmark (benchmarks/bench_mol_train_poeem.py) compares that
+index with FAISS indexes built after training.
 
 Shape symbols: B sequences, L positions, D item width, M = valid positions in a batch, R negatives,
 N items, Pq/Px components, P = Pq * Px.
