@@ -67,9 +67,14 @@ def test_codes_of_a_jointly_trained_layer_rank_by_their_decoded_scores(mol_corpu
         want_scores, want_rows = torch.topk(sim.score_pairs(query, decoded), 10, dim=1)
     assert torch.equal(found, want_rows)
     torch.testing.assert_close(scores, want_scores)
-    # the same codes fitted after training are a candidate stage: the exact rerank changes the scores
+    # asked to, the index reranks them by exact MoL on the unquantized items, which changes the scores
     res = pq_search(sim, query, corpus, joint.pq, 10, k_prime=100)
     assert not torch.allclose(res.scores, want_scores)
+    reranked_scores, reranked = joint.search(
+        query, 10, params=SearchParams(algorithm="pq", k_prime=100, rerank=True)
+    )
+    assert torch.equal(reranked, res.ids)
+    torch.testing.assert_close(reranked_scores, res.scores)
 
 
 def test_quantized_recall_is_high_with_fine_codes_and_low_with_coarse_ones(mol_corpus, reference) -> None:  # type: ignore[no-untyped-def]

@@ -66,8 +66,9 @@ def test_pq_and_hierarchical_indexes_are_served(
     exact = MolIndex.load(artifacts["index_a"])
     if kind == "pq":
         index = build_pq(exact, subspaces=4, codebook_size=16)
-        params = SearchParams(algorithm="pq", k_prime=20)
-        wire = {"k_prime": 20}
+        # k-means codes rerank by default; the request turns that off (the quantized ranking)
+        params = SearchParams(algorithm="pq", k_prime=20, rerank=False)
+        wire = {"k_prime": 20, "rerank": False}
     else:
         index = build_hierarchical(exact, branching=(4, 3))
         params = SearchParams(algorithm="hierarchical", beam=2)

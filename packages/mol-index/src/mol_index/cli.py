@@ -232,6 +232,7 @@ def _search(args: argparse.Namespace) -> int:
         budget=args.budget,
         rounds=args.rounds,
         beam=args.beam,
+        rerank=args.rerank,
     )
     res = index.search_with_info(queries, args.k, exclude=exclude, params=params)
     for row in range(res.ids.shape[0]):
@@ -352,6 +353,13 @@ def _parser() -> argparse.ArgumentParser:
         "that kind)",
     )
     search.add_argument("--beam", type=int, default=8, help="hierarchical: clusters kept per level (8)")
+    search.add_argument(
+        "--rerank",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pq: rerank the scan's candidates by exact MoL on the unquantized items (default: yes for "
+        "codes fitted after training, no for codes of a jointly trained layer)",
+    )
     search.add_argument("--budget", type=int, help="adaptive: scorer calls per query (default max(k, 200))")
     search.add_argument("--rounds", type=int, default=5, help="adaptive: rounds (default 5)")
     search.add_argument(

@@ -64,6 +64,10 @@ class SearchParams:
         budget: scorer calls per query of the ``adaptive`` algorithm (default ``max(k, 200)``, at most N).
         rounds: retrieve-score-refit rounds of the ``adaptive`` algorithm.
         beam: clusters kept per level by the ``hierarchical`` algorithm.
+        rerank: ``pq`` only: rerank the quantized scan's ``max(k, K')`` candidates by exact MoL on the
+            unquantized items. ``None`` (default) reranks codes fitted after training and not codes from a
+            jointly trained layer, which return the top ``k`` of their decoded scores (the ranking the
+            model trained on; ``K'`` unused).
         kernel: how the ``exact`` algorithm scans: ``torch`` (blockwise, any device), ``triton`` (the fused
             kernel of :mod:`mol_index.triton_topk`: MoL on CUDA, or on the CPU under
             ``TRITON_INTERPRET=1``), or ``auto`` (``triton`` when the index is on a CUDA device, Triton is
@@ -80,6 +84,7 @@ class SearchParams:
     rounds: int = 5
     kernel: str = "auto"
     beam: int = 8
+    rerank: bool | None = None
 
     def __post_init__(self) -> None:
         if self.kernel not in KERNELS:
@@ -516,8 +521,9 @@ class MolIndex:
                 f"algorithm 'pq' needs an index of kind 'pq' (this one is {self.kind!r}); build one with "
                 "mol_index.build_pq or `mol-index build --kind pq`"
             )
-        # codes from a layer trained with the model are the model's ranking (it trained and was evaluated
-        # on the decoded items); codes fitted after training are only a candidate stage for the exact rerank
+        # by default, codes from a layer trained with the model are the model's ranking (it trained and was
+        # evaluated on the decoded items); codes fitted after training are a candidate stage for the rerank
+        rerank = self.pq.source != "joint" if params.rerank is None else params.rerank
         return pq_search(
             self.similarity,
             query,
@@ -526,7 +532,7 @@ class MolIndex:
             k,
             k_prime=params.k_prime,
             excluded=rows_excluded,
-            rerank=self.pq.source != "joint",
+            rerank=rerank,
         )
 
     def _hierarchical(

@@ -26,6 +26,7 @@ _DTYPES: dict[int, tuple[str, int]] = {
     retrieval_pb2.DTYPE_FLOAT16: ("float16", 2),
 }
 _INT_PARAMS = ("k_prime", "nprobe", "ef_search", "block_size", "budget", "rounds", "beam")
+_BOOL_PARAMS = ("guarantee_exact", "rerank")
 
 
 @dataclass(frozen=True)
@@ -105,11 +106,9 @@ def _params(request: retrieval_pb2.RetrieveRequest, config: ServeConfig) -> Sear
         raise InvalidRequest(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
     values: dict[str, int | bool] = {"k_prime": config.default_k_prime}
     for key, text in request.algorithm_params.items():
-        if key == "guarantee_exact":
+        if key in _BOOL_PARAMS:
             if text.lower() not in ("true", "false"):
-                raise InvalidRequest(
-                    f"algorithm_params[guarantee_exact] must be 'true' or 'false'; got {text!r}"
-                )
+                raise InvalidRequest(f"algorithm_params[{key}] must be 'true' or 'false'; got {text!r}")
             values[key] = text.lower() == "true"
         elif key in _INT_PARAMS:
             try:
@@ -122,7 +121,7 @@ def _params(request: retrieval_pb2.RetrieveRequest, config: ServeConfig) -> Sear
                 )
             values[key] = number
         else:
-            known = ", ".join((*_INT_PARAMS, "guarantee_exact"))
+            known = ", ".join((*_INT_PARAMS, *_BOOL_PARAMS))
             raise InvalidRequest(f"unknown algorithm_params key {key!r}; expected some of {known}")
     return SearchParams(algorithm=algorithm, kernel=config.kernel, **values)  # type: ignore[arg-type]
 
