@@ -161,7 +161,7 @@ class PQItemLayer(nn.Module):
         """Reconstruction + commitment of the component embeddings of the positives and the sampled
         negatives (the query is unused). Positives follow item popularity while the index must quantize
         every item, and uniformly sampled negatives are a sample of the catalogue; on ML-1M adding them did
-        not raise the index's recall, though (docs/benchmarks.md)."""
+        not raise the index's overlap with brute force, though (docs/benchmarks.md)."""
         width = positives.embeddings.shape[-1]
         parts = [positives.embeddings.reshape(-1, width)]
         if negatives is not None:
