@@ -36,6 +36,18 @@ def test_round_trip_gives_identical_results(
     assert [p.name for p in tmp_path.iterdir()] == ["ix"]  # no temporary directory left
 
 
+@pytest.mark.parametrize("exact_mean", [True, False])
+def test_the_mean_index_kind_survives_a_round_trip(
+    mol_corpus: Callable[..., tuple], tmp_path: Path, exact_mean: bool
+) -> None:
+    sim, _, corpus = mol_corpus(0, 300, 3)
+    index = MolIndex.build(sim, torch.arange(300), corpus, stage="ivf", exact_mean=exact_mean)
+    loaded = MolIndex.load(index.save(tmp_path / "ix"))
+    assert loaded.parameters["mean_index"] == ("flat" if exact_mean else "ivf")
+    assert loaded.faiss_stage is not None
+    assert loaded.faiss_stage.exact_mean is exact_mean
+
+
 def test_dot_product_round_trip(tmp_path: Path) -> None:
     sim = DotProductSimilarity(8, l2_normalize=True, temperature=0.07)
     index = MolIndex.build(sim, torch.arange(30), torch.randn(30, 8), stage="hnsw")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mol_index.bench import main, run, synthetic_corpus
+from mol_index.bench import format_row, main, run, synthetic_corpus
 
 
 def test_synthetic_corpus_is_clustered_and_normalised() -> None:
@@ -27,6 +27,25 @@ def test_tiny_run_has_exact_rows_and_no_violations() -> None:
     assert len(guaranteed) == 1
     assert guaranteed[0]["recall"] == 1.0
     assert {r["stage"] for r in rows} == {"-", "torch"}
+
+
+def test_k_prime_avg_rows_widen_the_mean_part_only() -> None:
+    result = run(
+        sizes=[400], stages={400: ["torch"]}, k_primes=[4], k_primes_avg=[50], batches_b32=1, queries_b1=1
+    )
+    rows = {(r["algorithm"], r["k_prime"], r["k_prime_avg"]): r for r in result["results"][1:]}
+    assert set(rows) == {
+        ("topk_per_embd", 4, 4),
+        ("topk_avg", 4, 4),
+        ("topk_avg", 50, 50),
+        ("comb_topk", 4, 4),
+        ("comb_topk", 4, 50),
+        ("comb_topk +guarantee", 4, 4),
+    }
+    # the wider mean part adds candidates to CombTopK's, never removes any
+    assert rows["comb_topk", 4, 50]["candidates"] > rows["comb_topk", 4, 4]["candidates"]
+    assert rows["comb_topk", 4, 50]["recall"] >= rows["comb_topk", 4, 4]["recall"]
+    assert "4/50" in format_row(rows["comb_topk", 4, 50])
 
 
 def test_bench_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -106,14 +106,23 @@ def test_build_from_npy_dot_product(tmp_path: Path, capsys: pytest.CaptureFixtur
                 str(config),
                 "--stage",
                 "hnsw",
+                "--approximate-mean",
             ]
         )
         == 0
     )
+    assert MolIndex.load(tmp_path / "ix").parameters["mean_index"] == "hnsw"
     queries = tmp_path / "q.npy"
     np.save(queries, np.ones((2, 8), dtype=np.float32))
     assert main(["search", str(tmp_path / "ix"), "--queries", str(queries), "-k", "3"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 3  # build line + 2 queries
+    avg = ["search", str(tmp_path / "ix"), "--queries", str(queries), "-k", "3", "--algorithm", "topk_avg"]
+    assert main([*avg, "--k-prime", "1"]) == 0
+    found = [[i for i in json.loads(line)["ids"] if i >= 0] for line in capsys.readouterr().out.splitlines()]
+    assert [len(ids) for ids in found] == [1, 1]  # -1 pads the rest
+    assert main([*avg, "--k-prime", "1", "--k-prime-avg", "3"]) == 0
+    found = [[i for i in json.loads(line)["ids"] if i >= 0] for line in capsys.readouterr().out.splitlines()]
+    assert [len(ids) for ids in found] == [3, 3]
     np.save(queries, np.ones((2, 7), dtype=np.float32))
     assert main(["search", str(tmp_path / "ix"), "--queries", str(queries), "-k", "3"]) == 2
     assert "(B, 8)" in capsys.readouterr().err

@@ -120,6 +120,8 @@ def test_bad_input_is_a_clear_error(mol_corpus: Callable[..., tuple]) -> None:
         SearchParams(algorithm="bogus")
     with pytest.raises(ConfigError, match="k_prime"):
         SearchParams(k_prime=0)
+    with pytest.raises(ConfigError, match="k_prime_avg"):
+        SearchParams(k_prime_avg=0)
     dot = MolIndex.build(DotProductSimilarity(16), torch.arange(60), torch.randn(60, 16))
     with pytest.raises(ShapeError, match=r"\(B, 16\)"):
         dot.search(torch.randn(2, 15), 3)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from mol_core.errors import ConfigError
 from mol_core.similarity import DotProductSimilarity
 from mol_index import Algorithm, FaissStage, TorchStage, exact_search, rails_search
+from mol_index.candidates import StageParams
 
 ALGORITHMS = [Algorithm.TOP_K_PER_EMBD, Algorithm.TOP_K_AVG, Algorithm.COMB_TOP_K]
 
@@ -44,6 +45,26 @@ def test_recall_grows_with_k_prime_and_comb_is_a_superset(
     # CombTopK reranks a superset of both candidate sets, so it is at least as good as either
     assert recalls[Algorithm.COMB_TOP_K, 100] >= max(recalls[a, 100] for a in ALGORITHMS[:2]) - 1e-9
     assert recalls[Algorithm.COMB_TOP_K, 100] >= 0.9
+
+
+def test_k_prime_avg_widens_only_the_mean_candidates(mol_corpus: Callable[..., tuple]) -> None:
+    sim, query, corpus = mol_corpus(6, 400, 5)
+    k_prime, k_prime_avg = 6, 150
+    f, g = query.embeddings, corpus.embeddings  # (B, Pq, d), (N, Px, d)
+    with torch.inference_mode():
+        res = rails_search(sim, query, corpus, 10, TorchStage(g), k_prime=k_prime, k_prime_avg=k_prime_avg)
+        full = sim.score_pairs(query, corpus)  # (B, N)
+    for row in range(f.shape[0]):
+        # the reference candidate set, one (query component, item component) pair at a time
+        union: set[int] = set()
+        for a in range(f.shape[1]):
+            for b in range(g.shape[1]):
+                union |= set(torch.topk(g[:, b] @ f[row, a], k_prime).indices.tolist())
+        union |= set(torch.topk(g.mean(dim=1) @ f[row].mean(dim=0), k_prime_avg).indices.tolist())
+        assert int(res.num_candidates[row]) == len(union)
+        rows = torch.tensor(sorted(union))
+        best = rows[torch.topk(full[row, rows], 10).indices]
+        assert set(res.ids[row].tolist()) == set(best.tolist())
 
 
 def test_candidates_are_reranked_exactly(mol_corpus: Callable[..., tuple]) -> None:
@@ -146,6 +167,24 @@ def test_the_bound_proves_some_results_on_clustered_data(mol_corpus: Callable[..
     assert torch.equal(res.ids[res.exact], ref[res.exact])
 
 
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_the_mean_index_is_exact_unless_asked_otherwise(mol_corpus: Callable[..., tuple], kind: str) -> None:
+    _, query, corpus = mol_corpus(7, 3000, 8)
+    means = query.embeddings.mean(dim=1)  # (B, d)
+    want_values, want_rows = TorchStage(corpus.embeddings).mean(means, 300, StageParams())
+    exact = FaissStage.build(kind, corpus.embeddings, nlist=60)
+    assert exact.exact_mean
+    assert not exact.exact
+    values, rows = exact.mean(means, 300, StageParams(nprobe=1, ef_search=16))
+    torch.testing.assert_close(values, want_values, atol=1e-5, rtol=0)
+    assert all(set(a.tolist()) == set(b.tolist()) for a, b in zip(rows, want_rows, strict=True))
+    approximate = FaissStage.build(kind, corpus.embeddings, nlist=60, exact_mean=False)
+    assert not approximate.exact_mean
+    _, rows = approximate.mean(means, 300, StageParams(nprobe=1, ef_search=16))
+    # one IVF list of 60 (or a narrow HNSW beam) cannot hold all 300 exact best: the knob reaches the index
+    assert any(set(a.tolist()) != set(b.tolist()) for a, b in zip(rows, want_rows, strict=True))
+
+
 def test_flat_faiss_stage_matches_torch_stage(mol_corpus: Callable[..., tuple]) -> None:
     sim, query, corpus = mol_corpus(6, 400, 4)
     with torch.inference_mode():
@@ -171,6 +210,8 @@ def test_bad_parameters(mol_corpus: Callable[..., tuple]) -> None:
     stage = TorchStage(corpus.embeddings)
     with pytest.raises(ConfigError, match="k_prime"):
         rails_search(sim, query, corpus, 5, stage, k_prime=0)
+    with pytest.raises(ConfigError, match="k_prime_avg"):
+        rails_search(sim, query, corpus, 5, stage, k_prime_avg=0)
     with pytest.raises(ConfigError, match="per-component"):
         rails_search(sim, query, corpus, 5, stage, algorithm=Algorithm.TOP_K_AVG, guarantee_exact=True)
     with pytest.raises(ValueError, match="not a valid Algorithm"):

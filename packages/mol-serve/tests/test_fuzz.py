@@ -49,7 +49,7 @@ requests = st.builds(
     exclude_history=st.booleans(),
     algorithm=st.sampled_from(["", "exact", "comb_topk", "topk_avg", "topk_per_embd", "bogus"]),
     algorithm_params=st.dictionaries(
-        st.sampled_from(["k_prime", "nprobe", "guarantee_exact", "rerank", "zzz"]),
+        st.sampled_from(["k_prime", "k_prime_avg", "nprobe", "guarantee_exact", "rerank", "zzz"]),
         st.sampled_from(["1", "64", "-3", "x", "true"]),
         max_size=2,
     ),

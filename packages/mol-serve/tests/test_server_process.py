@@ -83,20 +83,26 @@ def test_embedding_results_identical_to_mol_index(
     bundle = load_bundle(artifacts["bundle"])
     index = MolIndex.load(artifacts["index_a"])
     query = bundle.encode(HISTORIES)
-    for algorithm in ("exact", "comb_topk"):
-        params = {"k_prime": 8}
+    cases = [
+        ("exact", {"k_prime": 8}),
+        ("comb_topk", {"k_prime": 8}),
+        # TopKAvg with one candidate per query would return one id; k_prime_avg widens it to 5 results
+        ("topk_avg", {"k_prime": 1, "k_prime_avg": 40}),
+    ]
+    for algorithm, params in cases:
         got = client.retrieve(
             embeddings=query.embeddings.numpy(),
             gating=query.gating.numpy(),
             top_k=5,
             exclude_ids=[4, 5],
             algorithm=algorithm,
-            params=params,
+            params={key: str(value) for key, value in params.items()},
         )
         scores, ids = index.search(
-            query, 5, exclude=[[4, 5]] * 3, params=SearchParams(algorithm=algorithm, k_prime=8)
+            query, 5, exclude=[[4, 5]] * 3, params=SearchParams(algorithm=algorithm, **params)
         )
         assert got.ids == ids.tolist(), algorithm
+        assert all(len(row) == 5 for row in got.ids), algorithm
         np.testing.assert_allclose(np.array(got.scores), scores.numpy(), rtol=1e-5, atol=1e-6)
 
 

@@ -129,10 +129,14 @@ def _bench_corpus(
     corpus: ItemSide,
     stages: list[str],
     k_primes: list[int],
+    k_primes_avg: list[int],
     batches_b32: int,
     queries_b1: int,
     k: int,
     log: Callable[[str], None],
+    *,
+    nprobe: int | None = None,
+    exact_mean: bool = True,
 ) -> tuple[list[dict[str, Any]], int]:
     """Exact search, then every stage x algorithm x K' on one corpus: (result rows, proven-but-wrong)."""
     num_items = corpus.num_items
@@ -173,20 +177,25 @@ def _bench_corpus(
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # build with every core, search with --threads
         start = time.perf_counter()
         index = MolIndex.build(
-            sim, torch.arange(num_items), corpus, stage=stage, hnsw_m=16, ef_construction=80
+            sim,
+            torch.arange(num_items),
+            corpus,
+            stage=stage,
+            hnsw_m=16,
+            ef_construction=80,
+            exact_mean=exact_mean,
         )
         build_s = time.perf_counter() - start
         faiss.omp_set_num_threads(search_threads)
         nlist = int(index.parameters.get("nlist", "0"))
-        variants: list[tuple[Algorithm, int, bool]] = [(a, kp, False) for a in _ALGORITHMS for kp in k_primes]
-        if stage in ("torch", "flat"):
-            variants.append((Algorithm.COMB_TOP_K, k_primes[0], True))
-        for algorithm, k_prime, guarantee in variants:
+        stage_nprobe = index.faiss_stage.default_nprobe if nlist and index.faiss_stage else None
+        for algorithm, k_prime, k_prime_avg, guarantee in _variants(stage, k_primes, k_primes_avg):
             params = SearchParams(
                 algorithm=algorithm,
                 k_prime=k_prime,
+                k_prime_avg=k_prime_avg,
                 guarantee_exact=guarantee,
-                nprobe=max(8, nlist // 16) if nlist else None,
+                nprobe=nprobe or stage_nprobe,
                 ef_search=2 * k_prime,
             )
 
@@ -206,6 +215,7 @@ def _bench_corpus(
                 "stage": stage,
                 "algorithm": algorithm.value + (" +guarantee" if guarantee else ""),
                 "k_prime": k_prime,
+                "k_prime_avg": k_prime_avg or k_prime,
                 "recall": float(hits.float().mean()),
                 "top1_hit": float((ids == truth[:, :1]).any(1).float().mean()),
                 "proven_exact": float(proven.float().mean()),
@@ -218,10 +228,30 @@ def _bench_corpus(
                 "index_bytes": _index_bytes(index),
                 "build_s": build_s,
                 "nlist": nlist,
+                "nprobe": params.nprobe if nlist else None,
+                "mean_index": index.parameters.get("mean_index", stage),
             }
             results.append(row)
             log(format_row(row))
     return results, violations
+
+
+def _variants(
+    stage: str, k_primes: list[int], k_primes_avg: list[int]
+) -> list[tuple[Algorithm, int, int | None, bool]]:
+    """(algorithm, K', K'_avg or None for K', exact-guaranteed) of every row measured for a stage.
+
+    Every algorithm at every ``K'`` (the paper's rows); TopKAvg also at every ``K'_avg``; CombTopK also with
+    every larger ``K'_avg`` for its mean part; the exact stages add CombTopK exact-guaranteed.
+    """
+    variants: list[tuple[Algorithm, int, int | None, bool]] = [
+        (a, kp, None, False) for a in _ALGORITHMS for kp in k_primes
+    ]
+    variants += [(Algorithm.TOP_K_AVG, ka, None, False) for ka in k_primes_avg if ka not in k_primes]
+    variants += [(Algorithm.COMB_TOP_K, kp, ka, False) for kp in k_primes for ka in k_primes_avg if ka > kp]
+    if stage in ("torch", "flat"):
+        variants.append((Algorithm.COMB_TOP_K, k_primes[0], None, True))
+    return variants
 
 
 def _synthetic_of_size(
@@ -279,6 +309,9 @@ def run(
     stages: dict[int, list[str]],
     k_primes: list[int],
     batches_b32: int,
+    k_primes_avg: list[int] | None = None,
+    nprobe: int | None = None,
+    exact_mean: bool = True,
     queries_b1: int,
     k: int = 10,
     seed: int = 0,
@@ -304,10 +337,13 @@ def run(
             corpus,
             stages[0] if label != "synthetic" else stages.get(num_items, []),
             k_primes,
+            k_primes_avg or [],
             batches_b32,
             queries_b1,
             k,
             log,
+            nprobe=nprobe,
+            exact_mean=exact_mean,
         )
         results += rows
         violations += wrong
@@ -328,7 +364,10 @@ def run(
             "queries_b1": queries_b1,
             "hnsw_m": 16,
             "ef_construction": 80,
-            "nprobe": "max(8, nlist/16)",
+            "nprobe": nprobe or "index default, max(8, round(sqrt(nlist) / 2))",
+            "nlist": "index default, 4 sqrt(N) at most N / 39",
+            "mean_index": "IndexFlatIP (exact)" if exact_mean else "the stage's kind",
+            "k_primes_avg": k_primes_avg or [],
             "ef_search": "2K'",
             "faiss_threads": faiss.omp_get_max_threads(),
             "latency": "CPU time of the process per batch (time.process_time), wall time in wall_*",
@@ -340,16 +379,22 @@ def run(
 
 
 HEADER = (
-    f"{'N':>8} {'stage':>6} {'algorithm':>24} {'K1':>5} {'recall':>7} {'top1':>5} {'proven':>6} "
+    f"{'N':>8} {'stage':>6} {'algorithm':>24} {'K1/avg':>10} {'recall':>7} {'top1':>5} {'proven':>6} "
     f"{'cands':>7} {'B1 p50':>8} {'B1 p99':>8} {'B32 p50':>8} {'B32 p99':>8} {'x B1':>6} {'x B32':>6} "
     f"{'MB':>7}"
 )
 
 
+def _k_label(row: dict[str, Any]) -> str:
+    """``K'``, or ``K'/K'_avg`` when the TopKAvg part of a row took its own candidate count."""
+    k_prime_avg = row.get("k_prime_avg", row["k_prime"])
+    return str(row["k_prime"]) if k_prime_avg == row["k_prime"] else f"{row['k_prime']}/{k_prime_avg}"
+
+
 def format_row(row: dict[str, Any]) -> str:
     """One table line of a result row (latencies in ms, speedups over exact at the same B)."""
     return (
-        f"{row['N']:>8} {row['stage']:>6} {row['algorithm']:>24} {row['k_prime']:>5} {row['recall']:>7.4f} "
+        f"{row['N']:>8} {row['stage']:>6} {row['algorithm']:>24} {_k_label(row):>10} {row['recall']:>7.4f} "
         f"{row['top1_hit']:>5.3f} {row['proven_exact']:>6.3f} {row['candidates']:>7.0f} "
         f"{row['b1']['p50_ms']:>8.2f} {row['b1']['p99_ms']:>8.2f} {row['b32']['p50_ms']:>8.1f} "
         f"{row['b32']['p99_ms']:>8.1f} {row['speedup_b1']:>6.1f} {row['speedup_b32']:>6.1f} "
@@ -375,17 +420,21 @@ def plot(result: dict[str, Any], path: Path) -> None:
         handles["exact brute force"] = ax.axvline(exact["b32"]["p50_ms"], color="black", linestyle="-.")
         for stage, colour in colours.items():
             for algorithm, (style, marker) in styles.items():
-                line = sorted(
-                    (r for r in rows if r["stage"] == stage and r["algorithm"] == algorithm),
-                    key=lambda r: r["k_prime"],
-                )
-                if line:
-                    (handles[f"{stage} {algorithm}"],) = ax.plot(
+                mine = [r for r in rows if r["stage"] == stage and r["algorithm"] == algorithm]
+                # CombTopK rows whose TopKAvg part took its own K'_avg form one more line per K'_avg
+                by_avg: dict[int | None, list[dict[str, Any]]] = {}
+                for r in mine:
+                    own = r.get("k_prime_avg", r["k_prime"])
+                    by_avg.setdefault(None if own == r["k_prime"] else own, []).append(r)
+                for avg, line in sorted(by_avg.items(), key=lambda kv: kv[0] or 0):
+                    line.sort(key=lambda r: r["k_prime"])
+                    label = f"{stage} {algorithm}" + ("" if avg is None else f", K'avg={avg}")
+                    (handles[label],) = ax.plot(
                         [r["b32"]["p50_ms"] for r in line],
                         [r["recall"] for r in line],
                         color=colour,
-                        linestyle=style,
-                        marker=marker,
+                        linestyle=style if avg is None else (0, (3, 1, 1, 1)),
+                        marker=marker if avg is None else "D",
                     )
         ax.set_xscale("log")
         ax.set_ylim(0, 1.02)
@@ -438,6 +487,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--k-primes", type=int, nargs="+", help="K' values (default 16 64 256; quick: 16 64)")
     parser.add_argument(
+        "--k-primes-avg",
+        type=int,
+        nargs="*",
+        help="K'_avg values: extra TopKAvg rows, and CombTopK rows whose TopKAvg part takes this larger "
+        "K'_avg (default 1024; quick: 256; none: the paper's rows only)",
+    )
+    parser.add_argument(
+        "--nprobe", type=int, help="IVF lists visited (default: the index's, max(8, round(sqrt(nlist) / 2)))"
+    )
+    parser.add_argument(
+        "--approximate-mean",
+        action="store_true",
+        help="build the FAISS stages' mean index with the stage's kind (IVF, HNSW) instead of exact "
+        "IndexFlatIP",
+    )
+    parser.add_argument(
         "--stages", nargs="+", help="candidate stages for N <= 100,000 (default torch flat ivf hnsw)"
     )
     parser.add_argument(
@@ -489,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
         sizes=sizes,
         stages=stages,
         k_primes=args.k_primes or ([16, 64] if args.quick else [16, 64, 256]),
+        k_primes_avg=([256] if args.quick else [1024]) if args.k_primes_avg is None else args.k_primes_avg,
+        nprobe=args.nprobe,
+        exact_mean=not args.approximate_mean,
         batches_b32=args.batches or (2 if args.quick else 5),
         queries_b1=args.b1_queries or (10 if args.quick else 30),
         bundle=args.bundle,

@@ -8,8 +8,11 @@ A stage answers two questions for a batch of queries:
 
 :class:`TorchStage` computes both exactly with blockwise GEMMs over the corpus. :class:`FaissStage` keeps
 one FAISS index per item component ``b`` (queried with all ``Pq`` query components) plus one over the mean
-item embeddings; ``flat`` (``IndexFlatIP``) is exact, ``ivf`` and ``hnsw`` are approximate. Only an exact
-stage lets the exactness bound prove a result exact (``CandidateStage.exact``).
+item embeddings; ``flat`` (``IndexFlatIP``) is exact, ``ivf`` and ``hnsw`` are approximate. The mean index
+is exact (``IndexFlatIP``) by default whatever the kind: it is searched once per query where the component
+indexes are searched ``Pq * Px`` times, and an approximate mean index lost most of the TopKAvg part's recall
+at N = 1e6 (docs/mol-index.md). Only an exact component stage lets the exactness bound prove a result
+exact (``CandidateStage.exact``).
 
 Values are raw inner products (not divided by the temperature); missing results (an approximate index
 that found fewer than ``K'`` items) have value ``-inf`` and row ``-1``.
@@ -17,6 +20,7 @@ that found fewer than ``K'`` items) have value ``-inf`` and row ``-1``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -41,8 +45,8 @@ class StageParams:
     """Search-time knobs of approximate FAISS stages (ignored by exact stages).
 
     Attributes:
-        nprobe: IVF lists visited per query component (default ``max(8, nlist // 16)``; more is slower and
-            finds more).
+        nprobe: IVF lists visited per search (default ``max(8, round(sqrt(nlist) / 2))``, 32 for the
+            default ``nlist`` at N = 1e6; more is slower and finds more).
         ef_search: HNSW search beam width (default: FAISS's, 16; raised to at least ``K'``).
     """
 
@@ -154,6 +158,15 @@ def _new_faiss_index(
     return index
 
 
+def _index_kind(index: faiss.Index) -> str:
+    """``flat``, ``ivf`` or ``hnsw``: which search parameters a FAISS index takes."""
+    if isinstance(index, faiss.IndexIVF):
+        return "ivf"
+    if isinstance(index, faiss.IndexHNSW):
+        return "hnsw"
+    return "flat"
+
+
 class FaissStage:
     """Candidate stage with one FAISS inner-product index per item component plus one over mean items.
 
@@ -162,7 +175,7 @@ class FaissStage:
     Args:
         kind: ``flat``, ``ivf`` or ``hnsw``.
         component_indexes: ``Px`` FAISS indexes over ``g_b(x)``, each with ``N`` vectors of dimension ``d``.
-        mean_index: a FAISS index over ``mean_b g_b(x)``.
+        mean_index: a FAISS index over ``mean_b g_b(x)`` (``IndexFlatIP`` or one of ``kind``).
         nlist: IVF lists (recorded for the manifest; 0 for other kinds).
     """
 
@@ -185,20 +198,23 @@ class FaissStage:
         nlist: int | None = None,
         hnsw_m: int = 32,
         ef_construction: int = 200,
+        exact_mean: bool = True,
     ) -> FaissStage:
         """Builds the indexes from ``(N, Px, d)`` item component embeddings.
 
         Args:
             kind: ``flat`` (exact), ``ivf`` (``nlist`` lists, k-means on the items) or ``hnsw``.
             item_embeddings: ``(N, Px, d)``.
-            nlist: IVF lists; default ``round(sqrt(N))``, at most ``N // 39`` (FAISS wants 39 points per
-                centroid), at least 1.
+            nlist: IVF lists; default ``round(4 * sqrt(N))`` (FAISS's guideline is 4 to 16 sqrt(N)), at
+                most ``N // 39`` (FAISS wants 39 points per centroid), at least 1.
             hnsw_m: HNSW neighbours per node.
             ef_construction: HNSW build beam width.
+            exact_mean: index the mean item embeddings with ``IndexFlatIP`` (default); False builds the
+                mean index of ``kind`` too (cheaper per search on very large corpora, lower recall).
         """
         num_items = item_embeddings.shape[0]
         if nlist is None:
-            nlist = max(1, min(round(num_items**0.5), num_items // 39))
+            nlist = max(1, min(round(4 * num_items**0.5), num_items // 39))
         if nlist < 1 or nlist > num_items:
             raise ConfigError(f"nlist must be in [1, N={num_items}]; got {nlist}")
         items = item_embeddings.detach().float().cpu()
@@ -207,28 +223,37 @@ class FaissStage:
             _new_faiss_index(kind, np.ascontiguousarray(items[:, b].numpy()), **knobs)
             for b in range(items.shape[1])
         ]
-        mean = _new_faiss_index(kind, np.ascontiguousarray(items.mean(dim=1).numpy()), **knobs)
+        mean_kind = "flat" if exact_mean else kind
+        mean = _new_faiss_index(mean_kind, np.ascontiguousarray(items.mean(dim=1).numpy()), **knobs)
         return cls(kind, components, mean, nlist=nlist if kind == "ivf" else 0)
 
     @property
     def default_nprobe(self) -> int:
-        """IVF lists visited when ``StageParams.nprobe`` is None: ``max(8, nlist // 16)``, capped at nlist."""
-        return max(1, min(self.nlist, max(8, self.nlist // 16)))
+        """IVF lists visited when ``StageParams.nprobe`` is None: ``max(8, round(sqrt(nlist) / 2))``, at
+        most nlist."""
+        half_root: int = round(math.sqrt(self.nlist) / 2)
+        return max(1, min(self.nlist, max(8, half_root)))
 
     @property
     def exact(self) -> bool:
         """True for ``flat``: IVF and HNSW may miss items, so the bound proves nothing with them."""
         return self.kind == "flat"
 
+    @property
+    def exact_mean(self) -> bool:
+        """True when the mean index is ``IndexFlatIP`` (its TopKAvg candidates are exact)."""
+        return _index_kind(self.mean_index) == "flat"
+
     def _search(
         self, index: faiss.Index, queries: torch.Tensor, k_prime: int, params: StageParams
     ) -> tuple[torch.Tensor, torch.Tensor]:
         search_params: faiss.SearchParameters | None = None
-        if self.kind == "ivf":
+        kind = _index_kind(index)
+        if kind == "ivf":
             ivf = faiss.SearchParametersIVF()
             ivf.nprobe = params.nprobe or self.default_nprobe
             search_params = ivf
-        elif self.kind == "hnsw":
+        elif kind == "hnsw":
             hnsw = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss's stubs
             hnsw.efSearch = max(k_prime, params.ef_search or 16)
             search_params = hnsw

@@ -107,6 +107,7 @@ def _build(args: argparse.Namespace) -> int:
             nlist=args.nlist,
             hnsw_m=args.hnsw_m,
             ef_construction=args.ef_construction,
+            exact_mean=not args.approximate_mean,
         )
         if kind == "adaptive":
             index = _adaptive_from_bundle(index, args)
@@ -149,6 +150,7 @@ def _build(args: argparse.Namespace) -> int:
         nlist=args.nlist,
         hnsw_m=args.hnsw_m,
         ef_construction=args.ef_construction,
+        exact_mean=not args.approximate_mean,
     )
     if kind in ("pq", "hierarchical"):
         index = _learned(index, kind, args)
@@ -226,6 +228,7 @@ def _search(args: argparse.Namespace) -> int:
     params = SearchParams(
         algorithm=Algorithm(args.algorithm),
         k_prime=args.k_prime,
+        k_prime_avg=args.k_prime_avg,
         guarantee_exact=args.guarantee_exact,
         nprobe=args.nprobe,
         ef_search=args.ef_search,
@@ -327,9 +330,15 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--train-users", type=int, default=2000, help="adaptive: training users (2000)")
     build.add_argument("--per-query", type=int, default=100, help="adaptive: scored items per query (100)")
     build.add_argument("--reg", type=float, default=1000.0, help="adaptive: ridge strength (1000)")
-    build.add_argument("--nlist", type=int, help="IVF lists (default sqrt(N), at most N / 39)")
+    build.add_argument("--nlist", type=int, help="IVF lists (default 4 sqrt(N), at most N / 39)")
     build.add_argument("--hnsw-m", type=int, default=32, help="HNSW neighbours per node (default 32)")
     build.add_argument("--ef-construction", type=int, default=200, help="HNSW build beam width (default 200)")
+    build.add_argument(
+        "--approximate-mean",
+        action="store_true",
+        help="faiss-ivf / faiss-hnsw: index the mean item embeddings (the TopKAvg search) with the same "
+        "kind instead of an exact IndexFlatIP",
+    )
     build.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
     build.set_defaults(run=_build)
 
@@ -366,12 +375,19 @@ def _parser() -> argparse.ArgumentParser:
         "--k-prime", type=int, default=64, help="K', candidates per component pair (default 64)"
     )
     search.add_argument(
+        "--k-prime-avg",
+        type=int,
+        help="candidates of the TopKAvg part of topk_avg / comb_topk (default: --k-prime)",
+    )
+    search.add_argument(
         "--guarantee-exact",
         action="store_true",
         help="widen K' until every result is provably exact (torch / flat indexes)",
     )
     search.add_argument(
-        "--nprobe", type=int, help="IVF lists to visit (faiss-ivf indexes; default max(8, nlist / 16))"
+        "--nprobe",
+        type=int,
+        help="IVF lists to visit (faiss-ivf indexes; default max(8, sqrt(nlist) / 2))",
     )
     search.add_argument("--ef-search", type=int, help="HNSW beam width (faiss-hnsw indexes)")
     search.set_defaults(run=_search)

@@ -57,8 +57,10 @@ class SearchParams:
             exact MoL rerank); ``adaptive``, ``pq`` and ``hierarchical`` need an index of that kind.
         k_prime: ``K'``, candidates per (query component, item component) pair and for the mean; for
             ``pq``, candidates kept from the quantized scan (``max(k, K')``).
+        k_prime_avg: candidates of the TopKAvg part (``topk_avg``, ``comb_topk``); ``None`` (default) uses
+            ``k_prime``, as the paper does. One search over the mean embeddings, so a large value is cheap.
         guarantee_exact: widen ``K'`` until every result is provably exact (exact stages only).
-        nprobe: IVF lists to visit (``faiss-ivf`` indexes; default ``max(8, nlist // 16)``).
+        nprobe: IVF lists to visit (``faiss-ivf`` indexes; default ``max(8, round(sqrt(nlist) / 2))``).
         ef_search: HNSW beam width (``faiss-hnsw`` indexes; at least ``K'`` is used).
         block_size: items per block of the exact scan.
         budget: scorer calls per query of the ``adaptive`` algorithm (default ``max(k, 200)``, at most N).
@@ -76,6 +78,7 @@ class SearchParams:
 
     algorithm: Algorithm | str = Algorithm.COMB_TOP_K
     k_prime: int = 64
+    k_prime_avg: int | None = None
     guarantee_exact: bool = False
     nprobe: int | None = None
     ef_search: int | None = None
@@ -94,7 +97,16 @@ class SearchParams:
         except ValueError as err:
             choices = ", ".join(a.value for a in Algorithm)
             raise ConfigError(f"unknown algorithm {self.algorithm!r}; expected one of {choices}") from err
-        for name in ("k_prime", "nprobe", "ef_search", "block_size", "budget", "rounds", "beam"):
+        for name in (
+            "k_prime",
+            "k_prime_avg",
+            "nprobe",
+            "ef_search",
+            "block_size",
+            "budget",
+            "rounds",
+            "beam",
+        ):
             value = getattr(self, name)
             if value is None and name not in ("k_prime", "rounds", "beam"):
                 continue
@@ -171,6 +183,7 @@ class MolIndex:
         nlist: int | None = None,
         hnsw_m: int = 32,
         ef_construction: int = 200,
+        exact_mean: bool = True,
     ) -> MolIndex:
         """Builds an index over ``N`` items.
 
@@ -181,9 +194,11 @@ class MolIndex:
                 ``similarity.item_side``.
             stage: candidate stage: ``torch`` (exact GEMM, nothing to build), ``flat`` (FAISS exact),
                 ``ivf`` or ``hnsw`` (FAISS approximate).
-            nlist: IVF lists (default ``sqrt(N)``, capped at ``N // 39``).
+            nlist: IVF lists (default ``4 * sqrt(N)``, capped at ``N // 39``).
             hnsw_m: HNSW neighbours per node.
             ef_construction: HNSW build beam width.
+            exact_mean: FAISS stages: index the mean item embeddings (the TopKAvg search) exactly with
+                ``IndexFlatIP`` (default), or with the stage's own kind when False.
 
         Raises:
             ConfigError: unknown stage, duplicate or negative ids.
@@ -217,8 +232,14 @@ class MolIndex:
         faiss_stage = None
         if stage != "torch":
             faiss_stage = FaissStage.build(
-                stage, corpus.embeddings, nlist=nlist, hnsw_m=hnsw_m, ef_construction=ef_construction
+                stage,
+                corpus.embeddings,
+                nlist=nlist,
+                hnsw_m=hnsw_m,
+                ef_construction=ef_construction,
+                exact_mean=exact_mean,
             )
+            parameters["mean_index"] = "flat" if exact_mean else stage
             if stage == "ivf":
                 parameters["nlist"] = str(faiss_stage.nlist)
             if stage == "hnsw":
@@ -407,6 +428,7 @@ class MolIndex:
                     self._stage,
                     algorithm=Algorithm(params.algorithm),
                     k_prime=params.k_prime,
+                    k_prime_avg=params.k_prime_avg,
                     exclude=rows_excluded,
                     guarantee_exact=params.guarantee_exact,
                     stage_params=StageParams(nprobe=params.nprobe, ef_search=params.ef_search),
@@ -594,10 +616,18 @@ def build_from_arrays(
     nlist: int | None = None,
     hnsw_m: int = 32,
     ef_construction: int = 200,
+    exact_mean: bool = True,
 ) -> MolIndex:
     """Builds a :class:`MolIndex` from in-memory arrays; the same as :meth:`MolIndex.build`."""
     return MolIndex.build(
-        similarity, item_ids, items, stage=stage, nlist=nlist, hnsw_m=hnsw_m, ef_construction=ef_construction
+        similarity,
+        item_ids,
+        items,
+        stage=stage,
+        nlist=nlist,
+        hnsw_m=hnsw_m,
+        ef_construction=ef_construction,
+        exact_mean=exact_mean,
     )
 
 
@@ -608,6 +638,7 @@ def build_from_bundle(
     nlist: int | None = None,
     hnsw_m: int = 32,
     ef_construction: int = 200,
+    exact_mean: bool = True,
 ) -> MolIndex:
     """Builds a :class:`MolIndex` over every item of a mol-train model bundle (``mol_core.bundle``).
 
@@ -634,6 +665,7 @@ def build_from_bundle(
         nlist=nlist,
         hnsw_m=hnsw_m,
         ef_construction=ef_construction,
+        exact_mean=exact_mean,
     )
     index.source_bundle_sha256 = hashlib.sha256(
         (Path(bundle_path) / MANIFEST_FILENAME).read_bytes()

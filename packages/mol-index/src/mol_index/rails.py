@@ -6,6 +6,10 @@
   a constant), reranked with full MoL.
 - **CombTopK**: the union of both candidate sets.
 
+The TopKAvg part may take its own candidate count, ``k_prime_avg`` (default ``K'``, as in the paper): one
+search over the mean embeddings costs about as much as one of the ``Pq * Px`` per-component searches,
+so CombTopK with a small ``K'`` and a large ``k_prime_avg`` buys recall cheaply (see docs/mol-index.md).
+
 **The bound.** The gating weights are a convex combination, so ``phi(q, x) <= max_ab <f_a, g_b(x)> /
 tau``. An item outside the TopKPerEmbd candidates has ``<f_a, g_b(x)> <= t_ab``, the ``K'``-th largest
 value of component pair ``(a, b)``, for every pair, so it scores at most ``bound = max_ab t_ab / tau``.
@@ -85,6 +89,15 @@ def _unique_rows(candidates: torch.Tensor, num_items: int) -> torch.Tensor:
     return rows[:, :width]  # (B, X)
 
 
+def _gather(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``(N, ...)`` table rows at ``(B, x)`` indices -> ``(B, x, ...)``.
+
+    ``index_select`` on the flattened indices, which on the CPU copies rows scattered over a large table
+    several times faster than advanced indexing (``table[idx]``).
+    """
+    return table.index_select(0, idx.reshape(-1)).view(*idx.shape, *table.shape[1:])
+
+
 def _rerank(
     similarity: Similarity,
     query: QuerySide,
@@ -101,8 +114,8 @@ def _rerank(
     parts = []
     for start in range(0, width, chunk):
         idx = safe[:, start : start + chunk]  # (B, x)
-        gating = None if corpus.gating is None else corpus.gating[idx]  # (B, x, P)
-        items = ItemSide(corpus.embeddings[idx], gating)  # (B, x, Px, d)
+        gating = None if corpus.gating is None else _gather(corpus.gating, idx)  # (B, x, P)
+        items = ItemSide(_gather(corpus.embeddings, idx), gating)  # (B, x, Px, d)
         parts.append(similarity.score_pairs(query, items).float())  # (B, x)
     scores = torch.cat(parts, dim=1)  # (B, X)
     invalid = ~valid
@@ -124,6 +137,7 @@ def _one_pass(
     stage: CandidateStage,
     algorithm: Algorithm,
     k_prime: int,
+    k_prime_avg: int,
     excluded: torch.Tensor | None,
     params: StageParams,
 ) -> SearchResult:
@@ -138,7 +152,7 @@ def _one_pass(
         if stage.exact:
             bound = values[..., -1].flatten(1).max(dim=1).values.float() / similarity.temperature  # (B,)
     if algorithm in (Algorithm.TOP_K_AVG, Algorithm.COMB_TOP_K):
-        _, rows = stage.mean(query.embeddings.mean(dim=1), k_prime, params)  # (B, K')
+        _, rows = stage.mean(query.embeddings.mean(dim=1), k_prime_avg, params)  # (B, K'_avg)
         parts.append(rows)
     candidates = _unique_rows(torch.cat(parts, dim=1), num_items)  # (B, X)
     scores = _rerank(similarity, query, corpus, candidates, excluded)  # (B, X)
@@ -169,6 +183,7 @@ def rails_search(
     *,
     algorithm: Algorithm = Algorithm.COMB_TOP_K,
     k_prime: int = 64,
+    k_prime_avg: int | None = None,
     exclude: Exclude | None = None,
     guarantee_exact: bool = False,
     stage_params: StageParams | None = None,
@@ -184,6 +199,8 @@ def rails_search(
         stage: the candidate stage (:class:`~mol_index.candidates.TorchStage` or ``FaissStage``).
         algorithm: which candidates to rerank; ``Algorithm.EXACT`` ignores ``stage`` and scans everything.
         k_prime: ``K'``, candidates per component pair (and for the mean); clamped to ``N``.
+        k_prime_avg: candidates of the TopKAvg part (TopKAvg, CombTopK); default ``k_prime``; clamped to
+            ``N``. The exact-guaranteed mode widens ``k_prime`` only.
         exclude: corpus rows to leave out per query, as for :func:`~mol_index.exact.exact_search`.
         guarantee_exact: widen ``K'`` (doubling) until every query is provably exact; needs an exact stage
             and an algorithm with per-component candidates (TopKPerEmbd or CombTopK).
@@ -194,8 +211,8 @@ def rails_search(
         A :class:`SearchResult` whose ``ids`` are corpus rows.
 
     Raises:
-        ConfigError: ``k`` or ``k_prime`` out of range, or ``guarantee_exact`` with an approximate stage or
-            with TopKAvg.
+        ConfigError: ``k``, ``k_prime`` or ``k_prime_avg`` out of range, or ``guarantee_exact`` with an
+            approximate stage or with TopKAvg.
     """
     num_items = corpus.num_items
     check_k(k, num_items)
@@ -213,6 +230,10 @@ def rails_search(
         return SearchResult(scores, rows, torch.ones(batch, dtype=torch.bool, device=device), full, full)
     if isinstance(k_prime, bool) or not isinstance(k_prime, int) or k_prime < 1:
         raise ConfigError(f"k_prime must be a positive integer; got {k_prime!r}")
+    if k_prime_avg is None:
+        k_prime_avg = k_prime
+    if isinstance(k_prime_avg, bool) or not isinstance(k_prime_avg, int) or k_prime_avg < 1:
+        raise ConfigError(f"k_prime_avg must be a positive integer; got {k_prime_avg!r}")
     if guarantee_exact and not stage.exact:
         raise ConfigError(
             "guarantee_exact needs an exact candidate stage (torch or FAISS flat): IVF and HNSW may miss "
@@ -225,7 +246,8 @@ def rails_search(
     if excluded is not None:
         excluded = excluded.to(device)
     k_prime = min(k_prime, num_items)
-    result = _one_pass(similarity, query, corpus, k, stage, algorithm, k_prime, excluded, params)
+    k_prime_avg = min(k_prime_avg, num_items)
+    result = _one_pass(similarity, query, corpus, k, stage, algorithm, k_prime, k_prime_avg, excluded, params)
     if not guarantee_exact:
         return result
     scores, ids, exact = result.scores.clone(), result.ids.clone(), result.exact.clone()
@@ -249,7 +271,9 @@ def rails_search(
                 torch.full((len(pending),), num_items, dtype=torch.int64, device=device),
             )
         else:
-            sub = _one_pass(similarity, sub_query, corpus, k, stage, algorithm, k_prime, sub_excluded, params)
+            sub = _one_pass(
+                similarity, sub_query, corpus, k, stage, algorithm, k_prime, k_prime_avg, sub_excluded, params
+            )
         scores[pending], ids[pending], exact[pending] = sub.scores, sub.ids, sub.exact
         n_cand[pending], used[pending] = sub.num_candidates, sub.k_prime
     return SearchResult(scores, ids, exact, n_cand, used)
