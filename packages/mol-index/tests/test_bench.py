@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from mol_index.bench import format_row, main, run, synthetic_corpus
+from mol_index.bench import format_row, main, merge_results, run, synthetic_corpus
 
 
 def test_synthetic_corpus_is_clustered_and_normalised() -> None:
@@ -46,6 +49,25 @@ def test_k_prime_avg_rows_widen_the_mean_part_only() -> None:
     assert rows["comb_topk", 4, 50]["candidates"] > rows["comb_topk", 4, 4]["candidates"]
     assert rows["comb_topk", 4, 50]["recall"] >= rows["comb_topk", 4, 4]["recall"]
     assert "4/50" in format_row(rows["comb_topk", 4, 50])
+
+
+def test_plot_from_merges_result_files(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    small = run(sizes=[300], stages={300: ["torch"]}, k_primes=[8], batches_b32=1, queries_b1=1)
+    other = run(sizes=[400], stages={400: ["torch"]}, k_primes=[8], batches_b32=1, queries_b1=1)
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, result in zip(paths, [small, other], strict=True):
+        path.write_text(json.dumps(result))
+    merged = merge_results([small, other, small])  # the second copy of `small` adds nothing
+    assert [r["N"] for r in merged["results"]] == [300] * len(small["results"]) + [400] * len(
+        other["results"]
+    )
+    assert merged["results"][0] is small["results"][0]
+    png = tmp_path / "plot.png"
+    assert main(["--plot-from", *map(str, paths), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):
+        main(["--plot-from", str(paths[0])])  # nowhere to draw
 
 
 def test_bench_help(capsys: pytest.CaptureFixture[str]) -> None:

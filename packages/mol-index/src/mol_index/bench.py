@@ -37,7 +37,7 @@ from mol_index.exact import exact_search
 from mol_index.index import MolIndex, SearchParams
 from mol_index.rails import Algorithm, SearchResult
 
-__all__ = ["main", "run", "synthetic_corpus"]
+__all__ = ["main", "merge_results", "run", "synthetic_corpus"]
 
 _REPR_DIM = 32
 _ALGORITHMS = (Algorithm.TOP_K_PER_EMBD, Algorithm.TOP_K_AVG, Algorithm.COMB_TOP_K)
@@ -452,6 +452,29 @@ def plot(result: dict[str, Any], path: Path) -> None:
     tmp.replace(path)
 
 
+def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result with the rows of every given result, in order, and the first one's config.
+
+    A row measured again in a later result (same N, stage, algorithm, ``K'``, ``K'_avg`` and mean index)
+    is dropped: the first measurement is kept.
+    """
+    if not results:
+        raise ConfigError("no benchmark results to merge")
+    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for result in results:
+        for row in result["results"]:
+            key = (
+                row["N"],
+                row["stage"],
+                row["algorithm"],
+                row["k_prime"],
+                row.get("k_prime_avg", row["k_prime"]),
+                row.get("mean_index"),
+            )
+            rows.setdefault(key, row)
+    return {**results[0], "results": list(rows.values())}
+
+
 def machine() -> dict[str, Any]:
     """The machine a result was measured on (platform, CPU count, torch and its threads)."""
     return {
@@ -536,7 +559,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, help="write the result as JSON to this path")
     parser.add_argument("--plot", type=Path, help="write a recall-vs-latency PNG here (needs matplotlib)")
+    parser.add_argument(
+        "--plot-from",
+        type=Path,
+        nargs="+",
+        help="measure nothing: draw --plot from these result JSON files (their rows merged, e.g. runs "
+        "split by size or stage)",
+    )
     args = parser.parse_args(argv)
+    if args.plot_from:
+        if args.plot is None:
+            parser.error("--plot-from needs --plot (where to draw)")
+        plot(merge_results([json.loads(path.read_text()) for path in args.plot_from]), args.plot)
+        return 0
     faiss.omp_set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     sizes = (
