@@ -6,9 +6,9 @@
   a constant), reranked with full MoL.
 - **CombTopK**: the union of both candidate sets.
 
-The TopKAvg part may take its own candidate count, ``k_prime_avg`` (default ``K'``, as in the paper): one
-search over the mean embeddings costs about as much as one of the ``Pq * Px`` per-component searches,
-so CombTopK with a small ``K'`` and a large ``k_prime_avg`` buys recall cheaply (see docs/mol-index.md).
+The TopKAvg part may take its own candidate count, ``k_prime_avg`` (default ``K'``, as in the paper): it
+is one search over the mean embeddings where TopKPerEmbd makes ``Pq * Px``, so CombTopK with a moderate
+``K'`` and a large ``k_prime_avg`` buys recall cheaply (see docs/mol-index.md, Benchmarks).
 
 **The bound.** The gating weights are a convex combination, so ``phi(q, x) <= max_ab <f_a, g_b(x)> /
 tau``. An item outside the TopKPerEmbd candidates has ``<f_a, g_b(x)> <= t_ab``, the ``K'``-th largest
