@@ -92,8 +92,8 @@ def _unique_rows(candidates: torch.Tensor, num_items: int) -> torch.Tensor:
 def _gather(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``(N, ...)`` table rows at ``(B, x)`` indices -> ``(B, x, ...)``.
 
-    ``index_select`` on the flattened indices, which on the CPU copies rows scattered over a large table
-    several times faster than advanced indexing (``table[idx]``).
+    ``index_select`` on the flattened indices rather than advanced indexing (``table[idx]``), which is
+    the slower of the two on the CPU for rows scattered over a large table.
     """
     return table.index_select(0, idx.reshape(-1)).view(*idx.shape, *table.shape[1:])
 
