@@ -25,10 +25,13 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from mol_train.distributed import DistributedContext
 
 NUM_ITEMS = 100  # N: 5 clusters of 20 items
 NUM_CLUSTERS = 5
@@ -79,19 +82,32 @@ def build_model() -> torch.nn.Module:
 
 
 def worker(output: Path, sharding: str, table_optimizer: str, table_lr: float) -> None:
-    from mol_core.losses import sampled_softmax_loss
-    from mol_core.metrics import RankingMetrics
-    from mol_train.distributed import (
-        ShardingKind,
-        TableOptimizer,
-        all_reduce_metrics,
-        destroy_distributed,
-        init_distributed,
-        shard_model,
-    )
+    """Trains and evaluates; writes rank 0's results to ``output`` and every rank's teardown report.
+
+    The report (``output`` with ``.rank<r>.teardown`` appended) lists the gloo threads still running
+    after :func:`destroy_distributed`: with the model dropped, none may be left, or the interpreter may
+    abort at exit after a successful run (the failure this guards against; see destroy_distributed).
+    """
+    from mol_train.distributed import destroy_distributed, init_distributed, process_group_threads
 
     torch.set_num_threads(1)
     context = init_distributed(device="cpu")
+    result = _train_and_evaluate(context, sharding, table_optimizer, table_lr)  # the model dies in there
+    if context.is_main:
+        output.write_text(json.dumps(result))
+    destroy_distributed()
+    teardown = output.with_name(f"{output.name}.rank{context.rank}.teardown")
+    teardown.write_text(json.dumps(process_group_threads()))
+
+
+def _train_and_evaluate(
+    context: DistributedContext, sharding: str, table_optimizer: str, table_lr: float
+) -> dict[str, Any]:
+    """Trains the model for STEPS global batches and evaluates it; the same result on every rank."""
+    from mol_core.losses import sampled_softmax_loss
+    from mol_core.metrics import RankingMetrics
+    from mol_train.distributed import ShardingKind, TableOptimizer, all_reduce_metrics, shard_model
+
     sharded = shard_model(
         build_model(),
         device=context.device,
@@ -141,10 +157,7 @@ def worker(output: Path, sharding: str, table_optimizer: str, table_lr: float) -
     total = all_reduce_metrics(metrics).compute()
     loss_total = torch.tensor([loss_sum.item()], dtype=torch.float64)
     torch.distributed.all_reduce(loss_total)
-    if context.is_main:
-        result = {"train_losses": losses, "eval_loss": loss_total.item() / NUM_EVAL_USERS, **total}
-        output.write_text(json.dumps(result))
-    destroy_distributed()
+    return {"train_losses": losses, "eval_loss": loss_total.item() / NUM_EVAL_USERS, **total}
 
 
 def _free_port() -> int:
@@ -154,9 +167,14 @@ def _free_port() -> int:
 
 
 def _run(worker_args: list[str], tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Starts one lone worker and two torchrun-style ranks at once; returns their rank-0 results."""
+    """Starts one lone worker and two torchrun-style ranks at once; returns their rank-0 results.
+
+    Fails if a worker exits non-zero (a crash prints every thread's Python stack: faulthandler is on)
+    or reports gloo threads still running after destroy_distributed().
+    """
     base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     base["PYTHONWARNINGS"] = "ignore"
+    base["PYTHONFAULTHANDLER"] = "1"
     port = str(_free_port())
     ranks = [
         {**base, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
@@ -188,6 +206,11 @@ def _run(worker_args: list[str], tmp_path: Path) -> tuple[dict[str, Any], dict[s
                 proc.kill()
     if any(proc.returncode for proc in procs):
         pytest.fail("a worker failed:\n" + "\n---\n".join(logs))
+    reports = sorted(tmp_path.glob("*.teardown"))
+    expected = ["one.json.rank0.teardown", "two.json.rank0.teardown", "two.json.rank1.teardown"]
+    assert [r.name for r in reports] == expected
+    leftovers = {r.name: json.loads(r.read_text()) for r in reports}
+    assert all(not threads for threads in leftovers.values()), f"threads left after teardown: {leftovers}"
     return (json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text()))
 
 

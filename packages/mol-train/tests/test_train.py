@@ -10,6 +10,7 @@ import pytest
 from mol_core.errors import ArtifactError, ConfigError
 from mol_train.config import load_config
 from mol_train.data import make_synthetic
+from mol_train.distributed import process_group_threads
 from mol_train.train import fit
 
 FAST = ["data.max_len=12", "train.batch_size=32", "train.num_negatives=16"]
@@ -32,6 +33,9 @@ def test_fit_beats_chance_and_writes_its_outputs(dataset, tmp_path: Path) -> Non
     assert saved["test"]["hr@10"] == pytest.approx(result.test["hr@10"])
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
+    # fit() left its process group and joined gloo's threads: none may run on into interpreter exit.
+    if Path("/proc/self/task").is_dir():
+        assert process_group_threads() == []
 
 
 def test_resume_continues_and_a_corrupt_checkpoint_is_refused(dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

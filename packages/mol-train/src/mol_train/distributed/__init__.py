@@ -4,7 +4,8 @@
   table, as torchrec ``EmbeddingCollection`` modules fed by ``KeyedJaggedTensor`` (built by
   :class:`ItemFeatures` / :class:`UserFeatures`).
 - :func:`init_distributed`: the process group from torchrun's environment (gloo on CPU, nccl on CUDA),
-  or a one-rank gloo group for a single process.
+  or a one-rank gloo group for a single process; :func:`destroy_distributed` leaves it and stops its
+  threads (:func:`process_group_threads` lists any still running).
 - :func:`shard_model`: ``DistributedModelParallel`` with an explicit plan (:func:`make_sharding_plan`:
   row-wise or table-wise; or data-parallel tables), a fused optimizer for the tables and AdamW for the
   dense parameters.
@@ -21,7 +22,12 @@ from mol_train.distributed.features import (
     hash_user_ids,
 )
 from mol_train.distributed.metrics import all_reduce_metrics
-from mol_train.distributed.process_group import DistributedContext, destroy_distributed, init_distributed
+from mol_train.distributed.process_group import (
+    DistributedContext,
+    destroy_distributed,
+    init_distributed,
+    process_group_threads,
+)
 from mol_train.distributed.sharding import (
     ShardedModel,
     ShardingKind,
@@ -49,5 +55,6 @@ __all__ = [
     "hash_user_ids",
     "init_distributed",
     "make_sharding_plan",
+    "process_group_threads",
     "shard_model",
 ]
