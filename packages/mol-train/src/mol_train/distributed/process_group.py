@@ -141,7 +141,7 @@ def destroy_distributed() -> None:
     object (a model wrapped by DistributedModelParallel, its DDP reducer) still refers to the group, and
     a finished model usually sits in reference cycles that only the garbage collector frees. Left to
     interpreter shutdown, those threads can touch Python while it is being torn down, and the process
-    then aborts with ``terminate called without an active exception`` after a successful run. So this
+    can then abort with ``terminate called without an active exception`` after a successful run. So this
     function runs the collector once the group is destroyed, which joins the threads now. Drop your own
     references to the sharded model before calling it; a warning names the threads that still run.
     """
