@@ -139,7 +139,7 @@ def destroy_distributed() -> None:
 
     ``destroy_process_group`` alone leaves gloo's worker and socket threads running for as long as any
     object (a model wrapped by DistributedModelParallel, its DDP reducer) still refers to the group, and
-    a finished model usually sits in reference cycles that only the garbage collector frees. Left to
+    a finished model can sit in reference cycles that only the garbage collector frees. Left to
     interpreter shutdown, those threads can touch Python while it is being torn down, and the process
     can then abort with ``terminate called without an active exception`` after a successful run. So this
     function runs the collector once the group is destroyed, which joins the threads now. Drop your own
