@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mol_train.config import load_config
+from mol_core.errors import ShapeError
+from mol_train.config import NegativeSampling, load_config
 from mol_train.data import eval_batch, make_synthetic, train_batch, train_rows
 from mol_train.model import build_model
 
@@ -30,7 +31,7 @@ def test_loss_is_finite_and_every_parameter_gets_a_gradient(dataset, overrides: 
     config = load_config("tiny_cpu", ["data.max_len=12", *overrides])
     model = build_model(config, dataset.num_items)
     batch = train_batch(dataset, train_rows(dataset)[:8], max_len=12)
-    negatives = torch.randint(1, dataset.num_items + 1, (16,))
+    negatives = torch.randint(1, dataset.num_items + 1, (8, 16))  # (B, R): per sequence, the default
     parts = model(
         batch.inputs,
         batch.targets,
@@ -53,7 +54,8 @@ def test_loss_is_finite_and_every_parameter_gets_a_gradient(dataset, overrides: 
 def test_mi_term_is_added_with_its_weight(dataset) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     config = load_config(
-        "tiny_cpu", ["data.max_len=12", "train.mi_weight=0.5", "similarity.gating_dropout=0.0"]
+        "tiny_cpu",
+        ["data.max_len=12", "train.mi_weight=0.5", "similarity.gating_dropout=0.0", "train.negatives='shared'"],
     )
     model = build_model(config, dataset.num_items).eval()
     batch = train_batch(dataset, train_rows(dataset)[:4], max_len=12)
@@ -91,10 +93,46 @@ def test_per_sequence_negatives_equal_shared_ones_when_every_sequence_draws_the_
     )
     model = build_model(config, dataset.num_items).eval()
     batch = train_batch(dataset, train_rows(dataset)[:6], max_len=12)
+    positions = int((batch.targets != 0).sum())
     shared = torch.randint(1, dataset.num_items + 1, (16,))
     args = (batch.inputs, batch.targets)
+    model.negative_sampling = NegativeSampling.SHARED
     one = model(*args, shared, batch.timestamps, None, None)
+    model.negative_sampling = NegativeSampling.PER_SEQUENCE
     per_sequence = model(*args, shared.expand(6, 16).clone(), batch.timestamps, None, None)
     torch.testing.assert_close(per_sequence.loss, one.loss)
     different = model(*args, torch.randint(1, dataset.num_items + 1, (6, 16)), batch.timestamps, None, None)
     assert not torch.allclose(different.loss, one.loss)
+    model.negative_sampling = NegativeSampling.PER_POSITION
+    per_position = model(*args, shared.expand(positions, 16).clone(), batch.timestamps, None, None)
+    torch.testing.assert_close(per_position.loss, one.loss)
+
+
+def test_negatives_of_the_wrong_shape_are_refused(dataset) -> None:  # type: ignore[no-untyped-def]
+    config = load_config("tiny_cpu", ["data.max_len=12", "train.negatives='per_position'"])
+    model = build_model(config, dataset.num_items)
+    batch = train_batch(dataset, train_rows(dataset)[:6], max_len=12)
+    with pytest.raises(ShapeError, match=r"per_position negatives must have shape \(M = valid positions"):
+        model(batch.inputs, batch.targets, torch.ones(6, 16, dtype=torch.long))
+
+
+def test_user_l2_penalty_is_added_with_its_weight(dataset) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    overrides = [
+        "data.max_len=12",
+        "model.user_buckets=16",
+        "similarity.user_components=1",
+        "similarity.user_direct=true",
+        "similarity.gating_dropout=0.0",
+        "train.mi_weight=0.0",
+        "train.user_l2_weight=0.5",
+    ]
+    model = build_model(load_config("tiny_cpu", overrides), dataset.num_items).eval()
+    batch = train_batch(dataset, train_rows(dataset)[:4], max_len=12)
+    negatives = torch.randint(1, dataset.num_items + 1, (4, 16))
+    parts = model(batch.inputs, batch.targets, negatives, batch.timestamps, None, batch.user_rows)
+    users = model.tables.lookup_users(batch.user_rows)  # (B, Du = 1 * 8)
+    per_sequence = (batch.targets != 0).sum(dim=1).float()  # (B,) positions of each user
+    want = (users.pow(2).sum(dim=1) * per_sequence).sum() / per_sequence.sum()  # mean over positions
+    torch.testing.assert_close(parts.user_l2, want)
+    torch.testing.assert_close(parts.loss, parts.softmax + 0.5 * parts.user_l2)

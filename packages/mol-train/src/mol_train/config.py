@@ -32,6 +32,7 @@ __all__ = [
     "IndexSettings",
     "LossKind",
     "ModelConfig",
+    "NegativeSampling",
     "SimilarityKind",
     "SimilaritySettings",
     "TrainConfig",
@@ -61,6 +62,14 @@ class LossKind(str, enum.Enum):
 
     SAMPLED = "sampled"  # R uniform negatives per position, accidental hits masked
     IN_BATCH = "in_batch"  # the batch's other positives, with logQ correction
+
+
+class NegativeSampling(str, enum.Enum):
+    """Which positions share the ``R`` uniformly sampled negatives of the sampled softmax."""
+
+    PER_POSITION = "per_position"  # R fresh negatives for every (query, positive) pair (the reference's)
+    PER_SEQUENCE = "per_sequence"  # R negatives per sequence, shared by its positions
+    SHARED = "shared"  # R negatives for the whole batch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +108,12 @@ class SimilaritySettings:
     user_components: int = 0  # how many of Pq come from the hashed user id (needs model.user_buckets > 0)
     user_dropout: float = 0.0
     l2_normalize: bool = True  # dot product only: cosine / temperature
+    # MoL only, the reference recipe's elements (docs/mol-train-models.md, "The MoL head"):
+    query_layer_norm: bool = False  # LayerNorm (no affine) on the encoder output before the query side
+    query_hidden_dim: int = 0  # SwiGLU hidden width of the query projection; 0 = one linear map
+    item_dropout: float = 0.0  # dropout on item embeddings before the item projection
+    user_direct: bool = False  # the user-id embedding (width Pu * d) is the user component, no projection
+    init: str = "torch"  # "torch" (PyTorch defaults) | "xavier" (Xavier-normal weights, zero biases)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,15 +123,20 @@ class TrainSettings:
     epochs: int = 100
     batch_size: int = 128
     learning_rate: float = 1e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # decoupled (AdamW) weight decay of every parameter, tables included
+    adam_beta2: float = 0.999  # AdamW's second-moment decay (the reference recipe uses 0.98)
     loss: LossKind = LossKind.SAMPLED
     num_negatives: int = 128
-    shared_negatives: bool = False  # False: R negatives per sequence; True: R for the whole batch (cheaper)
+    negatives: NegativeSampling = NegativeSampling.PER_SEQUENCE
+    shared_negatives: bool = False  # older spelling of negatives = "shared"; true overrides negatives
     mi_weight: float = 0.001  # MI load-balancing loss weight (MoL only)
+    user_l2_weight: float = 0.0  # weight of the mean squared norm of the user-id embeddings (MoL only)
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     eval_every: int = 1  # epochs between validation runs
     early_stopping_patience: int = 10  # validation runs without NDCG@10 improvement before stopping; 0 = off
     bf16: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    gating_bf16: bool = False  # MoL: the pair-wise gating MLP in bf16 (CPU with native bf16, or GPU)
+    compile: bool = False  # MoL: torch.compile the pair-wise gating (fuses its element-wise work)
     seed: int = 42
     max_steps_per_epoch: int = 0  # 0 = a full pass over the training users
     time_budget_seconds: float = 0.0  # stop after the epoch that crosses this much training time; 0 = none
@@ -218,10 +238,40 @@ class TrainConfig:
                 "train.table_optimizer must be 'adam', 'rowwise_adagrad', 'adagrad' or 'sgd'; "
                 f"got {self.train.table_optimizer!r}"
             )
+        sim = self.similarity
+        for name, value in (
+            ("similarity.item_dropout", sim.item_dropout),
+            ("similarity.user_dropout", sim.user_dropout),
+            ("similarity.gating_dropout", sim.gating_dropout),
+        ):
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1); got {value}")
+        if sim.query_hidden_dim < 0:
+            raise ConfigError(f"similarity.query_hidden_dim must be >= 0 (0 = linear); got {sim.query_hidden_dim}")
+        if sim.init not in ("torch", "xavier"):
+            raise ConfigError(f"similarity.init must be 'torch' or 'xavier'; got {sim.init!r}")
+        if not 0.0 <= self.train.adam_beta2 < 1.0:
+            raise ConfigError(f"train.adam_beta2 must be in [0, 1); got {self.train.adam_beta2}")
+        if self.train.weight_decay < 0 or self.train.user_l2_weight < 0:
+            raise ConfigError(
+                "train.weight_decay and train.user_l2_weight must be >= 0; "
+                f"got {self.train.weight_decay}, {self.train.user_l2_weight}"
+            )
         if self.similarity.kind is SimilarityKind.DOT and self.similarity.user_components > 0:
             raise ConfigError("similarity.user_components is only supported with similarity.kind = 'mol'")
         self._validate_index()
         return self
+
+    @property
+    def negative_sampling(self) -> NegativeSampling:
+        """How negatives are drawn: ``train.negatives``, or ``shared`` when ``train.shared_negatives``."""
+        return NegativeSampling.SHARED if self.train.shared_negatives else self.train.negatives
+
+    @property
+    def user_dim(self) -> int:
+        """Du, the width of the user-id table: ``Pu * d`` when ``similarity.user_direct``, else D."""
+        sim = self.similarity
+        return sim.user_components * sim.component_dim if sim.user_direct else self.model.item_dim
 
     def _validate_index(self) -> None:
         index = self.index

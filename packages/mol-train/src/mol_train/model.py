@@ -1,9 +1,9 @@
 """The sequential retrieval model: embedding tables, a sequence encoder and a similarity head.
 
 Training is autoregressive: every position of a user's history is a query whose positive is the next item,
-scored against ``R`` uniformly sampled negatives (drawn per sequence and shared by its positions, or shared
-by the whole batch; accidental hits masked) or against
-the batch's other positives (in-batch with logQ correction). :meth:`SequentialRecommender.forward` returns
+scored against ``R`` uniformly sampled negatives (drawn per position, per sequence or for the whole batch,
+mol_train.negatives; accidental hits masked) or against the batch's other positives (in-batch with logQ
+correction). :meth:`SequentialRecommender.forward` returns
 the loss so that the whole model can sit inside torchrec's ``DistributedModelParallel``; evaluation and
 export use :meth:`SequentialRecommender.query_side` and :meth:`SequentialRecommender.corpus_side`.
 
@@ -25,12 +25,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from mol_core.errors import ConfigError
+from mol_core.errors import ConfigError, ShapeError
 from mol_core.losses import in_batch_softmax_loss, mutual_information_loss, sampled_softmax_loss
 from mol_core.similarity import DotProductSimilarity, ItemSide, MoLSimilarity, QuerySide, Similarity
-from mol_train.config import EncoderKind, LossKind, SimilarityKind, TrainConfig
+from mol_train.config import EncoderKind, LossKind, NegativeSampling, SimilarityKind, TrainConfig
 from mol_train.distributed.tables import EmbeddingTables
 from mol_train.models import HSTUEncoder, SASRecEncoder
+from mol_train.negatives import lookup_ids, negative_ids_per_position, score_negatives
 
 __all__ = [
     "LossParts",
@@ -53,6 +54,7 @@ class LossParts(NamedTuple):
         mutual_information: the MI load-balancing loss (0 for similarities without gating).
         positions: M, the number of (query, positive) pairs in the batch, as a float tensor.
         index_loss: the index layer's own loss (0 without a layer or before its warm start).
+        user_l2: the mean squared norm of the user-id embeddings over the M positions (0 without them).
     """
 
     loss: torch.Tensor
@@ -60,6 +62,7 @@ class LossParts(NamedTuple):
     mutual_information: torch.Tensor
     positions: torch.Tensor
     index_loss: torch.Tensor
+    user_l2: torch.Tensor
 
 
 class SequentialRecommender(nn.Module):
@@ -74,6 +77,8 @@ class SequentialRecommender(nn.Module):
         item_log_q: ``(N + 1,)`` log sampling probability of each item, for the in-batch logQ correction.
         index_layer: a jointly trained index layer (mol_index.index_layers), or ``None``.
         index_weight: weight of the index layer's loss.
+        negative_sampling: who shares the sampled negatives (the shape ``forward`` expects).
+        user_l2_weight: weight of the user embeddings' mean squared norm in the loss.
     """
 
     item_log_q: torch.Tensor | None
@@ -89,6 +94,8 @@ class SequentialRecommender(nn.Module):
         item_log_q: torch.Tensor | None = None,
         index_layer: nn.Module | None = None,
         index_weight: float = 1.0,
+        negative_sampling: NegativeSampling = NegativeSampling.PER_SEQUENCE,
+        user_l2_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.tables = tables
@@ -99,6 +106,8 @@ class SequentialRecommender(nn.Module):
         self.register_buffer("item_log_q", item_log_q, persistent=False)
         self.index_layer = index_layer
         self.index_weight = index_weight
+        self.negative_sampling = negative_sampling
+        self.user_l2_weight = user_l2_weight
 
     @property
     def index_active(self) -> bool:
@@ -134,25 +143,29 @@ class SequentialRecommender(nn.Module):
         Args:
             inputs: ``(B, L)`` right-aligned input item ids, 0 = padding.
             targets: ``(B, L)`` next item of every position, 0 = padding.
-            negatives: uniformly sampled item ids in ``[1, N]``: ``(B, R)``, one set per sequence shared by
-                its positions, or ``(R,)`` shared by the whole batch (unused by the in-batch loss, but still
-                looked up so every rank runs the same collectives).
+            negatives: uniformly sampled item ids in ``[1, N]`` (mol_train.negatives.sample_negatives):
+                ``(M, R)`` per position, ``(B, R)`` per sequence or ``(R,)`` for the whole batch, as
+                ``negative_sampling`` says (unused by the in-batch loss, but still looked up so every rank
+                runs the same collectives).
             timestamps: ``(B, L)`` input times, or ``None``.
             next_timestamps: ``(B,)`` time of the last position's target, or ``None``.
             user_ids: ``(B,)`` user ids, required when the similarity has user components.
         """
         both = torch.cat([inputs, targets], dim=0)  # (2B, L): one lookup for histories and positives
-        per_sequence = negatives.dim() == 2
-        candidates = negatives if per_sequence else negatives.unsqueeze(0)  # (B or 1, R)
+        mask = targets != 0  # (B, L)
+        sampling = self.negative_sampling
+        _check_negatives(sampling, negatives, mask)
+        candidates, inverse = lookup_ids(sampling, negatives)  # (1, U) | (B, R) | (1, R)
         lookup = self.tables(both, candidates, user_ids if self.uses_users else None)
         batch = inputs.shape[0]
         history, positives = lookup.sequence[:batch], lookup.sequence[batch:]  # (B, L, D) each
         hidden = self.encoder(history, inputs != 0, timestamps, next_timestamps)  # (B, L, D)
-        mask = targets != 0  # (B, L)
         query_repr = hidden[mask]  # (M, D)
         user_repr = None
+        user_l2 = torch.zeros((), device=hidden.device)
         if lookup.users is not None:
             user_repr = lookup.users.unsqueeze(1).expand(-1, inputs.shape[1], -1)[mask]  # (M, Du)
+            user_l2 = user_repr.pow(2).sum(dim=-1).mean()  # before the similarity's user dropout
         query = self.similarity.query_side(query_repr, user_repr)
         positive_side = self.similarity.item_side(positives[mask])  # (M, Px, d)
         raw_positives, raw_negatives = positive_side, None  # what the index layer's loss sees
@@ -170,21 +183,14 @@ class SequentialRecommender(nn.Module):
                 None if positive_side.gating is None else positive_side.gating.unsqueeze(1),
             )  # (M, 1, Px, d)
             pos_scores, weights = self.similarity.score_pairs_with_weights(query, paired)  # (M, 1)
-            negative_side = self.similarity.item_side(lookup.candidates)  # (B or 1, R, Px, d)
+            negative_side = self.similarity.item_side(lookup.candidates)  # (B or 1, R or U, Px, d)
             raw_negatives = negative_side
             if self.index_active:
                 negative_side = self.index_layer(negative_side)  # type: ignore[misc]
-            if per_sequence:
-                neg_scores = self._score_per_sequence(query, negative_side, mask.sum(dim=1))  # (M, R)
-                rows = torch.arange(batch, device=mask.device).unsqueeze(1).expand_as(mask)[mask]  # (M,)
-                negative_ids = negatives[rows]  # (M, R)
-            else:
-                shared = ItemSide(
-                    negative_side.embeddings[0],
-                    None if negative_side.gating is None else negative_side.gating[0],
-                )  # (R, Px, d)
-                neg_scores = self.similarity.score_pairs(query, shared)  # (M, R)
-                negative_ids = negatives
+            neg_scores = score_negatives(
+                self.similarity, query, negative_side, sampling, mask=mask, inverse=inverse
+            )  # (M, R)
+            negative_ids = negative_ids_per_position(sampling, negatives, mask)  # (M, R) or (R,)
             softmax = sampled_softmax_loss(
                 pos_scores[:, 0], neg_scores, positive_ids=positive_ids, negative_ids=negative_ids
             )
@@ -194,7 +200,11 @@ class SequentialRecommender(nn.Module):
             mutual_information = mutual_information_loss(pair_weights)
         index_loss = self._index_loss(query, raw_positives, raw_negatives)
         loss = softmax + self.mi_weight * mutual_information + self.index_weight * index_loss
-        return LossParts(loss, softmax, mutual_information, mask.sum().float(), index_loss.detach())
+        if self.user_l2_weight > 0:
+            loss = loss + self.user_l2_weight * user_l2
+        return LossParts(
+            loss, softmax, mutual_information, mask.sum().float(), index_loss.detach(), user_l2.detach()
+        )
 
     def _index_loss(self, query: QuerySide, positives: ItemSide, negatives: ItemSide | None) -> torch.Tensor:
         """The index layer's loss once warm (``negatives``: the uniformly sampled items, a sample of the
@@ -208,30 +218,6 @@ class SequentialRecommender(nn.Module):
         layer: Any = self.index_layer  # an IndexLayer (mol_index.index_layers)
         loss: torch.Tensor = layer.loss(query, positives, self.similarity, negatives)
         return loss
-
-    def _score_per_sequence(
-        self, query: QuerySide, negatives: ItemSide, counts: torch.Tensor
-    ) -> torch.Tensor:
-        """Scores each sequence's positions against that sequence's ``R`` negatives.
-
-        Args:
-            query: ``M`` positions, sequence after sequence.
-            negatives: ``(B, R, Px, d)`` item side of each sequence's negatives.
-            counts: ``(B,)`` positions per sequence (summing to M).
-
-        Returns:
-            ``(M, R)`` scores.
-        """
-        parts, start = [], 0
-        for b, count in enumerate(counts.tolist()):
-            stop = start + count
-            gating = None if query.gating is None else query.gating[start:stop]
-            items = ItemSide(
-                negatives.embeddings[b], None if negatives.gating is None else negatives.gating[b]
-            )
-            parts.append(self.similarity.score_pairs(QuerySide(query.embeddings[start:stop], gating), items))
-            start = stop
-        return torch.cat(parts)  # (M, R)
 
     @torch.no_grad()
     def query_encoder(self) -> QueryEncoder:
@@ -329,8 +315,13 @@ def build_similarity(config: TrainConfig) -> Similarity:
         gating_hidden_dim=sim.gating_hidden_dim,
         gating_dropout=sim.gating_dropout,
         user_components=sim.user_components,
-        user_input_dim=width if sim.user_components > 0 else None,
         user_dropout=sim.user_dropout,
+        query_layer_norm=sim.query_layer_norm,
+        query_hidden_dim=sim.query_hidden_dim,
+        item_dropout=sim.item_dropout,
+        user_direct=sim.user_direct,
+        init=sim.init,
+        user_input_dim=config.user_dim if sim.user_components > 0 else None,
     )
 
 
@@ -366,7 +357,13 @@ def build_model(
 ) -> SequentialRecommender:
     """The whole model for ``num_items`` items (ids ``1..N``) as a config describes it."""
     user_buckets = config.model.user_buckets if config.similarity.user_components > 0 else None
-    tables = EmbeddingTables(num_items, config.model.item_dim, num_user_buckets=user_buckets, device=device)
+    tables = EmbeddingTables(
+        num_items,
+        config.model.item_dim,
+        num_user_buckets=user_buckets,
+        user_dim=config.user_dim if user_buckets is not None else None,
+        device=device,
+    )
     similarity = build_similarity(config)
     return SequentialRecommender(
         tables=tables,
@@ -377,6 +374,8 @@ def build_model(
         item_log_q=item_log_q,
         index_layer=build_index_layer(config, similarity),
         index_weight=config.index.weight,
+        negative_sampling=config.negative_sampling,
+        user_l2_weight=config.train.user_l2_weight if isinstance(similarity, MoLSimilarity) else 0.0,
     )
 
 
@@ -395,3 +394,20 @@ def build_index_layer(config: TrainConfig, similarity: Similarity) -> nn.Module 
             f"index.kind = {config.index.kind!r} needs mol-index: pip install 'mol-train[index]' ({err})"
         ) from err
     return build_layer(config.index.kind, similarity, config.index.layer_options())
+
+
+def _check_negatives(sampling: NegativeSampling, negatives: torch.Tensor, mask: torch.Tensor) -> None:
+    """Raises ShapeError unless ``negatives`` has the shape ``sampling`` draws (see sample_negatives)."""
+    rows = {
+        NegativeSampling.PER_POSITION: (int(mask.sum()), "M = valid positions"),
+        NegativeSampling.PER_SEQUENCE: (int(mask.shape[0]), "B = sequences"),
+    }
+    if sampling is NegativeSampling.SHARED:
+        if negatives.dim() != 1:
+            raise ShapeError(f"shared negatives must have shape (R,); got {tuple(negatives.shape)}")
+        return
+    want, what = rows[sampling]
+    if negatives.dim() != 2 or negatives.shape[0] != want:
+        raise ShapeError(
+            f"{sampling.value} negatives must have shape ({what} = {want}, R); got {tuple(negatives.shape)}"
+        )

@@ -43,6 +43,7 @@ from mol_train.distributed import (
 )
 from mol_train.evaluate import evaluate_encoder
 from mol_train.model import QueryEncoder, SequentialRecommender, build_model
+from mol_train.negatives import sample_negatives
 from mol_train.run_log import MetricsLog, plot_training_curves
 
 __all__ = ["FitResult", "encoder_from_weights", "fit", "load_weights", "restore_encoder"]
@@ -146,8 +147,10 @@ def _train(
         dense_lr=settings.learning_rate,
         dense_weight_decay=settings.weight_decay,
         table_weight_decay=settings.weight_decay,
+        adam_betas=(0.9, settings.adam_beta2),
     )
     inner: SequentialRecommender = sharded.model.module
+    _set_scoring_backend(inner, config, context.device)
     log = MetricsLog(out / "metrics.jsonl") if context.is_main else None
     autocast = settings.bf16 and context.device.type == "cuda"
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + state["epoch"])
@@ -169,10 +172,13 @@ def _train(
                 inner.warm_start_index(seed=settings.seed)  # k-means on the corpus: collective under sharding
                 logger.info("index layer %s warm-started at step %d", config.index.kind, steps)
                 state.update(best_ndcg=-math.inf, stale=0)  # the kept model must carry a trained index
-            shape: tuple[int, ...] = (settings.num_negatives,)
-            if not settings.shared_negatives:
-                shape = (int(batch.inputs.shape[0]), settings.num_negatives)  # (B, R): per sequence
-            negatives = torch.randint(1, dataset.num_items + 1, shape, generator=generator)
+            negatives = sample_negatives(
+                config.negative_sampling,
+                mask=batch.targets != 0,
+                num_negatives=settings.num_negatives,
+                num_items=dataset.num_items,
+                generator=generator,
+            )  # (M, R), (B, R) or (R,)
             next_times = None if batch.target_timestamps is None else batch.target_timestamps[:, -1]
             args = [batch.inputs, batch.targets, negatives, batch.timestamps, next_times, batch.user_rows]
             args = [None if a is None else a.to(context.device) for a in args]
@@ -255,6 +261,28 @@ def _train(
         (out / "results.json").write_text(json.dumps(_jsonable(result), indent=2, sort_keys=True))
         plot_training_curves(out / "metrics.jsonl", out / "curves.png")
     return result
+
+
+def _set_scoring_backend(model: SequentialRecommender, config: TrainConfig, device: torch.device) -> None:
+    """``train.compile`` and ``train.gating_bf16`` for a MoL head (bf16 only where the device runs it
+    natively: CUDA, or a CPU with AVX512-BF16 / AMX; elsewhere it stays float32 and says so)."""
+    gating = getattr(model.similarity, "gating", None)
+    if gating is None or not (config.train.compile or config.train.gating_bf16):
+        return
+    bf16 = config.train.gating_bf16 and bf16_is_native(device)
+    if config.train.gating_bf16 and not bf16:
+        logger.warning("train.gating_bf16: this CPU has no native bf16 matmul; the gating stays float32")
+    gating.set_scores_backend(compile=config.train.compile, mlp_dtype=torch.bfloat16 if bf16 else None)
+
+
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices natively (CUDA, or a CPU with AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
 
 
 def encoder_from_weights(model: SequentialRecommender, weights: dict[str, torch.Tensor]) -> QueryEncoder:

@@ -3,8 +3,9 @@
 from mol_core.similarity.base import DEFAULT_BLOCK_PAIRS, ItemSide, QuerySide, Similarity
 from mol_core.similarity.dot_product import DotProductSimilarity
 from mol_core.similarity.gating import GatingMLP, GluSiluGating
-from mol_core.similarity.mixture_of_logits import MoLSimilarity
+from mol_core.similarity.mixture_of_logits import MOL_INITS, MoLSimilarity
 from mol_core.similarity.serialization import similarity_from_config, similarity_to_config
+from mol_core.similarity.swiglu import SwiGLU
 
 __all__ = [
     "DEFAULT_BLOCK_PAIRS",
@@ -12,9 +13,11 @@ __all__ = [
     "GatingMLP",
     "GluSiluGating",
     "ItemSide",
+    "MOL_INITS",
     "MoLSimilarity",
     "QuerySide",
     "Similarity",
+    "SwiGLU",
     "similarity_from_config",
     "similarity_to_config",
 ]

@@ -133,6 +133,12 @@ class Similarity(nn.Module, ABC):
             ``(scores, weights)``: ``(B, X)`` float32 scores and ``(B, X, P)`` float32 mixing weights.
         """
 
+    def mix_scores(
+        self, logits: torch.Tensor, query_gating: torch.Tensor | None, item_gating: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The ``(B, X)`` float32 scores of :meth:`mix` alone; a subclass may skip building the weights."""
+        return self.mix(logits, query_gating, item_gating)[0]
+
     # ---------------------------------------------------------------- scoring, shared by all similarities
 
     def component_logits(self, query: QuerySide, items: ItemSide) -> torch.Tensor:
@@ -169,17 +175,16 @@ class Similarity(nn.Module, ABC):
         Returns:
             ``(B, X)`` float32 scores.
         """
-        return self.score_pairs_with_weights(query, items)[0]
+        logits = self.component_logits(query, items)  # (B, X, P)
+        query_gating, item_gating = _gating_features(query, items)
+        return self.mix_scores(logits, query_gating, item_gating)
 
     def score_pairs_with_weights(
         self, query: QuerySide, items: ItemSide
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Like :meth:`score_pairs`, also returning the ``(B, X, P)`` mixing weights (for the MI loss)."""
         logits = self.component_logits(query, items)  # (B, X, P)
-        query_gating = None if query.gating is None else query.gating.unsqueeze(1)  # (B, 1, P)
-        item_gating = items.gating
-        if item_gating is not None and item_gating.dim() == 2:
-            item_gating = item_gating.unsqueeze(0)  # (1, X, P)
+        query_gating, item_gating = _gating_features(query, items)
         return self.mix(logits, query_gating, item_gating)
 
     def score_corpus(
@@ -237,3 +242,12 @@ class Similarity(nn.Module, ABC):
         if items.gating is not None and tuple(items.gating.shape) != (*g.shape[:-2], self.num_components):
             want = shape_str((*g.shape[:-2], self.num_components))
             raise ShapeError(f"item gating must have shape {want}; got {shape_str(items.gating.shape)}")
+
+
+def _gating_features(query: QuerySide, items: ItemSide) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gating features shaped for :meth:`Similarity.mix`: ``(B, 1, P)`` and ``(B or 1, X, P)``."""
+    query_gating = None if query.gating is None else query.gating.unsqueeze(1)  # (B, 1, P)
+    item_gating = items.gating
+    if item_gating is not None and item_gating.dim() == 2:
+        item_gating = item_gating.unsqueeze(0)  # (1, X, P)
+    return query_gating, item_gating

@@ -12,15 +12,64 @@ sum to 1 again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mol_core._checks import check_fraction, check_positive_int
 
-__all__ = ["GatingMLP", "GluSiluGating"]
+__all__ = ["GatingMLP", "GluSiluGating", "glu_silu_scores"]
 
 _RENORM_EPS = 1e-6
+_TINY = 1e-30
+
+
+def glu_silu_scores(
+    logits: torch.Tensor,
+    query_features: torch.Tensor,
+    item_features: torch.Tensor,
+    hidden_weight: torch.Tensor,
+    hidden_bias: torch.Tensor,
+    out_weight: torch.Tensor,
+    out_bias: torch.Tensor,
+    dropout: float,
+    training: bool,
+    mlp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """The gated mixture ``sum_p pi_p * logits_p`` without materialising the weights ``pi``.
+
+    ``softmax`` followed by dropout and renormalisation is ``e * keep / sum(e * keep)`` with
+    ``e = exp(w - max w)``: the softmax's normaliser and dropout's ``1 / (1 - p)`` both cancel, so the
+    score is ``sum(e * keep * logits) / sum(e * keep)``. Equal to :meth:`GluSiluGating.forward`'s weights
+    mixed with ``logits`` (up to rounding, and to the renormalisation clamp when every component of a pair
+    is dropped, where both give 0).
+
+    Args:
+        logits: ``(B, X, P)`` component logits.
+        query_features: ``(B, 1, P)``.
+        item_features: ``(B, X, P)`` or ``(1, X, P)``.
+        hidden_weight, hidden_bias, out_weight, out_bias: the ``logits_mlp`` parameters.
+        dropout: the softmax dropout probability (used when ``training``).
+        training: whether to drop components.
+        mlp_dtype: run the pair-wise ``logits_mlp`` in this dtype (e.g. bf16, where the CPU or GPU has
+            fast bf16 matmuls); ``None`` keeps the parameters' dtype. The component logits that are mixed
+            stay in float32 either way.
+
+    Returns:
+        ``(B, X)`` float32 scores.
+    """
+    dtype = mlp_dtype or hidden_weight.dtype
+    hidden = F.silu(
+        F.linear(logits.to(dtype), hidden_weight.to(dtype), hidden_bias.to(dtype))
+    )  # (B, X, H)
+    pair = F.linear(hidden, out_weight.to(dtype), out_bias.to(dtype))  # (B, X, P)
+    gate = F.silu(query_features * item_features + pair).float()  # (B, X, P)
+    e = torch.exp(gate - gate.amax(dim=-1, keepdim=True).detach())  # (B, X, P), max 1
+    if training and dropout > 0.0:
+        e = e * (torch.rand_like(e) >= dropout)
+    return (e * logits.float()).sum(dim=-1) / e.sum(dim=-1).clamp_min(_TINY)  # (B, X)
 
 
 class GatingMLP(nn.Module):
@@ -36,6 +85,13 @@ class GatingMLP(nn.Module):
         super().__init__()
         self.hidden = nn.Linear(check_positive_int("gating input_dim", input_dim), hidden_dim)
         self.out = nn.Linear(hidden_dim, num_components)
+
+    @torch.no_grad()
+    def reset_xavier(self) -> None:
+        """Xavier-normal weights and zero biases (the reference recipe's initialisation)."""
+        for layer in (self.hidden, self.out):
+            nn.init.xavier_normal_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(*, in) -> (*, P)``."""
@@ -70,6 +126,43 @@ class GluSiluGating(nn.Module):
         self.query_mlp = GatingMLP(query_input_dim, hidden_dim, num_components)
         self.item_mlp = GatingMLP(item_input_dim, hidden_dim, num_components)
         self.logits_mlp = GatingMLP(num_components, hidden_dim, num_components)
+        self._scores_fn: Callable[..., torch.Tensor] = glu_silu_scores
+        self._mlp_dtype: torch.dtype | None = None
+
+    def set_scores_backend(self, *, compile: bool = False, mlp_dtype: torch.dtype | None = None) -> None:
+        """How :meth:`scores` runs in training mode: through ``torch.compile`` (dynamic shapes) or eagerly,
+        and in which dtype its pair-wise MLP runs (see :func:`glu_silu_scores`). In eval mode it always runs
+        eagerly in the parameters' dtype, so evaluation does not depend on this choice.
+
+        A run-time choice, not part of the model: it is not saved. The compiled kernel fuses the gating's
+        element-wise work (docs/benchmarks.md has the measured gain); the first call compiles.
+        """
+        self._scores_fn = torch.compile(glu_silu_scores, dynamic=True) if compile else glu_silu_scores
+        self._mlp_dtype = mlp_dtype
+
+    def scores(
+        self, logits: torch.Tensor, query_features: torch.Tensor, item_features: torch.Tensor
+    ) -> torch.Tensor:
+        """``(B, X)`` mixed scores without the weights (see :func:`glu_silu_scores`); shapes as :meth:`forward`."""
+        mlp = self.logits_mlp
+        scores_fn = self._scores_fn if self.training else glu_silu_scores
+        return scores_fn(
+            logits,
+            query_features,
+            item_features,
+            mlp.hidden.weight,
+            mlp.hidden.bias,
+            mlp.out.weight,
+            mlp.out.bias,
+            self.dropout,
+            self.training,
+            self._mlp_dtype if self.training else None,
+        )
+
+    def reset_xavier(self) -> None:
+        """Xavier-normal weights and zero biases in all three MLPs."""
+        for mlp in (self.query_mlp, self.item_mlp, self.logits_mlp):
+            mlp.reset_xavier()
 
     def query_features(self, query_repr: torch.Tensor) -> torch.Tensor:
         """``(B, Dq) -> (B, P)`` the query's part, computed once per query."""

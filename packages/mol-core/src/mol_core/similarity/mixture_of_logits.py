@@ -17,18 +17,27 @@ from mol_core._checks import check_fraction, check_positive_float, check_positiv
 from mol_core.errors import ConfigError, ShapeError
 from mol_core.similarity.base import ItemSide, QuerySide, Similarity
 from mol_core.similarity.gating import GluSiluGating
+from mol_core.similarity.swiglu import SwiGLU
 
-__all__ = ["MoLSimilarity"]
+__all__ = ["MOL_INITS", "MoLSimilarity"]
+
+#: Initialisations of :class:`MoLSimilarity`: PyTorch's defaults, or the reference recipe's (Xavier-normal
+#: weights, zero biases in the item projection and the gating MLPs).
+MOL_INITS = ("torch", "xavier")
+
+_LAYER_NORM_EPS = 1e-6
 
 
 class MoLSimilarity(Similarity):
     """Mixture-of-Logits similarity with ``glu_silu`` gating and optional user-id components.
 
-    The query side projects the ``(B, Dq)`` query representation to ``Pq - Pu`` components and, when
+    The query side projects the ``(B, Dq)`` query representation (optionally layer-normalised first) to
+    ``Pq - Pu`` components, with one linear map or a SwiGLU hidden layer and a linear map, and, when
     ``user_components = Pu > 0``, a ``(B, Du)`` user representation (for example a hashed user-id
-    embedding) to the remaining ``Pu`` components, after its own dropout. The item side projects ``(*, Dx)``
-    item representations to ``Px`` components. Every component is L2-normalised, so each component logit
-    is a cosine divided by ``temperature``.
+    embedding) to the remaining ``Pu`` components after its own dropout: projected linearly, or used as
+    the components directly (``user_direct``, then ``Du = Pu * d``). The item side projects ``(*, Dx)``
+    item representations (after ``item_dropout`` in training) to ``Px`` components. Every component is
+    L2-normalised, so each component logit is a cosine divided by ``temperature``.
 
     Args:
         query_input_dim: ``Dq``.
@@ -42,6 +51,12 @@ class MoLSimilarity(Similarity):
         user_components: ``Pu``, how many of the ``Pq`` query components come from ``user_repr``.
         user_input_dim: ``Du``; required when ``user_components > 0``.
         user_dropout: dropout on ``user_repr`` during training.
+        query_layer_norm: layer-normalise ``query_repr`` (no affine parameters, eps 1e-6) before the query
+            projection and the query gating MLP.
+        query_hidden_dim: SwiGLU hidden width of the query projection; 0 = one linear map.
+        item_dropout: dropout on ``item_repr`` before the item projection during training.
+        user_direct: use ``user_repr`` as the ``Pu`` user components directly (needs ``Du = Pu * d``).
+        init: one of :data:`MOL_INITS`.
 
     Example:
         >>> sim = MoLSimilarity(query_input_dim=50, item_input_dim=50)
@@ -65,6 +80,11 @@ class MoLSimilarity(Similarity):
         user_components: int = 0,
         user_input_dim: int | None = None,
         user_dropout: float = 0.0,
+        query_layer_norm: bool = False,
+        query_hidden_dim: int = 0,
+        item_dropout: float = 0.0,
+        user_direct: bool = False,
+        init: str = "torch",
     ) -> None:
         super().__init__(
             num_query_components=query_components,
@@ -89,12 +109,30 @@ class MoLSimilarity(Similarity):
         self.user_components = user_components
         self.user_input_dim = user_input_dim
         self.user_dropout = check_fraction("user_dropout", user_dropout)
+        self.item_dropout = check_fraction("item_dropout", item_dropout)
+        self.query_layer_norm = bool(query_layer_norm)
+        if isinstance(query_hidden_dim, bool) or not isinstance(query_hidden_dim, int) or query_hidden_dim < 0:
+            raise ConfigError(f"query_hidden_dim must be an integer >= 0; got {query_hidden_dim!r}")
+        self.query_hidden_dim = query_hidden_dim
+        if init not in MOL_INITS:
+            raise ConfigError(f"init must be one of {', '.join(map(repr, MOL_INITS))}; got {init!r}")
+        self.user_direct = bool(user_direct)
+        if self.user_direct and user_components > 0 and user_input_dim != user_components * component_dim:
+            raise ConfigError(
+                f"user_direct uses the user representation as the {user_components} user component(s): "
+                f"user_input_dim must be user_components * component_dim = {user_components * component_dim}; "
+                f"got {user_input_dim}"
+            )
 
-        seq_components = query_components - user_components
-        self.query_proj = nn.Linear(query_input_dim, seq_components * component_dim)
+        seq_width = (query_components - user_components) * component_dim
+        self.query_proj: nn.Module = (
+            nn.Sequential(SwiGLU(query_input_dim, query_hidden_dim), nn.Linear(query_hidden_dim, seq_width))
+            if query_hidden_dim > 0
+            else nn.Linear(query_input_dim, seq_width)
+        )
         self.user_proj = (
             nn.Linear(check_positive_int("user_input_dim", user_input_dim), user_components * component_dim)
-            if user_input_dim is not None
+            if user_input_dim is not None and not self.user_direct
             else None
         )
         self.item_proj = nn.Linear(item_input_dim, item_components * component_dim)
@@ -105,6 +143,23 @@ class MoLSimilarity(Similarity):
             hidden_dim=gating_hidden_dim,
             dropout=gating_dropout,
         )
+        if init == "xavier":
+            self._reset_xavier()
+
+    @torch.no_grad()
+    def _reset_xavier(self) -> None:
+        """Xavier-normal weights everywhere; zero biases in the item projection and the gating MLPs; the
+        query projection's output bias keeps PyTorch's default (as in the reference)."""
+        self.gating.reset_xavier()
+        nn.init.xavier_normal_(self.item_proj.weight)
+        nn.init.zeros_(self.item_proj.bias)
+        for layer in (self.query_proj, self.user_proj):
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_normal_(layer.weight)
+            elif isinstance(layer, nn.Sequential):
+                swiglu, out = layer[0], layer[1]
+                swiglu.reset_xavier()
+                nn.init.xavier_normal_(out.weight)
 
     def query_side(self, query_repr: torch.Tensor, user_repr: torch.Tensor | None = None) -> QuerySide:
         """Query components and gating features.
@@ -118,15 +173,18 @@ class MoLSimilarity(Similarity):
         """
         check_rank("query_repr", query_repr, ("B", self.query_input_dim))
         batch = query_repr.shape[0]
+        if self.query_layer_norm:
+            query_repr = F.layer_norm(query_repr, (self.query_input_dim,), eps=_LAYER_NORM_EPS)  # (B, Dq)
         parts = [self.query_proj(query_repr).view(batch, -1, self.component_dim)]  # (B, Pq - Pu, d)
-        if self.user_proj is not None:
+        if self.user_components > 0:
             if user_repr is None:
                 raise ShapeError(
                     f"user_repr of shape (B, {self.user_input_dim}) is required: user_components > 0"
                 )
             check_rank("user_repr", user_repr, (batch, self.user_input_dim or 0))
             user_repr = F.dropout(user_repr, p=self.user_dropout, training=self.training)
-            parts.append(self.user_proj(user_repr).view(batch, -1, self.component_dim))  # (B, Pu, d)
+            user = user_repr if self.user_proj is None else self.user_proj(user_repr)  # (B, Pu * d)
+            parts.append(user.reshape(batch, -1, self.component_dim))  # (B, Pu, d)
         elif user_repr is not None:
             raise ShapeError("user_repr was given but this similarity has user_components = 0")
         embeddings = _l2_normalize(torch.cat(parts, dim=1))  # (B, Pq, d)
@@ -147,7 +205,8 @@ class MoLSimilarity(Similarity):
                 f"got {shape_str(item_repr.shape)}"
             )
         lead = item_repr.shape[:-1]
-        components = self.item_proj(item_repr).view(*lead, self.num_item_components, self.component_dim)
+        projected = F.dropout(item_repr, p=self.item_dropout, training=self.training)  # (*, Dx)
+        components = self.item_proj(projected).view(*lead, self.num_item_components, self.component_dim)
         return ItemSide(_l2_normalize(components), self.gating.item_features(item_repr))
 
     def mix(
@@ -159,6 +218,14 @@ class MoLSimilarity(Similarity):
         weights = self.gating(logits, query_gating, item_gating)  # (B, X, P) float32
         scores = (weights * logits.float()).sum(dim=-1)  # (B, X)
         return scores, weights
+
+    def mix_scores(
+        self, logits: torch.Tensor, query_gating: torch.Tensor | None, item_gating: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The ``(B, X)`` scores of :meth:`mix` without materialising the weights (GluSiluGating.scores)."""
+        if query_gating is None or item_gating is None:
+            raise ShapeError("MoLSimilarity needs query and item gating features; build both sides with it")
+        return self.gating.scores(logits, query_gating, item_gating)  # (B, X)
 
 
 def _l2_normalize(x: torch.Tensor) -> torch.Tensor:

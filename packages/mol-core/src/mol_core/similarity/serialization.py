@@ -37,6 +37,10 @@ def similarity_to_config(similarity: Similarity) -> similarity_pb2.SimilarityCon
                 item_input_dim=similarity.item_input_dim,
                 user_input_dim=similarity.user_input_dim or 0,
                 user_dropout=similarity.user_dropout,
+                query_layer_norm=similarity.query_layer_norm,
+                query_hidden_dim=similarity.query_hidden_dim,
+                item_dropout=similarity.item_dropout,
+                user_direct=similarity.user_direct,
             )
         )
     if isinstance(similarity, DotProductSimilarity):
@@ -81,6 +85,10 @@ def similarity_from_config(
                 user_components=mol.user_components,
                 user_input_dim=mol.user_input_dim or None,
                 user_dropout=mol.user_dropout,
+                query_layer_norm=mol.query_layer_norm,
+                query_hidden_dim=mol.query_hidden_dim,
+                item_dropout=mol.item_dropout,
+                user_direct=mol.user_direct,
             )
         if kind == "dot_product":
             dot = config.dot_product

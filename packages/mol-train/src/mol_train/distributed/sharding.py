@@ -215,6 +215,7 @@ def shard_model(
     table_weight_decay: float = 0.0,
     dense_lr: float = 1e-3,
     dense_weight_decay: float = 0.0,
+    adam_betas: tuple[float, float] = (0.9, 0.999),
     process_group: dist.ProcessGroup | None = None,
 ) -> ShardedModel:
     """Shards ``model``'s embedding tables and wraps the rest in DDP, with the matching optimizers.
@@ -232,6 +233,8 @@ def shard_model(
         table_weight_decay: weight decay of the tables (fbgemm's L2 mode for fused optimizers).
         dense_lr: AdamW learning rate of every other parameter.
         dense_weight_decay: AdamW weight decay.
+        adam_betas: AdamW's ``(beta1, beta2)``, for the dense parameters and for data-parallel tables
+            with ``TableOptimizer.ADAM`` (which then use AdamW: decoupled weight decay).
         process_group: defaults to the world group.
 
     Returns:
@@ -296,14 +299,17 @@ def shard_model(
             KeyedOptimizerWrapper(
                 tables,
                 lambda params: _regular_table_optimizer(
-                    params, table_optimizer, table_lr, table_weight_decay
+                    params, table_optimizer, table_lr, table_weight_decay, adam_betas
                 ),
             )
         )
     if dense:
         optimizers.append(
             KeyedOptimizerWrapper(
-                dense, lambda params: torch.optim.AdamW(params, lr=dense_lr, weight_decay=dense_weight_decay)
+                dense,
+                lambda params: torch.optim.AdamW(
+                    params, lr=dense_lr, betas=adam_betas, weight_decay=dense_weight_decay
+                ),
             )
         )
     logger.info(
@@ -318,7 +324,11 @@ def shard_model(
 
 
 def _regular_table_optimizer(
-    params: Any, table_optimizer: TableOptimizer, lr: float, weight_decay: float
+    params: Any,
+    table_optimizer: TableOptimizer,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.999),
 ) -> torch.optim.Optimizer:
     if table_optimizer is TableOptimizer.ROWWISE_ADAGRAD:
         rowwise: torch.optim.Optimizer = RowWiseAdagrad(params, lr=lr, eps=_EPS, weight_decay=weight_decay)
@@ -327,4 +337,4 @@ def _regular_table_optimizer(
         return torch.optim.Adagrad(params, lr=lr, eps=_EPS, weight_decay=weight_decay)
     if table_optimizer is TableOptimizer.SGD:
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.Adam(params, lr=lr, eps=_EPS, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=_EPS, weight_decay=weight_decay)

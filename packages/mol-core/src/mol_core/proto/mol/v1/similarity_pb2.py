@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mol/v1/similarity.proto\x12\x06mol.v1\"\x87\x01\n\x10SimilarityConfig\x12/\n\x0b\x64ot_product\x18\x01 \x01(\x0b\x32\x18.mol.v1.DotProductConfigH\x00\x12:\n\x11mixture_of_logits\x18\x02 \x01(\x0b\x32\x1d.mol.v1.MixtureOfLogitsConfigH\x00\x42\x06\n\x04kind\"T\n\x10\x44otProductConfig\x12\x15\n\rembedding_dim\x18\x01 \x01(\r\x12\x14\n\x0cl2_normalize\x18\x02 \x01(\x08\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\"\xa1\x02\n\x15MixtureOfLogitsConfig\x12\x18\n\x10query_components\x18\x01 \x01(\r\x12\x17\n\x0fitem_components\x18\x02 \x01(\r\x12\x15\n\rcomponent_dim\x18\x03 \x01(\r\x12\x17\n\x0fuser_components\x18\x04 \x01(\r\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\x19\n\x11gating_hidden_dim\x18\x06 \x01(\r\x12\x16\n\x0egating_dropout\x18\x07 \x01(\x02\x12\x17\n\x0fquery_input_dim\x18\x08 \x01(\r\x12\x16\n\x0eitem_input_dim\x18\t \x01(\r\x12\x16\n\x0euser_input_dim\x18\n \x01(\r\x12\x14\n\x0cuser_dropout\x18\x0b \x01(\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mol/v1/similarity.proto\x12\x06mol.v1\"\x87\x01\n\x10SimilarityConfig\x12/\n\x0b\x64ot_product\x18\x01 \x01(\x0b\x32\x18.mol.v1.DotProductConfigH\x00\x12:\n\x11mixture_of_logits\x18\x02 \x01(\x0b\x32\x1d.mol.v1.MixtureOfLogitsConfigH\x00\x42\x06\n\x04kind\"T\n\x10\x44otProductConfig\x12\x15\n\rembedding_dim\x18\x01 \x01(\r\x12\x14\n\x0cl2_normalize\x18\x02 \x01(\x08\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\"\x80\x03\n\x15MixtureOfLogitsConfig\x12\x18\n\x10query_components\x18\x01 \x01(\r\x12\x17\n\x0fitem_components\x18\x02 \x01(\r\x12\x15\n\rcomponent_dim\x18\x03 \x01(\r\x12\x17\n\x0fuser_components\x18\x04 \x01(\r\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\x19\n\x11gating_hidden_dim\x18\x06 \x01(\r\x12\x16\n\x0egating_dropout\x18\x07 \x01(\x02\x12\x17\n\x0fquery_input_dim\x18\x08 \x01(\r\x12\x16\n\x0eitem_input_dim\x18\t \x01(\r\x12\x16\n\x0euser_input_dim\x18\n \x01(\r\x12\x14\n\x0cuser_dropout\x18\x0b \x01(\x02\x12\x18\n\x10query_layer_norm\x18\x0c \x01(\x08\x12\x18\n\x10query_hidden_dim\x18\r \x01(\r\x12\x14\n\x0citem_dropout\x18\x0e \x01(\x02\x12\x13\n\x0buser_direct\x18\x0f \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,5 +36,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DOTPRODUCTCONFIG']._serialized_start=173
   _globals['_DOTPRODUCTCONFIG']._serialized_end=257
   _globals['_MIXTUREOFLOGITSCONFIG']._serialized_start=260
-  _globals['_MIXTUREOFLOGITSCONFIG']._serialized_end=549
+  _globals['_MIXTUREOFLOGITSCONFIG']._serialized_end=644
 # @@protoc_insertion_point(module_scope)

@@ -24,7 +24,7 @@ class DotProductConfig(_message.Message):
     def __init__(self, embedding_dim: _Optional[int] = ..., l2_normalize: bool = ..., temperature: _Optional[float] = ...) -> None: ...
 
 class MixtureOfLogitsConfig(_message.Message):
-    __slots__ = ("query_components", "item_components", "component_dim", "user_components", "temperature", "gating_hidden_dim", "gating_dropout", "query_input_dim", "item_input_dim", "user_input_dim", "user_dropout")
+    __slots__ = ("query_components", "item_components", "component_dim", "user_components", "temperature", "gating_hidden_dim", "gating_dropout", "query_input_dim", "item_input_dim", "user_input_dim", "user_dropout", "query_layer_norm", "query_hidden_dim", "item_dropout", "user_direct")
     QUERY_COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     ITEM_COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     COMPONENT_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,10 @@ class MixtureOfLogitsConfig(_message.Message):
     ITEM_INPUT_DIM_FIELD_NUMBER: _ClassVar[int]
     USER_INPUT_DIM_FIELD_NUMBER: _ClassVar[int]
     USER_DROPOUT_FIELD_NUMBER: _ClassVar[int]
+    QUERY_LAYER_NORM_FIELD_NUMBER: _ClassVar[int]
+    QUERY_HIDDEN_DIM_FIELD_NUMBER: _ClassVar[int]
+    ITEM_DROPOUT_FIELD_NUMBER: _ClassVar[int]
+    USER_DIRECT_FIELD_NUMBER: _ClassVar[int]
     query_components: int
     item_components: int
     component_dim: int
@@ -47,4 +51,8 @@ class MixtureOfLogitsConfig(_message.Message):
     item_input_dim: int
     user_input_dim: int
     user_dropout: float
-    def __init__(self, query_components: _Optional[int] = ..., item_components: _Optional[int] = ..., component_dim: _Optional[int] = ..., user_components: _Optional[int] = ..., temperature: _Optional[float] = ..., gating_hidden_dim: _Optional[int] = ..., gating_dropout: _Optional[float] = ..., query_input_dim: _Optional[int] = ..., item_input_dim: _Optional[int] = ..., user_input_dim: _Optional[int] = ..., user_dropout: _Optional[float] = ...) -> None: ...
+    query_layer_norm: bool
+    query_hidden_dim: int
+    item_dropout: float
+    user_direct: bool
+    def __init__(self, query_components: _Optional[int] = ..., item_components: _Optional[int] = ..., component_dim: _Optional[int] = ..., user_components: _Optional[int] = ..., temperature: _Optional[float] = ..., gating_hidden_dim: _Optional[int] = ..., gating_dropout: _Optional[float] = ..., query_input_dim: _Optional[int] = ..., item_input_dim: _Optional[int] = ..., user_input_dim: _Optional[int] = ..., user_dropout: _Optional[float] = ..., query_layer_norm: bool = ..., query_hidden_dim: _Optional[int] = ..., item_dropout: _Optional[float] = ..., user_direct: bool = ...) -> None: ...

@@ -1,0 +1,136 @@
+"""Uniformly sampled negatives for the sampled softmax: drawing them and scoring them without Python loops.
+
+Three ways to share ``R`` negatives (:class:`~mol_train.config.NegativeSampling`):
+
+- ``per_position``: ``(M, R)`` fresh ids for every (query, positive) pair, as the reference recipe does.
+  The item side runs once over the ``U`` distinct ids of the batch (``torch.unique``) and is gathered
+  into ``(M, R)``, so no item is projected twice; the scoring is one batched matmul over the M queries.
+- ``per_sequence``: ``(B, R)`` ids per sequence, shared by its positions. The component logits of a
+  sequence's ``L`` positions against its ``R`` negatives are one ``(L Pq, d) x (d, R Px)`` product,
+  batched over the ``B`` sequences (a padded layout, then the valid positions are kept).
+- ``shared``: ``(R,)`` ids for the whole batch: one ``(M Pq, d) x (d, R Px)`` product.
+
+Shape symbols: B sequences, L positions, M valid positions, R negatives, U distinct sampled ids,
+Pq/Px components, P = Pq * Px, d component width.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mol_core.similarity import ItemSide, QuerySide, Similarity
+from mol_train.config import NegativeSampling
+
+__all__ = ["lookup_ids", "negative_ids_per_position", "sample_negatives", "score_negatives"]
+
+
+def sample_negatives(
+    sampling: NegativeSampling,
+    *,
+    mask: torch.Tensor,
+    num_negatives: int,
+    num_items: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draws item ids uniformly from ``[1, N]`` with replacement.
+
+    Args:
+        sampling: who shares the negatives.
+        mask: ``(B, L)`` bool, the supervised positions (``targets != 0``).
+        num_negatives: R.
+        num_items: N.
+        generator: a seeded generator (on the CPU).
+
+    Returns:
+        ``(M, R)``, ``(B, R)`` or ``(R,)`` int64 ids on the CPU.
+    """
+    shape: tuple[int, ...]
+    if sampling is NegativeSampling.PER_POSITION:
+        shape = (int(mask.sum()), num_negatives)
+    elif sampling is NegativeSampling.PER_SEQUENCE:
+        shape = (int(mask.shape[0]), num_negatives)
+    else:
+        shape = (num_negatives,)
+    return torch.randint(1, num_items + 1, shape, generator=generator)
+
+
+def lookup_ids(sampling: NegativeSampling, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The ids to look up in the item table, and where each negative sits among them.
+
+    Returns:
+        ``(ids, inverse)``: for ``per_position`` the ``(1, U)`` distinct ids and the ``(M, R)`` index of
+        each negative among them; otherwise ``(B, R)`` or ``(1, R)`` ids and ``None``.
+    """
+    if sampling is NegativeSampling.PER_POSITION:
+        unique, inverse = torch.unique(negatives, return_inverse=True)  # (U,), (M, R)
+        return unique.unsqueeze(0), inverse
+    if sampling is NegativeSampling.PER_SEQUENCE:
+        return negatives, None
+    return negatives.unsqueeze(0), None
+
+
+def negative_ids_per_position(
+    sampling: NegativeSampling, negatives: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """The ids of each position's negatives, for accidental-hit masking: ``(M, R)``, or ``(R,)`` if shared."""
+    if sampling is NegativeSampling.PER_SEQUENCE:
+        rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask]  # (M,)
+        return negatives[rows]  # (M, R)
+    return negatives
+
+
+def score_negatives(
+    similarity: Similarity,
+    query: QuerySide,
+    negatives: ItemSide,
+    sampling: NegativeSampling,
+    *,
+    mask: torch.Tensor,
+    inverse: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Scores every supervised position against its negatives.
+
+    Args:
+        similarity: the similarity head.
+        query: ``M`` positions, sequence after sequence (``hidden[mask]`` order).
+        negatives: the item side of the looked-up ids: ``(1, U, Px, d)`` per position, ``(B, R, Px, d)``
+            per sequence, ``(1, R, Px, d)`` shared.
+        sampling: who shares the negatives.
+        mask: ``(B, L)`` bool, the supervised positions.
+        inverse: ``(M, R)`` index into the ``U`` distinct ids (``per_position`` only).
+
+    Returns:
+        ``(M, R)`` float32 scores.
+    """
+    gating = negatives.gating
+    if sampling is NegativeSampling.SHARED:
+        shared = ItemSide(negatives.embeddings[0], None if gating is None else gating[0])  # (R, Px, d)
+        return similarity.score_pairs(query, shared)
+    if sampling is NegativeSampling.PER_POSITION:
+        if inverse is None:
+            raise ValueError("per-position negatives need the (M, R) inverse index from lookup_ids")
+        embeddings = negatives.embeddings[0][inverse]  # (M, R, Px, d)
+        per_position = ItemSide(embeddings, None if gating is None else gating[0][inverse])  # (M, R, P)
+        return similarity.score_pairs(query, per_position)
+    logits = _per_sequence_logits(similarity, query.embeddings, negatives.embeddings, mask)  # (M, R, P)
+    query_gating = None if query.gating is None else query.gating.unsqueeze(1)  # (M, 1, P)
+    item_gating = None
+    if gating is not None:
+        rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask]  # (M,)
+        item_gating = gating[rows]  # (M, R, P)
+    return similarity.mix_scores(logits, query_gating, item_gating)
+
+
+def _per_sequence_logits(
+    similarity: Similarity, queries: torch.Tensor, items: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """``(M, Pq, d)`` queries x ``(B, R, Px, d)`` per-sequence items -> ``(M, R, P)`` logits / temperature."""
+    batch, length = mask.shape
+    _, num_q, dim = queries.shape
+    num_r, num_x = items.shape[1], items.shape[2]
+    padded = queries.new_zeros(batch, length, num_q, dim).index_put((mask,), queries)  # (B, L, Pq, d)
+    flat = torch.bmm(
+        padded.reshape(batch, length * num_q, dim), items.reshape(batch, num_r * num_x, dim).transpose(1, 2)
+    )  # (B, L Pq, R Px)
+    logits = flat.view(batch, length, num_q, num_r, num_x)[mask]  # (M, Pq, R, Px)
+    return logits.permute(0, 2, 1, 3).reshape(-1, num_r, num_q * num_x) / similarity.temperature  # (M, R, P)
