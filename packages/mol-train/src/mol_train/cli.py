@@ -82,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
     fit.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fit.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per process (default 0: the CPUs this process may use, from its affinity "
+        "mask and cgroup quota, divided among torchrun's local processes)",
+    )
 
     presets = commands.add_parser("presets", help="list the shipped config presets")
     presets.add_argument("--show", help="print one preset's TOML")
@@ -184,8 +191,10 @@ def _load_dataset(path: Path) -> object:
 def _fit(args: argparse.Namespace) -> int:
     from mol_core.errors import ConfigError
     from mol_train.config import load_config
+    from mol_train.threads import set_torch_threads
     from mol_train.train import fit
 
+    set_torch_threads(args.threads)
     overrides = list(args.overrides)
     if args.data is not None:
         overrides.append(f"data.path={json.dumps(str(args.data))}")
