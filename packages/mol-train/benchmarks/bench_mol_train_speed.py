@@ -1,0 +1,206 @@
+"""MoL training speed on CPU: the scoring before this change against today's, side by side in one process.
+
+    python packages/mol-train/benchmarks/bench_mol_train_speed.py --output bench-results/mol_train_speed.json
+    python packages/mol-train/benchmarks/bench_mol_train_speed.py --quick     # CI: a tiny model, no target
+
+One model (the ``ml1m_hstu_large_mol`` preset, shrunk by ``--scale`` like the quality benchmark), one set of
+weights and the same ML-1M batches (synthetic ones in quick mode or without the data) for every variant:
+
+- ``loop (before)``: per-sequence negatives scored by a Python loop over the sequences, with the gating
+  weights built explicitly (softmax, dropout, renormalisation), eager float32: the code this replaced;
+- ``batched``: the same negatives scored by one batched matmul and the fused mixture, eager float32;
+- ``batched + compile``: the pair-wise gating through ``torch.compile``;
+- ``batched + compile + bf16 gating``: and its MLP in bf16 (on CPUs with native bf16 only);
+- ``per-position + compile + bf16 gating``: fresh negatives for every position (the reference's sampler).
+
+Each round runs one training step (forward, backward, AdamW step) of every variant in turn; the table
+gives min and median seconds per step over the rounds, training sequences per second, and the speed-up of
+the min over the ``loop (before)`` min. Full mode fails if the best ``batched`` variant is not at least
+2x faster. One torch thread unless ``--threads``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+
+import mol_train.model
+from mol_core.similarity import ItemSide, QuerySide, Similarity
+from mol_train.config import NegativeSampling, load_config
+from mol_train.data import SequenceDataset, make_synthetic, prepare, train_batch, train_rows
+from mol_train.model import build_model
+from mol_train.negatives import sample_negatives
+from mol_train.train import bf16_is_native
+
+DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "ml-1m" / "user_movie_chrono.txt"
+SCALE = ["model.num_blocks=2", "data.max_len=50"]
+TARGET = 2.0
+
+
+def loop_score_negatives(
+    similarity: Similarity,
+    query: QuerySide,
+    negatives: ItemSide,
+    sampling: NegativeSampling,
+    *,
+    mask: torch.Tensor,
+    inverse: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The per-sequence scoring this change replaced: a loop over sequences, explicit gating weights."""
+    if sampling is not NegativeSampling.PER_SEQUENCE or inverse is not None:
+        raise ValueError("the loop scored per-sequence negatives only")
+    parts, start = [], 0
+    for b, count in enumerate(mask.sum(dim=1).tolist()):
+        stop = start + count
+        gating = None if query.gating is None else query.gating[start:stop]
+        items = ItemSide(negatives.embeddings[b], None if negatives.gating is None else negatives.gating[b])
+        scores, _ = similarity.score_pairs_with_weights(QuerySide(query.embeddings[start:stop], gating), items)
+        parts.append(scores)
+        start = stop
+    return torch.cat(parts)  # (M, R)
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "loop (before)": {"sampling": NegativeSampling.PER_SEQUENCE, "loop": True},
+    "batched": {"sampling": NegativeSampling.PER_SEQUENCE},
+    "batched + compile": {"sampling": NegativeSampling.PER_SEQUENCE, "compile": True},
+    "batched + compile + bf16 gating": {"sampling": NegativeSampling.PER_SEQUENCE, "compile": True, "bf16": True},
+    "per-position + compile + bf16 gating": {
+        "sampling": NegativeSampling.PER_POSITION, "compile": True, "bf16": True,
+    },
+}
+
+
+def _dataset(quick: bool, workdir: Path, max_len: int) -> tuple[SequenceDataset, str]:
+    if not quick and DATA.is_file():
+        return prepare(DATA, "user-item", workdir / "ml-1m", max_len=max_len, overwrite=True), "ML-1M"
+    return make_synthetic(num_users=600, num_items=500, max_len=max_len, seed=0), "synthetic"
+
+
+@contextlib.contextmanager
+def _variant(model: mol_train.model.SequentialRecommender, spec: dict[str, Any]) -> Iterator[None]:
+    model.negative_sampling = spec["sampling"]
+    gating = getattr(model.similarity, "gating")
+    gating.set_scores_backend(
+        compile=spec.get("compile", False), mlp_dtype=torch.bfloat16 if spec.get("bf16") else None
+    )
+    patch = (
+        mock.patch.object(mol_train.model, "score_negatives", loop_score_negatives)
+        if spec.get("loop")
+        else contextlib.nullcontext()
+    )
+    with patch:
+        yield
+
+
+def measure(quick: bool, rounds: int, scale: list[str], workdir: Path) -> dict[str, Any]:
+    preset_overrides = (
+        ["model.num_blocks=1", "data.max_len=20", "model.item_dim=16", "similarity.query_hidden_dim=32",
+         "similarity.component_dim=16", "model.user_buckets=64", "train.num_negatives=32",
+         "train.batch_size=32"]
+        if quick
+        else list(scale)
+    )
+    config = load_config("ml1m_hstu_large_mol", preset_overrides)
+    dataset, data_name = _dataset(quick, workdir, config.data.max_len)
+    torch.manual_seed(0)
+    model = build_model(config, dataset.num_items).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=1e-3)
+    rows = train_rows(dataset)
+    size = config.train.batch_size
+    batches = [train_batch(dataset, rows[i * size : (i + 1) * size], max_len=config.data.max_len)
+               for i in range(rounds + 1)]
+    names = [n for n, spec in VARIANTS.items() if not spec.get("bf16") or bf16_is_native(torch.device("cpu"))]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    generator = torch.Generator().manual_seed(0)
+    for round_index, batch in enumerate(batches):
+        for name in names:
+            spec = VARIANTS[name]
+            negatives = sample_negatives(
+                spec["sampling"], mask=batch.targets != 0, num_negatives=config.train.num_negatives,
+                num_items=dataset.num_items, generator=generator,
+            )
+            with _variant(model, spec):
+                start = time.perf_counter()
+                parts = model(batch.inputs, batch.targets, negatives, batch.timestamps, None, batch.user_rows)
+                optimizer.zero_grad()
+                parts.loss.backward()
+                optimizer.step()
+                seconds = time.perf_counter() - start
+            if round_index > 0:  # round 0 warms up (and compiles)
+                times[name].append(seconds)
+    base = min(times["loop (before)"])
+    rows_out = []
+    for name in names:
+        best = min(times[name])
+        rows_out.append({
+            "variant": name,
+            "min_seconds_per_step": best,
+            "median_seconds_per_step": statistics.median(times[name]),
+            "sequences_per_second": size / best,
+            "speedup_vs_loop": base / best,
+            "seconds": times[name],
+        })
+    return {"data": data_name, "config_overrides": preset_overrides, "batch_size": size, "rows": rows_out}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a tiny model on synthetic data, no target (CI)")
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds after one warm-up round")
+    parser.add_argument("--scale", nargs="*", default=SCALE, metavar="TABLE.KEY=VALUE",
+                        help=f"overrides of the MoL preset (default: {' '.join(SCALE)})")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--workdir", type=Path, help="where ML-1M is prepared (default: a temporary folder)")
+    parser.add_argument("--output", type=Path, help="write the result as JSON to this path")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        measured = measure(args.quick, 2 if args.quick else args.rounds, args.scale, args.workdir or Path(tmp))
+    result = {
+        "benchmark": "mol_train_speed",
+        "mode": "quick" if args.quick else "full",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "bf16_native": bf16_is_native(torch.device("cpu")),
+        },
+        **measured,
+    }
+    print(f"mol-train speed ({result['mode']}, {result['data']}), {result['machine']}")
+    print(f"{'variant':<40} {'min s':>8} {'median s':>9} {'seq/s':>8} {'speed-up':>9}")
+    for row in result["rows"]:
+        print(f"{row['variant']:<40} {row['min_seconds_per_step']:>8.3f} {row['median_seconds_per_step']:>9.3f} "
+              f"{row['sequences_per_second']:>8.1f} {row['speedup_vs_loop']:>8.2f}x")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = args.output.with_suffix(".tmp")
+        tmp_path.write_text(json.dumps(result, indent=2))
+        tmp_path.replace(args.output)
+    best = max(r["speedup_vs_loop"] for r in result["rows"] if r["variant"].startswith("batched"))
+    if not args.quick and best < TARGET:
+        print(f"FAIL: the best batched variant is {best:.2f}x the loop; the target is {TARGET}x", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
