@@ -35,6 +35,7 @@ def test_quickstart_runs_end_to_end_and_reuses_its_artifacts(tmp_path: Path) -> 
     report = (tmp_path / "run" / "report.md").read_text()
     assert "- [ ]" not in report  # no failed check
     assert report.count("- [x]") == 4
+    assert "one seed each" in report and "Validation curves (NDCG@10): MoL: " in report
     for artifact in (
         "data",
         "bundle",
@@ -60,3 +61,23 @@ def test_quickstart_refuses_a_missing_data_file(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--data" in result.stderr
     assert "no such file" in result.stderr
+
+
+def test_the_report_says_when_a_validation_curve_is_still_rising(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quickstart", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    quickstart = importlib.util.module_from_spec(spec)
+    sys.modules["quickstart"] = quickstart  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(quickstart)
+    finally:
+        del sys.modules["quickstart"]
+    metrics = tmp_path / "metrics.jsonl"
+    rising = [{"kind": "train", "epoch": 1}, {"kind": "valid", "epoch": 1, "ndcg@10": 0.1},
+              {"kind": "valid", "epoch": 2, "ndcg@10": 0.2}]
+    metrics.write_text("\n".join(json.dumps(r) for r in rising))
+    assert quickstart.validation_curve_status(metrics).startswith("still rising at epoch 2")
+    metrics.write_text("\n".join(json.dumps(r) for r in [*rising, {"kind": "valid", "epoch": 3, "ndcg@10": 0.15}]))
+    assert quickstart.validation_curve_status(metrics) == "best at epoch 2 of 3"

@@ -74,6 +74,7 @@ class Report:
     served: dict[str, Any] = field(default_factory=dict)
     checks: dict[str, bool] = field(default_factory=dict)
     artifacts: dict[str, Path] = field(default_factory=dict)
+    curves: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,28 @@ def train(name: str, preset: str, dataset: SequenceDataset, args: argparse.Names
     found = json.loads(results.read_text())
     report.quality[name] = {key: float(found["test"][key]) for key in QUALITY_KEYS}
     report.quality[name]["epochs"] = float(found["epochs_run"])
+    report.quality[name]["best_epoch"] = float(found["best_epoch"])
+    report.curves[name] = validation_curve_status(run / "metrics.jsonl")
     report.artifacts[f"{name} run (metrics.jsonl, curves.png)"] = run
+
+
+def validation_curve_status(metrics_file: Path) -> str:
+    """Says whether a run's validation NDCG@10 was still rising when training stopped.
+
+    "still rising" when the last evaluation was the best so far, "flat" otherwise, with the epochs.
+    """
+    curve = [
+        (record["epoch"], record["ndcg@10"])
+        for record in map(json.loads, metrics_file.read_text().splitlines())
+        if record.get("kind") == "valid"
+    ]
+    if not curve:
+        return "no validation run"
+    best_epoch, _ = max(curve, key=lambda point: point[1])
+    last_epoch = curve[-1][0]
+    if best_epoch == last_epoch:
+        return f"still rising at epoch {last_epoch} (its best): more epochs would likely change the result"
+    return f"best at epoch {best_epoch} of {last_epoch}"
 
 
 def export(dataset: SequenceDataset, report: Report) -> Path:
@@ -383,7 +405,13 @@ def render(report: Report) -> str:
     gain = (mol["hr@10"] / dot["hr@10"] - 1) * 100 if dot["hr@10"] > 0 else float("nan")
     lines += [
         "",
-        f"MoL vs dot product, HR@10: {gain:+.1f}%.",
+        f"MoL vs dot product, HR@10: {gain:+.1f}% after {mol['epochs']:.0f} and {dot['epochs']:.0f} epochs, "
+        "one seed each: a single run on small synthetic data, not evidence that one head is better "
+        "(docs/benchmarks.md has the multi-seed comparison on ML-1M).",
+        "",
+        "Validation curves (NDCG@10): "
+        + "; ".join(f"{label}: {report.curves.get(name, 'unknown')}" for name, label in (
+            ("mol", "MoL"), ("dot", "dot product"))) + ".",
         "",
         "## Indexes (in process, every test user; latency = median wall time per search, 1 thread)",
         "",
