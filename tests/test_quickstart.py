@@ -35,7 +35,8 @@ def test_quickstart_runs_end_to_end_and_reuses_its_artifacts(tmp_path: Path) -> 
     report = (tmp_path / "run" / "report.md").read_text()
     assert "- [ ]" not in report  # no failed check
     assert report.count("- [x]") == 4
-    assert "one seed each" in report and "Validation curves (NDCG@10): MoL: " in report
+    assert "one seed each" in report
+    assert "Validation curves (NDCG@10): MoL: " in report
     for artifact in (
         "data",
         "bundle",
@@ -67,7 +68,8 @@ def test_the_report_says_when_a_validation_curve_is_still_rising(tmp_path: Path)
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("quickstart", SCRIPT)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     quickstart = importlib.util.module_from_spec(spec)
     sys.modules["quickstart"] = quickstart  # its dataclasses look their module up
     try:
@@ -75,9 +77,14 @@ def test_the_report_says_when_a_validation_curve_is_still_rising(tmp_path: Path)
     finally:
         del sys.modules["quickstart"]
     metrics = tmp_path / "metrics.jsonl"
-    rising = [{"kind": "train", "epoch": 1}, {"kind": "valid", "epoch": 1, "ndcg@10": 0.1},
-              {"kind": "valid", "epoch": 2, "ndcg@10": 0.2}]
+    rising = [
+        {"kind": "train", "epoch": 1},
+        {"kind": "valid", "epoch": 1, "ndcg@10": 0.1},
+        {"kind": "valid", "epoch": 2, "ndcg@10": 0.2},
+    ]
     metrics.write_text("\n".join(json.dumps(r) for r in rising))
     assert quickstart.validation_curve_status(metrics).startswith("still rising at epoch 2")
-    metrics.write_text("\n".join(json.dumps(r) for r in [*rising, {"kind": "valid", "epoch": 3, "ndcg@10": 0.15}]))
+    metrics.write_text(
+        "\n".join(json.dumps(r) for r in [*rising, {"kind": "valid", "epoch": 3, "ndcg@10": 0.15}])
+    )
     assert quickstart.validation_curve_status(metrics) == "best at epoch 2 of 3"

@@ -410,8 +410,11 @@ def render(report: Report) -> str:
         "(docs/benchmarks.md has the multi-seed comparison on ML-1M).",
         "",
         "Validation curves (NDCG@10): "
-        + "; ".join(f"{label}: {report.curves.get(name, 'unknown')}" for name, label in (
-            ("mol", "MoL"), ("dot", "dot product"))) + ".",
+        + "; ".join(
+            f"{label}: {report.curves.get(name, 'unknown')}"
+            for name, label in (("mol", "MoL"), ("dot", "dot product"))
+        )
+        + ".",
         "",
         "## Indexes (in process, every test user; latency = median wall time per search, 1 thread)",
         "",

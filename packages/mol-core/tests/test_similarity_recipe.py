@@ -83,8 +83,14 @@ def test_user_and_item_dropout_act_in_training_only() -> None:
 def test_xavier_init_zeroes_the_item_and_gating_biases() -> None:
     torch.manual_seed(3)
     sim = recipe_mol(query_input_dim=256, item_input_dim=256, gating_hidden_dim=256)
-    zero = [sim.item_proj.bias, *(m.bias for mlp in (sim.gating.query_mlp, sim.gating.item_mlp,
-                                                        sim.gating.logits_mlp) for m in (mlp.hidden, mlp.out))]
+    zero = [
+        sim.item_proj.bias,
+        *(
+            m.bias
+            for mlp in (sim.gating.query_mlp, sim.gating.item_mlp, sim.gating.logits_mlp)
+            for m in (mlp.hidden, mlp.out)
+        ),
+    ]
     assert all(float(b.abs().max()) == 0.0 for b in zero)
     # Xavier-normal: std sqrt(2 / (fan_in + fan_out)); the item projection is (Px * d = 16, 256)
     std = float(sim.item_proj.weight.std())
@@ -140,9 +146,13 @@ def test_fused_scores_in_training_are_mixtures_and_follow_the_dropout_mask() -> 
     mlp = [torch.randn(16, 6) / 3, torch.zeros(16), torch.randn(6, 16) / 4, torch.zeros(6)]
     args = (logits, query_features, item_features, *mlp)
     dropped = glu_silu_scores(*args, 0.5, True)
-    assert bool((dropped >= logits.amin(dim=-1) - 1e-4).all() and (dropped <= logits.amax(dim=-1) + 1e-4).all())
+    assert bool(
+        (dropped >= logits.amin(dim=-1) - 1e-4).all() and (dropped <= logits.amax(dim=-1) + 1e-4).all()
+    )
     torch.testing.assert_close(glu_silu_scores(*args, 0.0, True), glu_silu_scores(*args, 0.5, False))
-    gate = F.silu(query_features * item_features + F.linear(F.silu(F.linear(logits, mlp[0], mlp[1])), mlp[2], mlp[3]))
+    gate = F.silu(
+        query_features * item_features + F.linear(F.silu(F.linear(logits, mlp[0], mlp[1])), mlp[2], mlp[3])
+    )
     want = (torch.softmax(gate, dim=-1) * logits).sum(dim=-1)
     torch.testing.assert_close(glu_silu_scores(*args, 0.2, False), want)
     bf16 = glu_silu_scores(*args, 0.0, False, torch.bfloat16)
@@ -166,3 +176,39 @@ def test_scores_backend_applies_in_training_only() -> None:
     bf16 = sim.score_pairs(query, items)
     assert not torch.equal(bf16, float32)
     torch.testing.assert_close(bf16, float32, atol=0.1, rtol=0.02)
+
+
+@pytest.mark.parametrize("shared_items", [False, True], ids=["per-row items", "shared items"])
+def test_blocked_kernel_equals_eager_autograd(shared_items: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blocked function's scores and every gradient equal autograd through the eager function (the
+    same dropout mask under the same seed), with blocks smaller than the input."""
+    from mol_core.similarity import gating_blocked
+
+    monkeypatch.setattr(gating_blocked, "BLOCK_PAIRS", 60)
+    torch.manual_seed(8)
+    rows, num_x, p, h = 9, 7, 6, 16
+    logits = (10 * torch.randn(rows, num_x, p)).requires_grad_()
+    query_features = torch.randn(rows, 1, p, requires_grad=True)
+    item_features = torch.randn(1 if shared_items else rows, num_x, p, requires_grad=True)
+    mlp = [
+        (torch.randn(h, p) / 3).requires_grad_(),
+        torch.randn(h, requires_grad=True),
+        (torch.randn(p, h) / 4).requires_grad_(),
+        torch.randn(p, requires_grad=True),
+    ]
+    inputs = [logits, query_features, item_features, *mlp]
+    upstream = torch.randn(rows, num_x)
+    results = []
+    for fn in (glu_silu_scores, gating_blocked.glu_silu_scores_blocked):
+        torch.manual_seed(9)
+        scores = fn(*inputs, 0.3, True)
+        results.append((scores, torch.autograd.grad((scores * upstream).sum(), inputs)))
+    (want, want_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, want)
+    for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(got_grad, want_grad, atol=1e-4, rtol=1e-4)
+
+
+def test_unknown_scores_kernel_is_refused() -> None:
+    with pytest.raises(ConfigError, match="kernel must be one of 'eager', 'compiled', 'blocked'"):
+        recipe_mol().gating.set_scores_backend(kernel="fused")

@@ -160,19 +160,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=16, help="epochs per run (equal for every model)")
     parser.add_argument("--eval-every", type=int, default=2, help="epochs between validation runs")
     parser.add_argument(
-        "--time-budget", type=float, default=0.0,
+        "--time-budget",
+        type=float,
+        default=0.0,
         help="seconds of training per run instead of equal epochs (then --epochs is an upper bound)",
     )
     parser.add_argument(
-        "--scale", nargs="*", default=SCALE, metavar="TABLE.KEY=VALUE",
+        "--scale",
+        nargs="*",
+        default=SCALE,
+        metavar="TABLE.KEY=VALUE",
         help=f"overrides that shrink both presets alike (default: {' '.join(SCALE)})",
     )
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
         help="a further override for every run (repeatable), e.g. --set train.negatives=per_sequence",
     )
-    parser.add_argument("--set-mol", action="append", default=[], metavar="TABLE.KEY=VALUE",
-                        help="an override for the MoL runs only (an ablation)")
+    parser.add_argument(
+        "--set-mol",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="an override for the MoL runs only (an ablation)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each")
     parser.add_argument("--workdir", type=Path, help="where runs are written (default: a temporary folder)")
     parser.add_argument("--output", type=Path, help="write the result as JSON to this path")

@@ -9,9 +9,10 @@ weights and the same ML-1M batches (synthetic ones in quick mode or without the 
 - ``loop (before)``: per-sequence negatives scored by a Python loop over the sequences, with the gating
   weights built explicitly (softmax, dropout, renormalisation), eager float32: the code this replaced;
 - ``batched``: the same negatives scored by one batched matmul and the fused mixture, eager float32;
-- ``batched + compile``: the pair-wise gating through ``torch.compile``;
-- ``batched + compile + bf16 gating``: and its MLP in bf16 (on CPUs with native bf16 only);
-- ``per-position + compile + bf16 gating``: fresh negatives for every position (the reference's sampler).
+- ``batched + compiled``: the pair-wise gating through ``torch.compile``;
+- ``batched + blocked``: the pair-wise gating in cache-sized blocks (mol_core.similarity.gating_blocked);
+- ``... + bf16 gating``: and its MLP in bf16 (on CPUs with native bf16 only);
+- ``per-position + blocked + bf16 gating``: fresh negatives for every position (the reference's sampler).
 
 Each round runs one training step (forward, backward, AdamW step) of every variant in turn; the table
 gives min and median seconds per step over the rounds, training sequences per second, and the speed-up of
@@ -67,20 +68,23 @@ def loop_score_negatives(
         stop = start + count
         gating = None if query.gating is None else query.gating[start:stop]
         items = ItemSide(negatives.embeddings[b], None if negatives.gating is None else negatives.gating[b])
-        scores, _ = similarity.score_pairs_with_weights(QuerySide(query.embeddings[start:stop], gating), items)
+        scores, _ = similarity.score_pairs_with_weights(
+            QuerySide(query.embeddings[start:stop], gating), items
+        )
         parts.append(scores)
         start = stop
     return torch.cat(parts)  # (M, R)
 
 
+PER_SEQUENCE, PER_POSITION = NegativeSampling.PER_SEQUENCE, NegativeSampling.PER_POSITION
 VARIANTS: dict[str, dict[str, Any]] = {
-    "loop (before)": {"sampling": NegativeSampling.PER_SEQUENCE, "loop": True},
-    "batched": {"sampling": NegativeSampling.PER_SEQUENCE},
-    "batched + compile": {"sampling": NegativeSampling.PER_SEQUENCE, "compile": True},
-    "batched + compile + bf16 gating": {"sampling": NegativeSampling.PER_SEQUENCE, "compile": True, "bf16": True},
-    "per-position + compile + bf16 gating": {
-        "sampling": NegativeSampling.PER_POSITION, "compile": True, "bf16": True,
-    },
+    "loop (before)": {"sampling": PER_SEQUENCE, "loop": True},
+    "batched": {"sampling": PER_SEQUENCE},
+    "batched + compiled": {"sampling": PER_SEQUENCE, "kernel": "compiled"},
+    "batched + blocked": {"sampling": PER_SEQUENCE, "kernel": "blocked"},
+    "batched + compiled + bf16 gating": {"sampling": PER_SEQUENCE, "kernel": "compiled", "bf16": True},
+    "batched + blocked + bf16 gating": {"sampling": PER_SEQUENCE, "kernel": "blocked", "bf16": True},
+    "per-position + blocked + bf16 gating": {"sampling": PER_POSITION, "kernel": "blocked", "bf16": True},
 }
 
 
@@ -93,9 +97,9 @@ def _dataset(quick: bool, workdir: Path, max_len: int) -> tuple[SequenceDataset,
 @contextlib.contextmanager
 def _variant(model: mol_train.model.SequentialRecommender, spec: dict[str, Any]) -> Iterator[None]:
     model.negative_sampling = spec["sampling"]
-    gating = getattr(model.similarity, "gating")
+    gating = model.similarity.gating
     gating.set_scores_backend(
-        compile=spec.get("compile", False), mlp_dtype=torch.bfloat16 if spec.get("bf16") else None
+        kernel=spec.get("kernel", "eager"), mlp_dtype=torch.bfloat16 if spec.get("bf16") else None
     )
     patch = (
         mock.patch.object(mol_train.model, "score_negatives", loop_score_negatives)
@@ -108,9 +112,16 @@ def _variant(model: mol_train.model.SequentialRecommender, spec: dict[str, Any])
 
 def measure(quick: bool, rounds: int, scale: list[str], workdir: Path) -> dict[str, Any]:
     preset_overrides = (
-        ["model.num_blocks=1", "data.max_len=20", "model.item_dim=16", "similarity.query_hidden_dim=32",
-         "similarity.component_dim=16", "model.user_buckets=64", "train.num_negatives=32",
-         "train.batch_size=32"]
+        [
+            "model.num_blocks=1",
+            "data.max_len=20",
+            "model.item_dim=16",
+            "similarity.query_hidden_dim=32",
+            "similarity.component_dim=16",
+            "model.user_buckets=64",
+            "train.num_negatives=32",
+            "train.batch_size=32",
+        ]
         if quick
         else list(scale)
     )
@@ -121,8 +132,10 @@ def measure(quick: bool, rounds: int, scale: list[str], workdir: Path) -> dict[s
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=1e-3)
     rows = train_rows(dataset)
     size = config.train.batch_size
-    batches = [train_batch(dataset, rows[i * size : (i + 1) * size], max_len=config.data.max_len)
-               for i in range(rounds + 1)]
+    batches = [
+        train_batch(dataset, rows[i * size : (i + 1) * size], max_len=config.data.max_len)
+        for i in range(rounds + 1)
+    ]
     names = [n for n, spec in VARIANTS.items() if not spec.get("bf16") or bf16_is_native(torch.device("cpu"))]
     times: dict[str, list[float]] = {name: [] for name in names}
     generator = torch.Generator().manual_seed(0)
@@ -130,8 +143,11 @@ def measure(quick: bool, rounds: int, scale: list[str], workdir: Path) -> dict[s
         for name in names:
             spec = VARIANTS[name]
             negatives = sample_negatives(
-                spec["sampling"], mask=batch.targets != 0, num_negatives=config.train.num_negatives,
-                num_items=dataset.num_items, generator=generator,
+                spec["sampling"],
+                mask=batch.targets != 0,
+                num_negatives=config.train.num_negatives,
+                num_items=dataset.num_items,
+                generator=generator,
             )
             with _variant(model, spec):
                 start = time.perf_counter()
@@ -146,23 +162,32 @@ def measure(quick: bool, rounds: int, scale: list[str], workdir: Path) -> dict[s
     rows_out = []
     for name in names:
         best = min(times[name])
-        rows_out.append({
-            "variant": name,
-            "min_seconds_per_step": best,
-            "median_seconds_per_step": statistics.median(times[name]),
-            "sequences_per_second": size / best,
-            "speedup_vs_loop": base / best,
-            "seconds": times[name],
-        })
+        rows_out.append(
+            {
+                "variant": name,
+                "min_seconds_per_step": best,
+                "median_seconds_per_step": statistics.median(times[name]),
+                "sequences_per_second": size / best,
+                "speedup_vs_loop": base / best,
+                "seconds": times[name],
+            }
+        )
     return {"data": data_name, "config_overrides": preset_overrides, "batch_size": size, "rows": rows_out}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny model on synthetic data, no target (CI)")
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds after one warm-up round")
-    parser.add_argument("--scale", nargs="*", default=SCALE, metavar="TABLE.KEY=VALUE",
-                        help=f"overrides of the MoL preset (default: {' '.join(SCALE)})")
+    parser.add_argument(
+        "--scale",
+        nargs="*",
+        default=SCALE,
+        metavar="TABLE.KEY=VALUE",
+        help=f"overrides of the MoL preset (default: {' '.join(SCALE)})",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--workdir", type=Path, help="where ML-1M is prepared (default: a temporary folder)")
     parser.add_argument("--output", type=Path, help="write the result as JSON to this path")
@@ -171,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        measured = measure(args.quick, 2 if args.quick else args.rounds, args.scale, args.workdir or Path(tmp))
+        measured = measure(
+            args.quick, 2 if args.quick else args.rounds, args.scale, args.workdir or Path(tmp)
+        )
     result = {
         "benchmark": "mol_train_speed",
         "mode": "quick" if args.quick else "full",
@@ -188,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mol-train speed ({result['mode']}, {result['data']}), {result['machine']}")
     print(f"{'variant':<40} {'min s':>8} {'median s':>9} {'seq/s':>8} {'speed-up':>9}")
     for row in result["rows"]:
-        print(f"{row['variant']:<40} {row['min_seconds_per_step']:>8.3f} {row['median_seconds_per_step']:>9.3f} "
-              f"{row['sequences_per_second']:>8.1f} {row['speedup_vs_loop']:>8.2f}x")
+        print(
+            f"{row['variant']:<40} {row['min_seconds_per_step']:>8.3f} "
+            f"{row['median_seconds_per_step']:>9.3f} "
+            f"{row['sequences_per_second']:>8.1f} {row['speedup_vs_loop']:>8.2f}x"
+        )
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         tmp_path = args.output.with_suffix(".tmp")
@@ -197,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         tmp_path.replace(args.output)
     best = max(r["speedup_vs_loop"] for r in result["rows"] if r["variant"].startswith("batched"))
     if not args.quick and best < TARGET:
-        print(f"FAIL: the best batched variant is {best:.2f}x the loop; the target is {TARGET}x", file=sys.stderr)
+        print(
+            f"FAIL: the best batched variant is {best:.2f}x the loop; the target is {TARGET}x",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

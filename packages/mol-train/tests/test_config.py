@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from mol_core.errors import ConfigError
-from mol_train.config import EncoderKind, LossKind, SimilarityKind, list_presets, load_config
+from mol_train.config import (
+    EncoderKind,
+    LossKind,
+    NegativeSampling,
+    SimilarityKind,
+    list_presets,
+    load_config,
+)
 
 
 def test_every_shipped_preset_loads_and_names_its_command() -> None:
@@ -38,6 +45,49 @@ def test_paper_preset_has_the_paper_settings() -> None:
     assert config.train.loss is LossKind.SAMPLED
 
 
+def test_mol_preset_has_the_reference_recipe() -> None:
+    """The values read from bailuding/rails' ML-1M MoL config (docs/mol-train-models.md, "The MoL head")."""
+    config = load_config("ml1m_hstu_large_mol")
+    sim, train = config.similarity, config.train
+    assert (sim.query_layer_norm, sim.query_hidden_dim, sim.item_dropout, sim.init) == (
+        True,
+        512,
+        0.1,
+        "xavier",
+    )
+    assert (sim.user_components, sim.user_direct, sim.user_dropout, config.model.user_buckets) == (
+        1,
+        True,
+        0.5,
+        6040,
+    )
+    assert config.user_dim == 64  # the user-id embedding is the 64-d component itself
+    assert (train.weight_decay, train.adam_beta2, train.grad_clip, train.user_l2_weight) == (
+        1e-3,
+        0.98,
+        0.0,
+        0.1,
+    )
+    assert (sim.gating_dropout, sim.temperature, train.mi_weight) == (0.2, 0.05, 0.001)
+    dot = load_config("ml1m_hstu_large_dot").train  # the reference's dot baseline: the same optimiser
+    assert (dot.weight_decay, dot.adam_beta2, dot.grad_clip, dot.negatives) == (
+        train.weight_decay,
+        train.adam_beta2,
+        train.grad_clip,
+        train.negatives,
+    )
+
+
+def test_shared_negatives_is_the_older_spelling_of_negatives_shared() -> None:
+    assert load_config("tiny_cpu").negative_sampling is NegativeSampling.PER_SEQUENCE
+    assert load_config("tiny_cpu", ["train.negatives='per_position'"]).negative_sampling is (
+        NegativeSampling.PER_POSITION
+    )
+    assert (
+        load_config("tiny_cpu", ["train.shared_negatives=true"]).negative_sampling is NegativeSampling.SHARED
+    )
+
+
 def test_overrides_are_parsed_as_toml_values() -> None:
     config = load_config(
         "tiny_cpu", ["train.epochs=7", "train.learning_rate=0.5", "data.path=somewhere/else"]
@@ -65,6 +115,12 @@ def test_unknown_key_lists_the_valid_keys(tmp_path: Path) -> None:
         ("similarity.user_components=1", "model.user_buckets"),
         ("model.dropout=1.5", "model.dropout"),
         ("epochs=3", "table.key=value"),
+        ("train.negatives='per_item'", "must be one of 'per_position', 'per_sequence', 'shared'"),
+        ("train.gating_kernel='fused'", "train.gating_kernel must be"),
+        ("similarity.init='he'", "similarity.init must be"),
+        ("similarity.item_dropout=1.0", "similarity.item_dropout must be in"),
+        ("train.adam_beta2=1.0", "train.adam_beta2"),
+        ("similarity.query_hidden_dim=-4", "similarity.query_hidden_dim"),
     ],
 )
 def test_bad_values_are_refused(override: str, message: str) -> None:

@@ -55,7 +55,12 @@ def test_mi_term_is_added_with_its_weight(dataset) -> None:  # type: ignore[no-u
     torch.manual_seed(0)
     config = load_config(
         "tiny_cpu",
-        ["data.max_len=12", "train.mi_weight=0.5", "similarity.gating_dropout=0.0", "train.negatives='shared'"],
+        [
+            "data.max_len=12",
+            "train.mi_weight=0.5",
+            "similarity.gating_dropout=0.0",
+            "train.negatives='shared'",
+        ],
     )
     model = build_model(config, dataset.num_items).eval()
     batch = train_batch(dataset, train_rows(dataset)[:4], max_len=12)

@@ -22,13 +22,22 @@ def _mask() -> torch.Tensor:
 def _similarities() -> list[Similarity]:
     torch.manual_seed(0)
     mol = MoLSimilarity(
-        query_input_dim=D, item_input_dim=D, query_components=3, item_components=2, component_dim=4,
-        gating_hidden_dim=8, query_layer_norm=True, query_hidden_dim=10, init="xavier",
+        query_input_dim=D,
+        item_input_dim=D,
+        query_components=3,
+        item_components=2,
+        component_dim=4,
+        gating_hidden_dim=8,
+        query_layer_norm=True,
+        query_hidden_dim=10,
+        init="xavier",
     )
     return [mol.eval(), DotProductSimilarity(D, l2_normalize=True, temperature=0.1).eval()]
 
 
-def _naive_scores(similarity: Similarity, query_repr: torch.Tensor, items: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def _naive_scores(
+    similarity: Similarity, query_repr: torch.Tensor, items: torch.Tensor, ids: torch.Tensor
+) -> torch.Tensor:
     """Position by position: the item side of that position's own negatives, scored one query at a time."""
     rows = []
     for m in range(query_repr.shape[0]):
@@ -69,7 +78,8 @@ def test_sample_shapes_and_range() -> None:
     for sampling, shape in shapes.items():
         ids = sample_negatives(sampling, mask=mask, num_negatives=R, num_items=N, generator=gen)
         assert ids.shape == shape
-        assert int(ids.min()) >= 1 and int(ids.max()) <= N
+        assert int(ids.min()) >= 1
+        assert int(ids.max()) <= N
 
 
 def test_per_position_lookup_projects_each_distinct_item_once() -> None:
@@ -94,7 +104,10 @@ def test_accidental_hits_are_masked_per_position() -> None:
     negative_scores = torch.tensor([[2.0, 0.5], [2.0, 0.5]])
     negative_ids = torch.tensor([[4, 9], [4, 9]])
     loss = sampled_softmax_loss(
-        positive_scores, negative_scores, positive_ids=torch.tensor([4, 5]), negative_ids=negative_ids,
+        positive_scores,
+        negative_scores,
+        positive_ids=torch.tensor([4, 5]),
+        negative_ids=negative_ids,
         reduction="none",
     )
     want_first = -1.0 + torch.log(torch.exp(torch.tensor(1.0)) + torch.exp(torch.tensor(0.5)))
@@ -114,4 +127,5 @@ def test_training_mode_scores_through_the_gating_dropout() -> None:
     torch.manual_seed(1)
     b = score_negatives(similarity, query, side, NegativeSampling.PER_SEQUENCE, mask=mask)
     assert not torch.allclose(a, b)
-    assert isinstance(query, QuerySide) and isinstance(side, ItemSide)
+    assert isinstance(query, QuerySide)
+    assert isinstance(side, ItemSide)

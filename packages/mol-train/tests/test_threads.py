@@ -37,7 +37,8 @@ def test_available_cpus_is_at_most_the_affinity_mask() -> None:
 def test_set_torch_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     before = torch.get_num_threads()
     try:
-        assert set_torch_threads(1) == 1 and torch.get_num_threads() == 1
+        assert set_torch_threads(1) == 1
+        assert torch.get_num_threads() == 1
         monkeypatch.setenv("LOCAL_WORLD_SIZE", str(4 * available_cpus()))
         assert set_torch_threads(0) == 1  # never below one thread per process
         monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")

@@ -81,3 +81,29 @@ def test_load_weights_round_trips_a_width_fbgemm_pads(dataset, tmp_path: Path) -
     load_weights(target, weights)
     for name, value in target.query_encoder().state_dict().items():
         torch.testing.assert_close(value, weights[name], msg=name)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["train.negatives='per_position'", "train.gating_kernel='blocked'", "train.gating_bf16=true"],
+        [
+            "model.user_buckets=64",
+            "similarity.user_components=1",
+            "similarity.user_direct=true",
+            "similarity.query_layer_norm=true",
+            "similarity.query_hidden_dim=32",
+            "similarity.item_dropout=0.1",
+            "similarity.init='xavier'",
+            "train.user_l2_weight=0.1",
+            "train.weight_decay=0.001",
+            "train.adam_beta2=0.98",
+            "train.grad_clip=0.0",
+        ],
+    ],
+    ids=["per-position-blocked-bf16", "reference-recipe"],
+)
+def test_fit_with_the_recipe_options_beats_chance(dataset, tmp_path: Path, overrides: list[str]) -> None:  # type: ignore[no-untyped-def]
+    config = load_config("tiny_cpu", [*FAST, "train.epochs=4", "train.learning_rate=0.01", *overrides])
+    result = fit(config, dataset, tmp_path, progress=False)
+    assert result.test["hr@10"] > 1.5 * 10 / dataset.num_items, result.test

@@ -137,6 +137,7 @@ class TrainSettings:
     bf16: bool = True  # bf16 autocast on GPU (ignored on CPU)
     gating_bf16: bool = False  # MoL: the pair-wise gating MLP in bf16 (CPU with native bf16, or GPU)
     compile: bool = False  # MoL: torch.compile the pair-wise gating (fuses its element-wise work)
+    gating_kernel: str = "eager"  # MoL training: "eager" | "compiled" | "blocked" (cache-sized blocks)
     seed: int = 42
     max_steps_per_epoch: int = 0  # 0 = a full pass over the training users
     time_budget_seconds: float = 0.0  # stop after the epoch that crosses this much training time; 0 = none
@@ -247,9 +248,16 @@ class TrainConfig:
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1); got {value}")
         if sim.query_hidden_dim < 0:
-            raise ConfigError(f"similarity.query_hidden_dim must be >= 0 (0 = linear); got {sim.query_hidden_dim}")
+            raise ConfigError(
+                f"similarity.query_hidden_dim must be >= 0 (0 = linear); got {sim.query_hidden_dim}"
+            )
         if sim.init not in ("torch", "xavier"):
             raise ConfigError(f"similarity.init must be 'torch' or 'xavier'; got {sim.init!r}")
+        if self.train.gating_kernel not in ("eager", "compiled", "blocked"):
+            raise ConfigError(
+                "train.gating_kernel must be 'eager', 'compiled' or 'blocked'; "
+                f"got {self.train.gating_kernel!r}"
+            )
         if not 0.0 <= self.train.adam_beta2 < 1.0:
             raise ConfigError(f"train.adam_beta2 must be in [0, 1); got {self.train.adam_beta2}")
         if self.train.weight_decay < 0 or self.train.user_l2_weight < 0:

@@ -54,7 +54,9 @@ def sample_negatives(
     return torch.randint(1, num_items + 1, shape, generator=generator)
 
 
-def lookup_ids(sampling: NegativeSampling, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def lookup_ids(
+    sampling: NegativeSampling, negatives: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The ids to look up in the item table, and where each negative sits among them.
 
     Returns:

@@ -264,15 +264,17 @@ def _train(
 
 
 def _set_scoring_backend(model: SequentialRecommender, config: TrainConfig, device: torch.device) -> None:
-    """``train.compile`` and ``train.gating_bf16`` for a MoL head (bf16 only where the device runs it
-    natively: CUDA, or a CPU with AVX512-BF16 / AMX; elsewhere it stays float32 and says so)."""
+    """``train.gating_kernel`` (``train.compile`` means ``"compiled"``) and ``train.gating_bf16`` for a MoL
+    head (bf16 only where the device runs it natively: CUDA, or a CPU with AVX512-BF16 / AMX; elsewhere it
+    stays float32 and says so)."""
     gating = getattr(model.similarity, "gating", None)
-    if gating is None or not (config.train.compile or config.train.gating_bf16):
+    kernel = "compiled" if config.train.compile else config.train.gating_kernel
+    if gating is None or (kernel == "eager" and not config.train.gating_bf16):
         return
     bf16 = config.train.gating_bf16 and bf16_is_native(device)
     if config.train.gating_bf16 and not bf16:
         logger.warning("train.gating_bf16: this CPU has no native bf16 matmul; the gating stays float32")
-    gating.set_scores_backend(compile=config.train.compile, mlp_dtype=torch.bfloat16 if bf16 else None)
+    gating.set_scores_backend(kernel=kernel, mlp_dtype=torch.bfloat16 if bf16 else None)
 
 
 def bf16_is_native(device: torch.device) -> bool:

@@ -9,11 +9,11 @@ from mol_core.similarity.swiglu import SwiGLU
 
 __all__ = [
     "DEFAULT_BLOCK_PAIRS",
+    "MOL_INITS",
     "DotProductSimilarity",
     "GatingMLP",
     "GluSiluGating",
     "ItemSide",
-    "MOL_INITS",
     "MoLSimilarity",
     "QuerySide",
     "Similarity",

@@ -19,8 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mol_core._checks import check_fraction, check_positive_int
+from mol_core.errors import ConfigError
 
-__all__ = ["GatingMLP", "GluSiluGating", "glu_silu_scores"]
+__all__ = ["SCORE_KERNELS", "GatingMLP", "GluSiluGating", "glu_silu_scores"]
+
+#: How the training-time gated mixture can run (GluSiluGating.set_scores_backend).
+SCORE_KERNELS = ("eager", "compiled", "blocked")
 
 _RENORM_EPS = 1e-6
 _TINY = 1e-30
@@ -61,9 +65,7 @@ def glu_silu_scores(
         ``(B, X)`` float32 scores.
     """
     dtype = mlp_dtype or hidden_weight.dtype
-    hidden = F.silu(
-        F.linear(logits.to(dtype), hidden_weight.to(dtype), hidden_bias.to(dtype))
-    )  # (B, X, H)
+    hidden = F.silu(F.linear(logits.to(dtype), hidden_weight.to(dtype), hidden_bias.to(dtype)))  # (B, X, H)
     pair = F.linear(hidden, out_weight.to(dtype), out_bias.to(dtype))  # (B, X, P)
     gate = F.silu(query_features * item_features + pair).float()  # (B, X, P)
     e = torch.exp(gate - gate.amax(dim=-1, keepdim=True).detach())  # (B, X, P), max 1
@@ -129,21 +131,39 @@ class GluSiluGating(nn.Module):
         self._scores_fn: Callable[..., torch.Tensor] = glu_silu_scores
         self._mlp_dtype: torch.dtype | None = None
 
-    def set_scores_backend(self, *, compile: bool = False, mlp_dtype: torch.dtype | None = None) -> None:
-        """How :meth:`scores` runs in training mode: through ``torch.compile`` (dynamic shapes) or eagerly,
-        and in which dtype its pair-wise MLP runs (see :func:`glu_silu_scores`). In eval mode it always runs
-        eagerly in the parameters' dtype, so evaluation does not depend on this choice.
+    def set_scores_backend(self, *, kernel: str = "eager", mlp_dtype: torch.dtype | None = None) -> None:
+        """How :meth:`scores` runs in training mode, and in which dtype its pair-wise MLP runs.
 
-        A run-time choice, not part of the model: it is not saved. The compiled kernel fuses the gating's
-        element-wise work (docs/benchmarks.md has the measured gain); the first call compiles.
+        Args:
+            kernel: one of :data:`SCORE_KERNELS`: ``"eager"`` (:func:`glu_silu_scores` as written),
+                ``"compiled"`` (through ``torch.compile`` with dynamic shapes; the first call compiles) or
+                ``"blocked"`` (:func:`~mol_core.similarity.gating_blocked.glu_silu_scores_blocked`: blocks
+                of rows that stay in cache, activations recomputed in backward).
+            mlp_dtype: see :func:`glu_silu_scores`; ``None`` keeps the parameters' dtype.
+
+        In eval mode :meth:`scores` always runs eagerly in the parameters' dtype, so evaluation does not
+        depend on this choice. A run-time choice, not part of the model: it is not saved
+        (docs/benchmarks.md has the measured speed of each).
+
+        Raises:
+            ConfigError: an unknown kernel.
         """
-        self._scores_fn = torch.compile(glu_silu_scores, dynamic=True) if compile else glu_silu_scores
+        if kernel not in SCORE_KERNELS:
+            raise ConfigError(f"kernel must be one of {', '.join(map(repr, SCORE_KERNELS))}; got {kernel!r}")
+        if kernel == "compiled":
+            self._scores_fn = torch.compile(glu_silu_scores, dynamic=True)
+        elif kernel == "blocked":
+            from mol_core.similarity.gating_blocked import glu_silu_scores_blocked
+
+            self._scores_fn = glu_silu_scores_blocked
+        else:
+            self._scores_fn = glu_silu_scores
         self._mlp_dtype = mlp_dtype
 
     def scores(
         self, logits: torch.Tensor, query_features: torch.Tensor, item_features: torch.Tensor
     ) -> torch.Tensor:
-        """``(B, X)`` mixed scores without the weights (see :func:`glu_silu_scores`); shapes as :meth:`forward`."""
+        """``(B, X)`` mixed scores without the weights (:func:`glu_silu_scores`); shapes as in forward."""
         mlp = self.logits_mlp
         scores_fn = self._scores_fn if self.training else glu_silu_scores
         return scores_fn(

@@ -111,7 +111,11 @@ class MoLSimilarity(Similarity):
         self.user_dropout = check_fraction("user_dropout", user_dropout)
         self.item_dropout = check_fraction("item_dropout", item_dropout)
         self.query_layer_norm = bool(query_layer_norm)
-        if isinstance(query_hidden_dim, bool) or not isinstance(query_hidden_dim, int) or query_hidden_dim < 0:
+        if (
+            isinstance(query_hidden_dim, bool)
+            or not isinstance(query_hidden_dim, int)
+            or query_hidden_dim < 0
+        ):
             raise ConfigError(f"query_hidden_dim must be an integer >= 0; got {query_hidden_dim!r}")
         self.query_hidden_dim = query_hidden_dim
         if init not in MOL_INITS:
@@ -120,7 +124,8 @@ class MoLSimilarity(Similarity):
         if self.user_direct and user_components > 0 and user_input_dim != user_components * component_dim:
             raise ConfigError(
                 f"user_direct uses the user representation as the {user_components} user component(s): "
-                f"user_input_dim must be user_components * component_dim = {user_components * component_dim}; "
+                "user_input_dim must be user_components * component_dim = "
+                f"{user_components * component_dim}; "
                 f"got {user_input_dim}"
             )
 

@@ -14,7 +14,7 @@ __all__ = ["SwiGLU"]
 
 
 class SwiGLU(nn.Module):
-    """``x -> silu(x A + a) * (x B + b)``: ``(*, in) -> (*, hidden)`` with one fused ``(in, 2 hidden)`` matmul.
+    """``x -> silu(x A + a) * (x B + b)``: ``(*, in) -> (*, hidden)``, one ``(in, 2 hidden)`` matmul.
 
     Args:
         input_dim: features in.
