@@ -240,13 +240,13 @@ class TrainConfig:
                 f"got {self.train.table_optimizer!r}"
             )
         sim = self.similarity
-        for name, value in (
+        for name, fraction in (
             ("similarity.item_dropout", sim.item_dropout),
             ("similarity.user_dropout", sim.user_dropout),
             ("similarity.gating_dropout", sim.gating_dropout),
         ):
-            if not 0.0 <= value < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1); got {value}")
+            if not 0.0 <= fraction < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1); got {fraction}")
         if sim.query_hidden_dim < 0:
             raise ConfigError(
                 f"similarity.query_hidden_dim must be >= 0 (0 = linear); got {sim.query_hidden_dim}"

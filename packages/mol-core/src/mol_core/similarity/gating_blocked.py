@@ -32,7 +32,7 @@ def _silu_grad(x: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
 
 class _BlockedGluSilu(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         logits: torch.Tensor,
         query_features: torch.Tensor,
@@ -66,7 +66,7 @@ class _BlockedGluSilu(torch.autograd.Function):
         return scores
 
     @staticmethod
-    def backward(ctx: Any, grad_scores: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_scores: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         logits, query_features, item_features, w1, b1, w2, b2, scores = ctx.saved_tensors
         keep, dtype = ctx.keep, ctx.mlp_dtype or w1.dtype
         weights = tuple(w.to(dtype) for w in (w1, b1, w2, b2))
@@ -184,7 +184,7 @@ def glu_silu_scores_blocked(
     Args and returns as there: ``logits (M, X, P)``, ``query_features (M, 1, P)``, ``item_features
     (M, X, P)`` or ``(1, X, P)``; ``(M, X)`` float32 scores.
     """
-    out: torch.Tensor = _BlockedGluSilu.apply(
+    out: torch.Tensor = _BlockedGluSilu.apply(  # type: ignore[no-untyped-call]
         logits,
         query_features,
         item_features,

@@ -163,8 +163,9 @@ class MoLSimilarity(Similarity):
                 nn.init.xavier_normal_(layer.weight)
             elif isinstance(layer, nn.Sequential):
                 swiglu, out = layer[0], layer[1]
-                swiglu.reset_xavier()
-                nn.init.xavier_normal_(out.weight)
+                if isinstance(swiglu, SwiGLU) and isinstance(out, nn.Linear):
+                    swiglu.reset_xavier()
+                    nn.init.xavier_normal_(out.weight)
 
     def query_side(self, query_repr: torch.Tensor, user_repr: torch.Tensor | None = None) -> QuerySide:
         """Query components and gating features.

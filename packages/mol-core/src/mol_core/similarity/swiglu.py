@@ -33,7 +33,8 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(*, in) -> (*, hidden)``."""
         gate, value = self.linear(x).chunk(2, dim=-1)  # (*, hidden) each
-        return F.silu(gate) * value
+        out: torch.Tensor = F.silu(gate) * value
+        return out
 
     @torch.no_grad()
     def reset_xavier(self) -> None:
