@@ -14,7 +14,7 @@ data, seeds, epochs and negatives. Each run is one process with one torch thread
 side). Every run keeps its best epoch by validation NDCG@10 (no early stopping); the table gives the mean
 and sample standard deviation over seeds of that model's validation and test metrics, and the mean
 validation curve per evaluated epoch, so a curve still rising is visible. Every number is measured in
-this run.
+this run. The run fails if a model's test HR@10 is not above 1.5x that of a random ranking.
 """
 
 from __future__ import annotations
@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         data = _prepared(args.data, args.data_root, workdir, max_len)
+        num_items = _num_items(data)
         common = [
             *args.scale,
             f"train.epochs={args.epochs}",
@@ -257,7 +258,18 @@ def main(argv: list[str] | None = None) -> int:
         tmp_path = args.output.with_suffix(".tmp")
         tmp_path.write_text(json.dumps(result, indent=2))
         tmp_path.replace(args.output)
+    chance = 10 / num_items  # HR@10 of a random ranking of the N items
+    weak = [r["model"] for r in runs if r["test"]["hr@10"] <= 1.5 * chance]
+    if weak:
+        print(f"FAIL: test HR@10 not above 1.5x chance ({chance:.4f}) for {weak}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _num_items(data: Path) -> int:
+    from mol_train.data import SequenceDataset
+
+    return SequenceDataset.load(data).num_items
 
 
 if __name__ == "__main__":
