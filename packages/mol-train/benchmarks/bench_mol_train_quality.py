@@ -118,7 +118,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def verdict(summary: dict[str, Any]) -> dict[str, Any]:
-    """MoL minus dot per metric, and whether the gap exceeds the larger of the two seed spreads."""
+    """MoL minus dot per metric, and whether the gap exceeds the larger of the two seed spreads (standard
+    deviations) either way."""
     if not {"mol", "dot"} <= set(summary):
         return {}
     result = {}
@@ -126,8 +127,21 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
         mol, dot = summary["mol"][key], summary["dot"][key]
         gap = mol["mean"] - dot["mean"]
         spread = max(mol["std"], dot["std"])
-        result[key] = {"mol_minus_dot": gap, "spread": spread, "mol_wins": gap > spread}
+        result[key] = {
+            "mol_minus_dot": gap,
+            "spread": spread,
+            "mol_wins": gap > spread,
+            "dot_wins": -gap > spread,
+        }
     return result
+
+
+def _verdict_word(v: dict[str, Any]) -> str:
+    if v["mol_wins"]:
+        return "MoL ahead by more than the seed spread"
+    if v.get("dot_wins"):
+        return "dot ahead by more than the seed spread"
+    return "within the seed spread"
 
 
 def _print(result: dict[str, Any]) -> None:
@@ -144,8 +158,35 @@ def _print(result: dict[str, Any]) -> None:
         curve = " ".join(f"{p['epoch']}:{p['hr@10']:.4f}" for p in row["valid_curve"])
         print(f"       mean valid HR@10 by epoch: {curve}")
     for key, v in result["verdict"].items():
-        word = "MoL ahead by more than the spread" if v["mol_wins"] else "not separated"
-        print(f"{key}: MoL - dot = {v['mol_minus_dot']:+.4f} (spread {v['spread']:.4f}): {word}")
+        print(f"{key}: MoL - dot = {v['mol_minus_dot']:+.4f} (spread {v['spread']:.4f}): {_verdict_word(v)}")
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The summary as the Markdown table docs/benchmarks.md records (``--markdown RESULT.json``)."""
+    keys = ("valid hr@10", "valid ndcg@10", "test hr@10", "test ndcg@10", "test hr@50", "test ndcg@50")
+    lines = [
+        "| model | seeds | epochs run | best epochs | " + " | ".join(keys) + " | train seq/s |",
+        "|---|---|---|---|" + "---|" * len(keys) + "---|",
+    ]
+    for model, row in result["summary"].items():
+        cells = [f"{row[k]['mean']:.4f} ± {row[k]['std']:.4f}" for k in keys]
+        epochs = ", ".join(map(str, row["epochs_run"]))
+        best = ", ".join(map(str, row["best_epoch"]))
+        lines.append(
+            f"| {model} | {len(row['seeds'])} | {epochs} | {best} | "
+            + " | ".join(cells)
+            + f" | {row['train_sequences_per_second']:.1f} |"
+        )
+    lines.append("")
+    for model, row in result["summary"].items():
+        curve = ", ".join(f"{p['epoch']}: {p['hr@10']:.4f}" for p in row["valid_curve"])
+        lines.append(f"Mean validation HR@10 by epoch, {model}: {curve}.")
+    for key, v in result["verdict"].items():
+        word = (
+            "MoL ahead by more than the spread" if v["mol_wins"] else "not separated by more than the spread"
+        )
+        lines.append(f"- {key}: MoL - dot = {v['mol_minus_dot']:+.4f}, spread {v['spread']:.4f}: {word}.")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,7 +231,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each")
     parser.add_argument("--workdir", type=Path, help="where runs are written (default: a temporary folder)")
     parser.add_argument("--output", type=Path, help="write the result as JSON to this path")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        metavar="RESULT.json",
+        help="print the Markdown summary of an earlier result file and exit",
+    )
     args = parser.parse_args(argv)
+    if args.markdown is not None:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
     if args.quick:
         args.data, args.seeds, args.epochs, args.eval_every = "ml-100k", [0], 1, 1
         args.scale = ["model.num_blocks=1", "data.max_len=20", "train.num_negatives=32"]
