@@ -182,10 +182,9 @@ def markdown(result: dict[str, Any]) -> str:
         curve = ", ".join(f"{p['epoch']}: {p['hr@10']:.4f}" for p in row["valid_curve"])
         lines.append(f"Mean validation HR@10 by epoch, {model}: {curve}.")
     for key, v in result["verdict"].items():
-        word = (
-            "MoL ahead by more than the spread" if v["mol_wins"] else "not separated by more than the spread"
+        lines.append(
+            f"- {key}: MoL - dot = {v['mol_minus_dot']:+.4f}, spread {v['spread']:.4f}: {_verdict_word(v)}."
         )
-        lines.append(f"- {key}: MoL - dot = {v['mol_minus_dot']:+.4f}, spread {v['spread']:.4f}: {word}.")
     return "\n".join(lines)
 
 
