@@ -91,7 +91,7 @@ def test_xavier_init_zeroes_the_item_and_gating_biases() -> None:
             for m in (mlp.hidden, mlp.out)
         ),
     ]
-    assert all(float(b.abs().max()) == 0.0 for b in zero)
+    assert all(float(b.detach().abs().max()) == 0.0 for b in zero)
     # Xavier-normal: std sqrt(2 / (fan_in + fan_out)); the item projection is (Px * d = 16, 256)
     std = float(sim.item_proj.weight.std())
     assert std == pytest.approx((2.0 / (256 + 16)) ** 0.5, rel=0.1)
