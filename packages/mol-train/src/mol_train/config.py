@@ -136,7 +136,6 @@ class TrainSettings:
     early_stopping_patience: int = 10  # validation runs without NDCG@10 improvement before stopping; 0 = off
     bf16: bool = True  # bf16 autocast on GPU (ignored on CPU)
     gating_bf16: bool = False  # MoL: the pair-wise gating MLP in bf16 (CPU with native bf16, or GPU)
-    compile: bool = False  # MoL: torch.compile the pair-wise gating (fuses its element-wise work)
     gating_kernel: str = "eager"  # MoL training: "eager" | "compiled" | "blocked" (cache-sized blocks)
     seed: int = 42
     max_steps_per_epoch: int = 0  # 0 = a full pass over the training users

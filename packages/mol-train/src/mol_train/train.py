@@ -264,11 +264,10 @@ def _train(
 
 
 def _set_scoring_backend(model: SequentialRecommender, config: TrainConfig, device: torch.device) -> None:
-    """``train.gating_kernel`` (``train.compile`` means ``"compiled"``) and ``train.gating_bf16`` for a MoL
-    head (bf16 only where the device runs it natively: CUDA, or a CPU with AVX512-BF16 / AMX; elsewhere it
-    stays float32 and says so)."""
+    """``train.gating_kernel`` and ``train.gating_bf16`` for a MoL head (bf16 only where the device runs it
+    natively: CUDA, or a CPU with AVX512-BF16 / AMX; elsewhere it stays float32 and says so)."""
     gating = getattr(model.similarity, "gating", None)
-    kernel = "compiled" if config.train.compile else config.train.gating_kernel
+    kernel = config.train.gating_kernel
     if gating is None or (kernel == "eager" and not config.train.gating_bf16):
         return
     bf16 = config.train.gating_bf16 and bf16_is_native(device)
