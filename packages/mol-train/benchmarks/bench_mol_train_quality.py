@@ -181,7 +181,7 @@ def markdown(result: dict[str, Any]) -> str:
     for model, row in result["summary"].items():
         curve = ", ".join(f"{p['epoch']}: {p['hr@10']:.4f}" for p in row["valid_curve"])
         lines.append(f"Mean validation HR@10 by epoch, {model}: {curve}.")
-    for key, v in result["verdict"].items():
+    for key, v in verdict(result["summary"]).items():
         lines.append(
             f"- {key}: MoL - dot = {v['mol_minus_dot']:+.4f}, spread {v['spread']:.4f}: {_verdict_word(v)}."
         )
