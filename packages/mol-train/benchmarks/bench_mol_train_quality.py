@@ -127,6 +127,15 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
         mol, dot = summary["mol"][key], summary["dot"][key]
         gap = mol["mean"] - dot["mean"]
         spread = max(mol["std"], dot["std"])
+        if min(len(summary["mol"]["seeds"]), len(summary["dot"]["seeds"])) < 2:  # no spread to compare with
+            result[key] = {
+                "mol_minus_dot": gap,
+                "spread": spread,
+                "mol_wins": False,
+                "dot_wins": False,
+                "single_seed": True,
+            }
+            continue
         result[key] = {
             "mol_minus_dot": gap,
             "spread": spread,
@@ -141,6 +150,8 @@ def _verdict_word(v: dict[str, Any]) -> str:
         return "MoL ahead by more than the seed spread"
     if v.get("dot_wins"):
         return "dot ahead by more than the seed spread"
+    if v.get("single_seed"):
+        return "one seed, no spread to compare with"
     return "within the seed spread"
 
 
