@@ -76,8 +76,7 @@ def negative_ids_per_position(
 ) -> torch.Tensor:
     """The ids of each position's negatives, for accidental-hit masking: ``(M, R)``, or ``(R,)`` if shared."""
     if sampling is NegativeSampling.PER_SEQUENCE:
-        rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask]  # (M,)
-        return negatives[rows]  # (M, R)
+        return negatives[_sequence_of_positions(mask)]  # (M, R)
     return negatives
 
 
@@ -118,9 +117,13 @@ def score_negatives(
     query_gating = None if query.gating is None else query.gating.unsqueeze(1)  # (M, 1, P)
     item_gating = None
     if gating is not None:
-        rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask]  # (M,)
-        item_gating = gating[rows]  # (M, R, P)
+        item_gating = gating[_sequence_of_positions(mask)]  # (M, R, P)
     return similarity.mix_scores(logits, query_gating, item_gating)
+
+
+def _sequence_of_positions(mask: torch.Tensor) -> torch.Tensor:
+    """``(M,)`` the sequence (row of ``mask``) of each supervised position, in ``mask``'s order."""
+    return torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask]
 
 
 def _per_sequence_logits(

@@ -1,8 +1,8 @@
 """How many threads torch should use: the CPUs this process may actually run on.
 
 ``os.cpu_count()`` counts the machine's CPUs, not the ones a container or ``taskset`` gives this process;
-torch's default follows the former, and on a shared 2-core machine more threads than CPUs was measured
-many times slower (docs/mol-train.md, "Threads"). :func:`available_cpus` takes the smallest of the
+torch's default follows the former, which oversubscribes a container or a shared machine
+(docs/mol-train-recipe.md, "Threads"). :func:`available_cpus` takes the smallest of the
 CPU affinity mask and the cgroup CPU quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us / cpu.cfs_period_us``).
 """
 

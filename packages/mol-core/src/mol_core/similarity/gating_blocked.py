@@ -25,6 +25,12 @@ _TINY = 1e-30
 BLOCK_PAIRS = 4096
 
 
+def _row_blocks(rows: int, num_x: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the blocks of query rows, about :data:`BLOCK_PAIRS` pairs each."""
+    step = max(1, BLOCK_PAIRS // max(1, num_x))
+    return [(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
 def _silu_grad(x: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
     """d silu(x) / dx from ``x`` and ``sigmoid(x)``."""
     return sig * (1.0 + x * (1.0 - sig))
@@ -46,14 +52,12 @@ class _BlockedGluSilu(torch.autograd.Function):
         mlp_dtype: torch.dtype | None,
     ) -> torch.Tensor:
         rows, num_x, _ = logits.shape
-        step = max(1, BLOCK_PAIRS // max(1, num_x))
         drop = training and dropout > 0.0
         keep = torch.rand(logits.shape, device=logits.device) >= dropout if drop else None  # (M, X, P)
         scores = torch.empty(rows, num_x, dtype=torch.float32, device=logits.device)
         dtype = mlp_dtype or hidden_weight.dtype
         weights = tuple(w.to(dtype) for w in (hidden_weight, hidden_bias, out_weight, out_bias))
-        for start in range(0, rows, step):
-            stop = min(start + step, rows)
+        for start, stop in _row_blocks(rows, num_x):
             block = _Block(logits, query_features, item_features, keep, start, stop)
             e = block.forward(*weights).e
             ell = block.logits.float()
@@ -71,7 +75,6 @@ class _BlockedGluSilu(torch.autograd.Function):
         keep, dtype = ctx.keep, ctx.mlp_dtype or w1.dtype
         weights = tuple(w.to(dtype) for w in (w1, b1, w2, b2))
         rows, num_x, _ = logits.shape
-        step = max(1, BLOCK_PAIRS // max(1, num_x))
         grad_logits = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
         grad_query = torch.zeros(query_features.shape, dtype=torch.float32, device=logits.device)
         grad_item = torch.zeros(item_features.shape, dtype=torch.float32, device=logits.device)
@@ -80,8 +83,7 @@ class _BlockedGluSilu(torch.autograd.Function):
         grad_w2 = torch.zeros(w2.shape, dtype=torch.float32, device=logits.device)
         grad_b2 = torch.zeros(b2.shape, dtype=torch.float32, device=logits.device)
         shared_items = item_features.shape[0] == 1 and rows > 1
-        for start in range(0, rows, step):
-            stop = min(start + step, rows)
+        for start, stop in _row_blocks(rows, num_x):
             block = _Block(logits, query_features, item_features, keep, start, stop)
             act = block.forward(*weights)
             e, z, a1, h = act.e, act.z, act.a1, act.h
