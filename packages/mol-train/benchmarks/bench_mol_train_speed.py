@@ -11,6 +11,8 @@ weights and the same ML-1M batches (synthetic ones in quick mode or without the 
 - ``batched``: the same negatives scored by one batched matmul and the fused mixture, eager float32;
 - ``batched + compiled``: the pair-wise gating through ``torch.compile``;
 - ``batched + blocked``: the pair-wise gating in cache-sized blocks (mol_core.similarity.gating_blocked);
+- ``batched + fused``: component logits and gating of each block in one compiled function, activations
+  kept for backward (mol_core.similarity.gating_grouped);
 - ``... + bf16 gating``: and its MLP in bf16 (on CPUs with native bf16 only);
 - ``per-position + blocked + bf16 gating``: fresh negatives for every position (the reference's sampler).
 
@@ -84,6 +86,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "batched + blocked": {"sampling": PER_SEQUENCE, "kernel": "blocked"},
     "batched + compiled + bf16 gating": {"sampling": PER_SEQUENCE, "kernel": "compiled", "bf16": True},
     "batched + blocked + bf16 gating": {"sampling": PER_SEQUENCE, "kernel": "blocked", "bf16": True},
+    "batched + fused": {"sampling": PER_SEQUENCE, "kernel": "fused"},
+    "batched + fused + bf16 gating": {"sampling": PER_SEQUENCE, "kernel": "fused", "bf16": True},
     "per-position + blocked + bf16 gating": {"sampling": PER_POSITION, "kernel": "blocked", "bf16": True},
 }
 

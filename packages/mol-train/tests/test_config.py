@@ -116,7 +116,7 @@ def test_unknown_key_lists_the_valid_keys(tmp_path: Path) -> None:
         ("model.dropout=1.5", "model.dropout"),
         ("epochs=3", "table.key=value"),
         ("train.negatives='per_item'", "must be one of 'per_position', 'per_sequence', 'shared'"),
-        ("train.gating_kernel='fused'", "train.gating_kernel must be"),
+        ("train.gating_kernel='triton'", "train.gating_kernel must be"),
         ("similarity.init='he'", "similarity.init must be"),
         ("similarity.item_dropout=1.0", "similarity.item_dropout must be in"),
         ("train.adam_beta2=1.0", "train.adam_beta2"),

@@ -129,3 +129,28 @@ def test_training_mode_scores_through_the_gating_dropout() -> None:
     assert not torch.allclose(a, b)
     assert isinstance(query, QuerySide)
     assert isinstance(side, ItemSide)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "sampling", [NegativeSampling.PER_SEQUENCE, NegativeSampling.SHARED], ids=lambda s: s.value
+)
+def test_fused_kernel_in_training_equals_a_loop_over_positions(sampling: NegativeSampling) -> None:
+    """MoL's ``"fused"`` training kernel (no gating dropout) scores like the naive loop in eval mode."""
+    mol = _similarities()[0]
+    assert isinstance(mol, MoLSimilarity)
+    mol.gating.dropout = 0.0
+    mask = _mask()
+    positions = int(mask.sum())
+    items = torch.randn(N + 1, D)
+    query_repr = torch.randn(positions, D)
+    negatives = sample_negatives(
+        sampling, mask=mask, num_negatives=R, num_items=N, generator=torch.Generator().manual_seed(2)
+    )
+    ids, _ = lookup_ids(sampling, negatives)
+    want = _naive_scores(
+        mol, query_repr, items, negative_ids_per_position(sampling, negatives, mask).expand(positions, R)
+    )
+    mol.train().gating.set_scores_backend(kernel="fused")
+    got = score_negatives(mol, mol.query_side(query_repr), mol.item_side(items[ids]), sampling, mask=mask)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)

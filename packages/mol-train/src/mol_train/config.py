@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mol_core.errors import ConfigError
+from mol_core.similarity.gating import SCORE_KERNELS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -136,7 +137,7 @@ class TrainSettings:
     early_stopping_patience: int = 10  # validation runs without NDCG@10 improvement before stopping; 0 = off
     bf16: bool = True  # bf16 autocast on GPU (ignored on CPU)
     gating_bf16: bool = False  # MoL: the pair-wise gating MLP in bf16 (CPU with native bf16, or GPU)
-    gating_kernel: str = "eager"  # MoL training: "eager" | "compiled" | "blocked" (cache-sized blocks)
+    gating_kernel: str = "eager"  # MoL training: "eager" | "compiled" | "blocked" | "fused"
     seed: int = 42
     max_steps_per_epoch: int = 0  # 0 = a full pass over the training users
     time_budget_seconds: float = 0.0  # stop after the epoch that crosses this much training time; 0 = none
@@ -252,9 +253,9 @@ class TrainConfig:
             )
         if sim.init not in ("torch", "xavier"):
             raise ConfigError(f"similarity.init must be 'torch' or 'xavier'; got {sim.init!r}")
-        if self.train.gating_kernel not in ("eager", "compiled", "blocked"):
+        if self.train.gating_kernel not in SCORE_KERNELS:
             raise ConfigError(
-                "train.gating_kernel must be 'eager', 'compiled' or 'blocked'; "
+                f"train.gating_kernel must be one of {', '.join(map(repr, SCORE_KERNELS))}; "
                 f"got {self.train.gating_kernel!r}"
             )
         if not 0.0 <= self.train.adam_beta2 < 1.0:

@@ -5,10 +5,9 @@ Three ways to share ``R`` negatives (:class:`~mol_train.config.NegativeSampling`
 - ``per_position``: ``(M, R)`` fresh ids for every (query, positive) pair, as the reference recipe does.
   The item side runs once over the ``U`` distinct ids of the batch (``torch.unique``) and is gathered
   into ``(M, R)``, so no item is projected twice; the scoring is one batched matmul over the M queries.
-- ``per_sequence``: ``(B, R)`` ids per sequence, shared by its positions. The component logits of a
-  sequence's ``L`` positions against its ``R`` negatives are one ``(L Pq, d) x (d, R Px)`` product,
-  batched over the ``B`` sequences (a padded layout, then the valid positions are kept).
-- ``shared``: ``(R,)`` ids for the whole batch: one ``(M Pq, d) x (d, R Px)`` product.
+- ``per_sequence``: ``(B, R)`` ids per sequence, shared by its positions: each sequence is a group of
+  :meth:`~mol_core.similarity.Similarity.score_groups` (one batched matmul, or MoL's fused kernel).
+- ``shared``: ``(R,)`` ids for the whole batch: one group.
 
 Shape symbols: B sequences, L positions, M valid positions, R negatives, U distinct sampled ids,
 Pq/Px components, P = Pq * Px, d component width.
@@ -103,39 +102,18 @@ def score_negatives(
     Returns:
         ``(M, R)`` float32 scores.
     """
-    gating = negatives.gating
-    if sampling is NegativeSampling.SHARED:
-        shared = ItemSide(negatives.embeddings[0], None if gating is None else gating[0])  # (R, Px, d)
-        return similarity.score_pairs(query, shared)
     if sampling is NegativeSampling.PER_POSITION:
         if inverse is None:
             raise ValueError("per-position negatives need the (M, R) inverse index from lookup_ids")
+        gating = negatives.gating
         embeddings = negatives.embeddings[0][inverse]  # (M, R, Px, d)
         per_position = ItemSide(embeddings, None if gating is None else gating[0][inverse])  # (M, R, P)
         return similarity.score_pairs(query, per_position)
-    logits = _per_sequence_logits(similarity, query.embeddings, negatives.embeddings, mask)  # (M, R, P)
-    query_gating = None if query.gating is None else query.gating.unsqueeze(1)  # (M, 1, P)
-    item_gating = None
-    if gating is not None:
-        item_gating = gating[_sequence_of_positions(mask)]  # (M, R, P)
-    return similarity.mix_scores(logits, query_gating, item_gating)
+    if sampling is NegativeSampling.SHARED:
+        return similarity.score_groups(query, negatives, [query.batch_size])  # one group: (1, R, Px, d)
+    return similarity.score_groups(query, negatives, mask.sum(dim=1).tolist())  # a group per sequence
 
 
 def _sequence_of_positions(mask: torch.Tensor) -> torch.Tensor:
     """``(M,)`` the sequence (row of ``mask``) of each supervised position, in ``mask``'s order."""
     return torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask]
-
-
-def _per_sequence_logits(
-    similarity: Similarity, queries: torch.Tensor, items: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """``(M, Pq, d)`` queries x ``(B, R, Px, d)`` per-sequence items -> ``(M, R, P)`` logits / temperature."""
-    batch, length = mask.shape
-    _, num_q, dim = queries.shape
-    num_r, num_x = items.shape[1], items.shape[2]
-    padded = queries.new_zeros(batch, length, num_q, dim).index_put((mask,), queries)  # (B, L, Pq, d)
-    flat = torch.bmm(
-        padded.reshape(batch, length * num_q, dim), items.reshape(batch, num_r * num_x, dim).transpose(1, 2)
-    )  # (B, L Pq, R Px)
-    logits = flat.view(batch, length, num_q, num_r, num_x)[mask]  # (M, Pq, R, Px)
-    return logits.permute(0, 2, 1, 3).reshape(-1, num_r, num_q * num_x) / similarity.temperature  # (M, R, P)

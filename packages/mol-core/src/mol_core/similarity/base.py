@@ -19,6 +19,7 @@ components, ``P = Pq * Px``, ``d`` component dimension.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -177,6 +178,47 @@ class Similarity(nn.Module, ABC):
         """
         logits = self.component_logits(query, items)  # (B, X, P)
         query_gating, item_gating = _gating_features(query, items)
+        return self.mix_scores(logits, query_gating, item_gating)
+
+    def score_groups(self, query: QuerySide, items: ItemSide, group_sizes: Sequence[int]) -> torch.Tensor:
+        """Scores query rows in groups, each group against its own candidates (per-sequence negatives).
+
+        Args:
+            query: ``M`` query rows, group after group.
+            items: ``(G, X, Px, d)`` candidates of each group (gating ``(G, X, P)``).
+            group_sizes: ``G`` row counts summing to ``M``.
+
+        Returns:
+            ``(M, X)`` float32 scores: row ``m`` of group ``g`` against ``items[g]``, as :meth:`score_pairs`
+            gives it.
+        """
+        self._check_query(query)
+        sizes = torch.as_tensor([int(size) for size in group_sizes], dtype=torch.long)
+        rows = query.batch_size
+        g = items.embeddings
+        if g.dim() != 4 or g.shape[0] != len(sizes) or int(sizes.sum()) != rows or bool((sizes < 0).any()):
+            raise ShapeError(
+                f"items must have shape (G, X, Px, d) with one group per entry of group_sizes "
+                f"(G = {len(sizes)}) and the sizes must sum to M = {rows}; got items {shape_str(g.shape)} "
+                f"and a sum of {int(sizes.sum())}"
+            )
+        self._check_items(ItemSide(g[0], None if items.gating is None else items.gating[0]), rows)
+        device = query.embeddings.device
+        group_of_row = torch.repeat_interleave(torch.arange(len(sizes)), sizes).to(device)  # (M,)
+        starts = torch.cumsum(sizes, 0) - sizes
+        position = torch.arange(rows) - torch.repeat_interleave(starts, sizes)  # (M,) row within its group
+        longest = int(sizes.max()) if len(sizes) else 0
+        num_q, dim = self.num_query_components, self.component_dim
+        num_x, num_i = g.shape[1], g.shape[2]
+        padded = query.embeddings.new_zeros(len(sizes), longest, num_q, dim)
+        padded = padded.index_put((group_of_row, position.to(device)), query.embeddings)  # (G, Lg, Pq, d)
+        candidates = g.reshape(len(sizes), num_x * num_i, dim).transpose(1, 2)  # (G, d, X Px)
+        flat = torch.bmm(padded.reshape(len(sizes), longest * num_q, dim), candidates)  # (G, Lg Pq, X Px)
+        logits = flat.view(len(sizes), longest, num_q, num_x, num_i)[group_of_row, position.to(device)]
+        logits = logits.permute(0, 2, 1, 3).reshape(rows, num_x, num_q * num_i)  # (M, X, P)
+        logits = logits / self.temperature
+        query_gating = None if query.gating is None else query.gating.unsqueeze(1)  # (M, 1, P)
+        item_gating = None if items.gating is None else items.gating[group_of_row]  # (M, X, P)
         return self.mix_scores(logits, query_gating, item_gating)
 
     def score_pairs_with_weights(

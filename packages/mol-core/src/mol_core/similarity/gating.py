@@ -24,7 +24,7 @@ from mol_core.errors import ConfigError
 __all__ = ["SCORE_KERNELS", "GatingMLP", "GluSiluGating", "glu_silu_scores"]
 
 #: How the training-time gated mixture can run (GluSiluGating.set_scores_backend).
-SCORE_KERNELS = ("eager", "compiled", "blocked")
+SCORE_KERNELS = ("eager", "compiled", "blocked", "fused")
 
 _RENORM_EPS = 1e-6
 _TINY = 1e-30
@@ -130,6 +130,7 @@ class GluSiluGating(nn.Module):
         self.logits_mlp = GatingMLP(num_components, hidden_dim, num_components)
         self._scores_fn: Callable[..., torch.Tensor] = glu_silu_scores
         self._mlp_dtype: torch.dtype | None = None
+        self._kernel = "eager"
 
     def set_scores_backend(self, *, kernel: str = "eager", mlp_dtype: torch.dtype | None = None) -> None:
         """How :meth:`scores` runs in training mode, and in which dtype its pair-wise MLP runs.
@@ -138,7 +139,11 @@ class GluSiluGating(nn.Module):
             kernel: one of :data:`SCORE_KERNELS`: ``"eager"`` (:func:`glu_silu_scores` as written),
                 ``"compiled"`` (through ``torch.compile`` with dynamic shapes; the first call compiles) or
                 ``"blocked"`` (:func:`~mol_core.similarity.gating_blocked.glu_silu_scores_blocked`: blocks
-                of rows that stay in cache, activations recomputed in backward).
+                of rows that stay in cache, activations recomputed in backward) or ``"fused"``: grouped
+                scoring (:meth:`MoLSimilarity.score_groups`, per-sequence and shared negatives) computes the
+                component logits and the gated mixture in one compiled function per block
+                (:mod:`~mol_core.similarity.gating_grouped`), and :meth:`scores` (per-row candidates) runs
+                ``"blocked"``.
             mlp_dtype: see :func:`glu_silu_scores`; ``None`` keeps the parameters' dtype.
 
         In eval mode :meth:`scores` always runs eagerly in the parameters' dtype, so evaluation does not
@@ -152,13 +157,24 @@ class GluSiluGating(nn.Module):
             raise ConfigError(f"kernel must be one of {', '.join(map(repr, SCORE_KERNELS))}; got {kernel!r}")
         if kernel == "compiled":
             self._scores_fn = torch.compile(glu_silu_scores, dynamic=True)
-        elif kernel == "blocked":
+        elif kernel in ("blocked", "fused"):
             from mol_core.similarity.gating_blocked import glu_silu_scores_blocked
 
             self._scores_fn = glu_silu_scores_blocked
         else:
             self._scores_fn = glu_silu_scores
         self._mlp_dtype = mlp_dtype
+        self._kernel = kernel
+
+    @property
+    def kernel(self) -> str:
+        """The training-time kernel chosen by :meth:`set_scores_backend` (``"eager"`` until then)."""
+        return self._kernel
+
+    @property
+    def mlp_dtype(self) -> torch.dtype | None:
+        """The pair-wise MLP's training dtype set by :meth:`set_scores_backend` (``None``: the weights')."""
+        return self._mlp_dtype
 
     def scores(
         self, logits: torch.Tensor, query_features: torch.Tensor, item_features: torch.Tensor

@@ -9,6 +9,8 @@ Defaults are the paper's ML-1M configuration (8 x 4 x 64, tau 0.05, gating hidde
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -232,6 +234,32 @@ class MoLSimilarity(Similarity):
         if query_gating is None or item_gating is None:
             raise ShapeError("MoLSimilarity needs query and item gating features; build both sides with it")
         return self.gating.scores(logits, query_gating, item_gating)  # (B, X)
+
+    def score_groups(self, query: QuerySide, items: ItemSide, group_sizes: Sequence[int]) -> torch.Tensor:
+        """:meth:`Similarity.score_groups`; in training with the gating's ``"fused"`` kernel, through
+        :func:`~mol_core.similarity.gating_grouped.mol_scores_grouped`."""
+        if not (self.training and self.gating.kernel == "fused"):
+            return super().score_groups(query, items, group_sizes)
+        if query.gating is None or items.gating is None:
+            raise ShapeError("MoLSimilarity needs query and item gating features; build both sides with it")
+        self._check_query(query)
+        from mol_core.similarity.gating_grouped import mol_scores_grouped
+
+        mlp = self.gating.logits_mlp
+        return mol_scores_grouped(
+            query.embeddings,
+            query.gating,
+            items.embeddings,
+            items.gating,
+            group_sizes,
+            temperature=self.temperature,
+            hidden_weight=mlp.hidden.weight,
+            hidden_bias=mlp.hidden.bias,
+            out_weight=mlp.out.weight,
+            out_bias=mlp.out.bias,
+            dropout=self.gating.dropout,
+            mlp_dtype=self.gating.mlp_dtype,
+        )
 
 
 def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
