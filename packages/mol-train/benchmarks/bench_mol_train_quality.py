@@ -5,6 +5,9 @@
         --epochs 16 --eval-every 2 --jobs 2 --output bench-results/mol_train_quality_ml1m.json
     # the same models at an equal wall-clock budget of training (seconds per run)
     python packages/mol-train/benchmarks/bench_mol_train_quality.py --data ml-1m --time-budget 1800 ...
+    # the ablation table: the MoL preset without one element of the recipe each (ABLATIONS), 1 seed
+    python packages/mol-train/benchmarks/bench_mol_train_quality.py --data ml-1m --seeds 0 --models mol \
+        --ablation no_layer_norm --ablation no_swiglu ... --output bench-results/mol_train_ablations.json
     # CI's quick mode: ML-100K, 1 epoch, 1 seed, a short history
     python packages/mol-train/benchmarks/bench_mol_train_quality.py --quick
 
@@ -40,6 +43,20 @@ PRESETS = {"mol": "ml1m_hstu_large_mol", "dot": "ml1m_hstu_large_dot"}
 #: models fit in about 1.5 hours on 2 CPU cores.
 SCALE = ["model.num_blocks=2", "data.max_len=50"]
 METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "mrr")
+#: Ablations of the MoL preset, one element of the reference recipe each (docs/mol-train-recipe.md):
+#: ``--ablation NAME`` adds the model ``mol-NAME``, the MoL preset with these overrides.
+ABLATIONS: dict[str, list[str]] = {
+    "no_layer_norm": ["similarity.query_layer_norm=false"],
+    "no_swiglu": ["similarity.query_hidden_dim=0"],
+    "torch_init": ["similarity.init='torch'"],
+    "user_projected": ["similarity.user_direct=false", "similarity.user_dropout=0.0"],
+    "no_user": ["similarity.user_components=0", "model.user_buckets=0", "train.user_l2_weight=0.0"],
+    "no_user_l2": ["train.user_l2_weight=0.0"],
+    "no_item_dropout": ["similarity.item_dropout=0.0"],
+    "adam_clip": ["train.weight_decay=0.0", "train.adam_beta2=0.999", "train.grad_clip=1.0"],
+    "fp32_gating": ["train.gating_bf16=false"],
+    "per_position": ["train.negatives='per_position'"],
+}
 
 
 def _prepared(name: str, root: Path, workdir: Path, max_len: int) -> Path:
@@ -238,6 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="TABLE.KEY=VALUE",
         help="an override for the MoL runs only (an ablation)",
     )
+    parser.add_argument(
+        "--ablation",
+        dest="ablations",
+        action="append",
+        default=[],
+        choices=sorted(ABLATIONS),
+        help="also train the MoL preset without one element of the recipe, as model mol-NAME (repeatable)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each")
     parser.add_argument("--workdir", type=Path, help="where runs are written (default: a temporary folder)")
     parser.add_argument("--output", type=Path, help="write the result as JSON to this path")
@@ -271,17 +296,20 @@ def main(argv: list[str] | None = None) -> int:
             f"train.time_budget_seconds={args.time_budget}",
             *args.overrides,
         ]
+        models = {model: (PRESETS[model], args.set_mol if model == "mol" else []) for model in args.models}
+        for name in args.ablations:
+            models[f"mol-{name}"] = (PRESETS["mol"], [*args.set_mol, *ABLATIONS[name]])
         jobs = [
             {
                 "model": model,
                 "seed": seed,
-                "preset": PRESETS[model],
-                "overrides": [*common, *(args.set_mol if model == "mol" else []), f"train.seed={seed}"],
+                "preset": preset,
+                "overrides": [*common, *extra, f"train.seed={seed}"],
                 "data": str(data),
                 "out": str(workdir / f"{args.data}-{model}-seed{seed}"),
             }
             for seed in args.seeds
-            for model in args.models
+            for model, (preset, extra) in models.items()
         ]
         context = multiprocessing.get_context("spawn")
         with context.Pool(max(1, args.jobs), maxtasksperchild=1) as pool:
@@ -306,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             "scale": args.scale,
             "overrides": args.overrides,
             "mol_overrides": args.set_mol,
+            "ablations": {name: ABLATIONS[name] for name in args.ablations},
             "seeds": args.seeds,
         },
         "runs": runs,
