@@ -12,7 +12,8 @@ gating MLP, the gated mixture and the score, and returns the activations backwar
 logits, pre-activation hidden layer in the MLP's dtype, gate logits); a second compiled function computes
 every gradient of the block from them. The element-wise work is fused by Inductor between the matrix
 multiplications and stays in cache; the item side is never expanded per row. The row count of a block is
-a dynamic dimension, so sequences of any length share one compiled graph.
+a dynamic dimension, so sequences of any length share a few compiled graphs (Inductor specialises a
+block of one row and splits small and large blocks).
 
 The softmax dropout mask is drawn for all pairs up front: each keep decision compares 16 random bits with
 the threshold, so the drop probability is ``dropout`` rounded to a multiple of ``1 / 65536``.
@@ -168,9 +169,15 @@ def _blocks(group_sizes: Sequence[int], num_x: int) -> list[tuple[int, int, int]
     return blocks
 
 
-def _mark_rows_dynamic(*tensors: torch.Tensor) -> None:
+def _rows_dynamic(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Fresh copies of a block's row slices, their row count marked dynamic: a slice's storage offset and
+    the base tensor's size would otherwise enter the compiled graphs' guards and force recompiles."""
+    out = []
     for tensor in tensors:
-        torch._dynamo.maybe_mark_dynamic(tensor, 0)
+        fresh = tensor.clone()
+        torch._dynamo.maybe_mark_dynamic(fresh, 0)
+        out.append(fresh)
+    return out
 
 
 class _GroupedMoL(torch.autograd.Function):
@@ -201,8 +208,7 @@ class _GroupedMoL(torch.autograd.Function):
         scores = torch.empty(rows, num_x, dtype=torch.float32, device=queries.device)
         activations = []
         for group, start, stop in _blocks(group_sizes, num_x):
-            block = (queries[start:stop], query_gating[start:stop], keep[start:stop])
-            _mark_rows_dynamic(*block)
+            block = _rows_dynamic(queries[start:stop], query_gating[start:stop], keep[start:stop])
             out, logits, hidden_pre, gate_logits = forward_fn(
                 block[0], block[1], items[group], item_gating[group], block[2], *weights, inv_tau
             )
@@ -225,9 +231,15 @@ class _GroupedMoL(torch.autograd.Function):
         grad_q, grad_qg, grad_i, grad_ig = grads[:4]
         blocks = _blocks(ctx.group_sizes, items.shape[1])
         for (group, start, stop), saved in zip(blocks, ctx.activations, strict=True):
-            block = (queries[start:stop], query_gating[start:stop], keep[start:stop])
-            rows_of_block = (*block, *saved, grad_scores[start:stop], scores[start:stop])
-            _mark_rows_dynamic(*rows_of_block)
+            block = _rows_dynamic(
+                queries[start:stop],
+                query_gating[start:stop],
+                keep[start:stop],
+                grad_scores[start:stop],
+                scores[start:stop],
+            )
+            for tensor in saved:
+                torch._dynamo.maybe_mark_dynamic(tensor, 0)
             out = backward_fn(
                 block[0],
                 block[1],
@@ -238,8 +250,8 @@ class _GroupedMoL(torch.autograd.Function):
                 w2_mlp,
                 ctx.inv_tau,
                 *saved,
-                grad_scores[start:stop],
-                scores[start:stop],
+                block[3],
+                block[4],
             )
             grad_q[start:stop] = out[0]
             grad_qg[start:stop] = out[1]
