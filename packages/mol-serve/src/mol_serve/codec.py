@@ -13,12 +13,19 @@ import torch
 
 from mol_core.bundle import ModelBundle
 from mol_core.proto.mol.v1 import retrieval_pb2
+from mol_core.similarity import DotProductSimilarity, Similarity
 from mol_index import Algorithm, SearchParams
 from mol_serve.config import ALGORITHMS, ServeConfig
 from mol_serve.errors import InvalidRequest
 from mol_serve.registry import LoadedIndex, needs_gating
 
-__all__ = ["ParsedRequest", "decode_tensor", "parse_request"]
+__all__ = ["GATING_LIMIT", "RAW_EMBEDDING_LIMIT", "ParsedRequest", "decode_tensor", "parse_request"]
+
+#: Largest absolute value accepted in query gating features (the gating MLP's outputs are O(1) to O(10)).
+GATING_LIMIT = 1e4
+#: Largest absolute value accepted in query embeddings of a dot product that does not L2-normalise (its
+#: scores are not bounded by a normalisation, so a huge query would overflow them to infinity).
+RAW_EMBEDDING_LIMIT = 1e4
 
 _DTYPES: dict[int, tuple[str, int]] = {
     retrieval_pb2.DTYPE_FLOAT32: ("float32", 4),
@@ -182,14 +189,17 @@ def parse_request(
         rows, gates = [], []
         shape = (sim.num_query_components, sim.component_dim)
         for i, q in enumerate(request.queries):
-            rows.append(decode_tensor(q.embeddings, shape, f"query {i} embeddings"))
+            raw = decode_tensor(q.embeddings, shape, f"query {i} embeddings")
+            rows.append(_query_components(raw, normalised=_normalises(sim), what=f"query {i} embeddings"))
             if needs_gating(sim):
                 if not q.HasField("gating"):
                     raise InvalidRequest(
                         f"query {i}: this index's similarity needs gating features of shape "
                         f"[{sim.num_components}]"
                     )
-                gates.append(decode_tensor(q.gating, (sim.num_components,), f"query {i} gating"))
+                gate = decode_tensor(q.gating, (sim.num_components,), f"query {i} gating")
+                _check_bound(gate, GATING_LIMIT, f"query {i} gating")
+                gates.append(gate)
             elif q.HasField("gating"):
                 raise InvalidRequest(f"query {i}: this index's similarity (dot product) takes no gating")
         embeddings = torch.stack(rows)  # (B, Pq, d)
@@ -234,6 +244,35 @@ def parse_request(
     return ParsedRequest(
         kind, embeddings, gating, histories, timestamps, users, query_times, exclude, request.top_k, params
     )
+
+
+def _normalises(similarity: Similarity) -> bool:
+    """Whether the similarity L2-normalises every query component (MoL always; a dot product if set)."""
+    return not isinstance(similarity, DotProductSimilarity) or similarity.l2_normalize
+
+
+def _check_bound(values: torch.Tensor, limit: float, what: str) -> None:
+    largest = float(values.abs().max()) if values.numel() else 0.0
+    if largest > limit:
+        raise InvalidRequest(f"{what}: values must be within [-{limit:g}, {limit:g}]; got {largest:.3g}")
+
+
+def _query_components(raw: torch.Tensor, *, normalised: bool, what: str) -> torch.Tensor:
+    """``(Pq, d)`` client components as the similarity scores them: L2-normalised where it normalises
+    (scaled by their largest value first, so even 1e38 does not overflow), else bounded."""
+    if not normalised:
+        _check_bound(raw, RAW_EMBEDDING_LIMIT, what)
+        return raw
+    scale = raw.abs().amax(dim=-1, keepdim=True)  # (Pq, 1)
+    zero = (scale == 0).squeeze(-1).nonzero().flatten().tolist()
+    if zero:
+        raise InvalidRequest(
+            f"{what}: component(s) {zero[:5]} are all zeros; every component needs a non-zero norm "
+            "(components are L2-normalised)"
+        )
+    scaled = raw / scale  # (Pq, d), largest magnitude 1
+    normalised_components: torch.Tensor = scaled / scaled.norm(dim=-1, keepdim=True)
+    return normalised_components
 
 
 def _vocabulary(bundle: ModelBundle) -> frozenset[object]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from mol_core.bundle import ModelBundle
 from mol_core.errors import ArtifactError, ConfigError, ShapeError
 from mol_core.proto.mol.v1 import retrieval_pb2, retrieval_pb2_grpc
 from mol_serve.batcher import MicroBatcher
-from mol_serve.codec import parse_request
+from mol_serve.codec import ParsedRequest, parse_request
 from mol_serve.config import ServeConfig
 from mol_serve.errors import Overloaded, ServeError
 from mol_serve.metrics import ServerMetrics
@@ -112,6 +113,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):  # type: i
         finally:
             self._active -= 1
             self.metrics.inflight.dec()
+        _check_outcome(outcome.ids, outcome.scores, parsed, loaded.index.num_items, loaded.version)
         response = retrieval_pb2.RetrieveResponse(index_version=loaded.version)
         for ids, scores in zip(outcome.ids, outcome.scores, strict=True):
             response.results.add(ids=ids, scores=scores)
@@ -182,3 +184,23 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):  # type: i
             return retrieval_pb2.UnloadIndexResponse(unloaded_versions=versions, removed_aliases=aliases)
 
         return await self._call("UnloadIndex", context, body)
+
+
+def _check_outcome(
+    ids: list[list[int]], scores: list[list[float]], parsed: ParsedRequest, num_items: int, version: str
+) -> None:
+    """Never answer OK with a non-finite score, or with fewer exact results than ``min(k, N - excluded)``.
+
+    Request validation keeps both from happening; this is the last guard, an INTERNAL error with a log line.
+    """
+    for row, (row_ids, row_scores) in enumerate(zip(ids, scores, strict=True)):
+        if not all(math.isfinite(x) for x in row_scores):
+            problem = "a non-finite score"
+        elif parsed.params.algorithm == "exact" and len(row_ids) < min(
+            parsed.k, num_items - len(set(parsed.exclude[row]))
+        ):
+            problem = f"{len(row_ids)} exact results where {parsed.k} were asked"
+        else:
+            continue
+        logger.error("Retrieve on index %s: query %d got %s; answering INTERNAL", version, row, problem)
+        raise ServeError(f"the search produced {problem} for query {row}; see the server log")

@@ -1,0 +1,100 @@
+"""Hostile query embeddings against the real server: never OK with a NaN score or missing results.
+
+Huge, unnormalised or degenerate components are normalised as the similarity requires (MoL scores are
+then bounded by ``1 / temperature``) or refused with INVALID_ARGUMENT naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ADMIN_TOKEN, TOKEN, ServerProcess
+from mol_core.bundle import load_bundle
+from mol_index import MolIndex, SearchParams
+from mol_serve import InvalidRequest, RetrievalClient
+
+ALGORITHMS = ["exact", "comb_topk", "topk_avg", "topk_per_embd"]
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> RetrievalClient:
+    with RetrievalClient(server.target, token=TOKEN, admin_token=ADMIN_TOKEN, timeout=30) as c:
+        yield c
+
+
+def _query(artifacts: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
+    query = load_bundle(artifacts["bundle"]).encode([[1, 2, 3], [5, 9]])
+    return query.embeddings.numpy(), query.gating.numpy()
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_huge_and_unnormalised_embeddings_give_full_finite_results(
+    client: RetrievalClient, artifacts: dict[str, Path], algorithm: str
+) -> None:
+    embeddings, gating = _query(artifacts)
+    index = MolIndex.load(artifacts["index_a"])
+    bound = 1.0 / index.similarity.temperature
+    huge = np.sign(embeddings) * 1e38  # overflows a plain norm to infinity
+    noise = np.random.default_rng(0).standard_normal(embeddings.shape).astype(np.float32) * 30
+    for hostile in (huge, noise):
+        got = client.retrieve(
+            embeddings=np.concatenate([hostile, embeddings]),  # a normal query in the same batch
+            gating=np.concatenate([gating, gating]),
+            top_k=10,
+            algorithm=algorithm,
+            params={"k_prime": "16"},
+        )
+        assert [len(row) for row in got.ids] == [10] * 4, algorithm
+        scores = [x for row in got.scores for x in row]
+        assert all(math.isfinite(x) and abs(x) <= bound + 1e-3 for x in scores), algorithm
+    if algorithm == "exact":  # normalised by the server: the results of the normalised components
+        normalised = embeddings / np.linalg.norm(embeddings, axis=-1, keepdims=True)
+        scaled = client.retrieve(embeddings=normalised * 1e30, gating=gating, top_k=10, algorithm=algorithm)
+        _, want = index.search(
+            torch.from_numpy(normalised), 10, gating=torch.from_numpy(gating), params=SearchParams()
+        )
+        assert scaled.ids == want.tolist()
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ("zero_component", "query 0 embeddings: component(s) [1] are all zeros"),
+        ("huge_gating", "query 1 gating: values must be within [-10000, 10000]"),
+    ],
+)
+def test_degenerate_inputs_get_invalid_argument(
+    client: RetrievalClient, artifacts: dict[str, Path], change: str, fragment: str
+) -> None:
+    embeddings, gating = _query(artifacts)
+    if change == "zero_component":
+        embeddings[0, 1] = 0.0
+    else:
+        gating[1, 0] = 1e30
+    with pytest.raises(InvalidRequest) as info:
+        client.retrieve(embeddings=embeddings, gating=gating, top_k=5)
+    assert info.value.code == "INVALID_ARGUMENT"
+    assert fragment in str(info.value)
+
+
+def test_the_last_guard_refuses_non_finite_scores_and_missing_exact_results() -> None:
+    """The service's final check, fed outcomes the validation should make impossible."""
+    from mol_serve.errors import ServeError
+    from mol_serve.service import _check_outcome
+
+    parsed = SimpleNamespace(params=SearchParams(algorithm="exact"), k=3, exclude=[[7, 7, 8]])
+    _check_outcome([[1, 2, 3]], [[3.0, 2.0, 1.0]], parsed, 10, "v1")  # type: ignore[arg-type]
+    _check_outcome([[1, 2]], [[3.0, 2.0]], parsed, 4, "v1")  # type: ignore[arg-type]  # 4 - 2 excluded
+    with pytest.raises(ServeError, match="non-finite score") as info:
+        _check_outcome([[1, 2, 3]], [[3.0, float("nan"), 1.0]], parsed, 10, "v1")  # type: ignore[arg-type]
+    assert info.value.code == "INTERNAL"
+    with pytest.raises(ServeError, match="2 exact results where 3 were asked"):
+        _check_outcome([[1, 2]], [[3.0, 2.0]], parsed, 10, "v1")  # type: ignore[arg-type]
+    approximate = SimpleNamespace(params=SearchParams(algorithm="comb_topk"), k=3, exclude=[[]])
+    _check_outcome([[1, 2]], [[3.0, 2.0]], approximate, 10, "v1")  # type: ignore[arg-type]
