@@ -16,7 +16,7 @@ from mol_core.proto.mol.v1 import retrieval_pb2
 from mol_core.similarity import DotProductSimilarity, Similarity
 from mol_index import Algorithm, SearchParams
 from mol_serve.config import ALGORITHMS, ServeConfig
-from mol_serve.errors import InvalidRequest
+from mol_serve.errors import InvalidRequest, echo
 from mol_serve.registry import LoadedIndex, needs_gating
 
 __all__ = ["GATING_LIMIT", "RAW_EMBEDDING_LIMIT", "ParsedRequest", "decode_tensor", "parse_request"]
@@ -110,12 +110,12 @@ def decode_tensor(message: retrieval_pb2.Embeddings, shape: tuple[int, ...], wha
 def _params(request: retrieval_pb2.RetrieveRequest, config: ServeConfig) -> SearchParams:
     algorithm = request.algorithm or config.default_algorithm
     if algorithm not in ALGORITHMS:
-        raise InvalidRequest(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
+        raise InvalidRequest(f"unknown algorithm {echo(algorithm)}; expected one of {', '.join(ALGORITHMS)}")
     values: dict[str, int | bool] = {"k_prime": config.default_k_prime}
     for key, text in request.algorithm_params.items():
         if key in _BOOL_PARAMS:
             if text.lower() not in ("true", "false"):
-                raise InvalidRequest(f"algorithm_params[{key}] must be 'true' or 'false'; got {text!r}")
+                raise InvalidRequest(f"algorithm_params[{key}] must be 'true' or 'false'; got {echo(text)}")
             values[key] = text.lower() == "true"
         elif key in _INT_PARAMS:
             try:
@@ -124,12 +124,12 @@ def _params(request: retrieval_pb2.RetrieveRequest, config: ServeConfig) -> Sear
                 number = 0
             if not 1 <= number <= 1_000_000:
                 raise InvalidRequest(
-                    f"algorithm_params[{key}] must be an integer in [1, 1000000]; got {text!r}"
+                    f"algorithm_params[{key}] must be an integer in [1, 1000000]; got {echo(text)}"
                 )
             values[key] = number
         else:
             known = ", ".join((*_INT_PARAMS, *_BOOL_PARAMS))
-            raise InvalidRequest(f"unknown algorithm_params key {key!r}; expected some of {known}")
+            raise InvalidRequest(f"unknown algorithm_params key {echo(key)}; expected some of {known}")
     return SearchParams(algorithm=algorithm, kernel=config.kernel, **values)  # type: ignore[arg-type]
 
 

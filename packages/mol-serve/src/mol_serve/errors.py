@@ -21,6 +21,8 @@ from __future__ import annotations
 from mol_core.errors import ArtifactError, ConfigError, MolError
 
 __all__ = [
+    "MAX_ECHO_CHARS",
+    "MAX_MESSAGE_CHARS",
     "DeadlineExceeded",
     "InvalidRequest",
     "LoadRefused",
@@ -29,8 +31,29 @@ __all__ = [
     "ServeError",
     "Unauthenticated",
     "Unavailable",
+    "bounded_message",
+    "echo",
     "error_for_code",
 ]
+
+#: Characters of a client-sent string repeated in an error message.
+MAX_ECHO_CHARS = 64
+#: Characters of any error message sent to a client.
+MAX_MESSAGE_CHARS = 1024
+
+
+def echo(text: str) -> str:
+    """``repr(text)``, cut to :data:`MAX_ECHO_CHARS` characters and saying how long it was if cut."""
+    if len(text) <= MAX_ECHO_CHARS:
+        return repr(text)
+    return f"{text[:MAX_ECHO_CHARS]!r}... ({len(text)} characters)"
+
+
+def bounded_message(message: str) -> str:
+    """``message`` cut to :data:`MAX_MESSAGE_CHARS` characters, saying so if cut."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_MESSAGE_CHARS]}... (message cut from {len(message)} characters)"
 
 
 class ServeError(MolError):

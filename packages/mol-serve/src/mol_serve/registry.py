@@ -18,7 +18,7 @@ from mol_core.bundle import ModelBundle
 from mol_core.errors import ArtifactError, ConfigError, ShapeError
 from mol_core.similarity import DotProductSimilarity, Similarity
 from mol_index import MolIndex, SearchParams
-from mol_serve.errors import InvalidRequest, LoadRefused, NotFound
+from mol_serve.errors import InvalidRequest, LoadRefused, NotFound, echo
 
 __all__ = ["IndexRegistry", "LoadedIndex", "load_and_validate", "needs_gating"]
 
@@ -123,7 +123,7 @@ class IndexRegistry:
                 found = self._versions.get(version)
                 if found is None:
                     raise InvalidRequest(
-                        f"unknown index_version {version!r}; loaded versions: {sorted(self._versions)}"
+                        f"unknown index_version {echo(version)}; loaded versions: {sorted(self._versions)}"
                     )
                 return found
             name = alias or self.default_alias
@@ -131,7 +131,9 @@ class IndexRegistry:
                 raise InvalidRequest("the request names no index and the server has no default alias")
             target = self._aliases.get(name)
             if target is None:
-                raise InvalidRequest(f"unknown index alias {name!r}; known aliases: {sorted(self._aliases)}")
+                raise InvalidRequest(
+                    f"unknown index alias {echo(name)}; known aliases: {sorted(self._aliases)}"
+                )
             return self._versions[target]
 
     def install(self, loaded: LoadedIndex, alias: str) -> str:
@@ -163,12 +165,14 @@ class IndexRegistry:
         with self._lock:
             if alias:
                 if alias not in self._aliases:
-                    raise NotFound(f"unknown index alias {alias!r}; known aliases: {sorted(self._aliases)}")
+                    raise NotFound(
+                        f"unknown index alias {echo(alias)}; known aliases: {sorted(self._aliases)}"
+                    )
                 del self._aliases[alias]
                 removed = [alias]
             elif version:
                 if version not in self._versions:
-                    raise NotFound(f"unknown index_version {version!r}; loaded: {sorted(self._versions)}")
+                    raise NotFound(f"unknown index_version {echo(version)}; loaded: {sorted(self._versions)}")
                 removed = sorted(a for a, v in self._aliases.items() if v == version)
                 for name in removed:
                     del self._aliases[name]

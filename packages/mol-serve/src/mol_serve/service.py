@@ -24,7 +24,7 @@ from mol_core.proto.mol.v1 import retrieval_pb2, retrieval_pb2_grpc
 from mol_serve.batcher import MicroBatcher
 from mol_serve.codec import ParsedRequest, parse_request
 from mol_serve.config import ServeConfig
-from mol_serve.errors import Overloaded, ServeError
+from mol_serve.errors import Overloaded, ServeError, bounded_message
 from mol_serve.metrics import ServerMetrics
 from mol_serve.registry import IndexRegistry, load_and_validate
 
@@ -81,7 +81,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):  # type: i
         finally:
             self.metrics.requests.labels(method=method, code=code.name).inc()
             self.metrics.latency.labels(method=method).observe(time.perf_counter() - start)
-        await context.abort(code, message)
+        await context.abort(code, bounded_message(message))
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
     async def Retrieve(

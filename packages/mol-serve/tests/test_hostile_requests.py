@@ -1,7 +1,9 @@
-"""Hostile query embeddings against the real server: never OK with a NaN score or missing results.
+"""Hostile requests against the real server: never OK with a NaN score or missing results, and error
+messages of bounded size.
 
 Huge, unnormalised or degenerate components are normalised as the similarity requires (MoL scores are
-then bounded by ``1 / temperature``) or refused with INVALID_ARGUMENT naming the field.
+then bounded by ``1 / temperature``) or refused with INVALID_ARGUMENT naming the field. Client strings
+echoed in errors are cut, so a huge alias still gets its INVALID_ARGUMENT (not a transport error).
 """
 
 from __future__ import annotations
@@ -98,3 +100,36 @@ def test_the_last_guard_refuses_non_finite_scores_and_missing_exact_results() ->
         _check_outcome([[1, 2]], [[3.0, 2.0]], parsed, 10, "v1")  # type: ignore[arg-type]
     approximate = SimpleNamespace(params=SearchParams(algorithm="comb_topk"), k=3, exclude=[[]])
     _check_outcome([[1, 2]], [[3.0, 2.0]], approximate, 10, "v1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"index_alias": "a" * 20_000}, "unknown index alias 'aaaa"),
+        ({"algorithm": "b" * 20_000}, "unknown algorithm 'bbbb"),
+        ({"params": {"k_prime": "9" * 20_000}}, "must be an integer in [1, 1000000]"),
+        ({"params": {"c" * 20_000: "1"}}, "unknown algorithm_params key 'cccc"),
+    ],
+)
+def test_huge_client_strings_are_cut_in_error_messages(
+    client: RetrievalClient, kwargs: dict[str, object], fragment: str
+) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        client.retrieve(histories=[[1, 2]], top_k=3, **kwargs)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert info.value.code == "INVALID_ARGUMENT"
+    assert fragment in message
+    assert "(20000 characters)" in message
+    assert len(message) < 400
+
+
+def test_echo_and_bounded_message_cut_and_say_how_long() -> None:
+    from mol_serve.errors import MAX_ECHO_CHARS, MAX_MESSAGE_CHARS, bounded_message, echo
+
+    assert echo("prod") == "'prod'"
+    cut = echo("x" * 1000)
+    assert cut == f"{'x' * MAX_ECHO_CHARS!r}... (1000 characters)"
+    assert bounded_message("short") == "short"
+    long = bounded_message("y" * 5000)
+    assert long.startswith("y" * MAX_MESSAGE_CHARS)
+    assert long.endswith("(message cut from 5000 characters)")
