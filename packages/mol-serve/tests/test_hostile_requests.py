@@ -133,3 +133,34 @@ def test_echo_and_bounded_message_cut_and_say_how_long() -> None:
     long = bounded_message("y" * 5000)
     assert long.startswith("y" * MAX_MESSAGE_CHARS)
     assert long.endswith("(message cut from 5000 characters)")
+
+
+GARBAGE = [b"\xff" * 10, b"\x0a\xff", b"\x12\x05abc", b"\x08" + b"\x80" * 11]
+
+
+@pytest.mark.parametrize("method", ["Retrieve", "ListIndexes"])
+def test_undecodable_bytes_get_unauthenticated_without_token_and_invalid_argument_with_it(
+    server: ServerProcess, method: str
+) -> None:
+    """Authentication before decoding; with the right token, INVALID_ARGUMENT with a plain message; and
+    the server log gets no traceback and at most a line or two for many such calls."""
+    import grpc
+
+    log_before = server.log.read_text(errors="replace")
+    token = ADMIN_TOKEN if method == "ListIndexes" else TOKEN
+    with grpc.insecure_channel(server.target) as channel:
+        call = channel.unary_unary(f"/mol.v1.RetrievalService/{method}")  # raw bytes both ways
+        for _ in range(10):
+            for garbage in GARBAGE:
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(garbage, timeout=10)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                with pytest.raises(grpc.RpcError) as invalid:
+                    call(garbage, metadata=[("authorization", f"Bearer {token}")], timeout=10)
+                assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                details = invalid.value.details() or ""
+                want = "the request bytes are not a valid request message for /mol.v1.RetrievalService/"
+                assert details == want + method
+    added = server.log.read_text(errors="replace")[len(log_before) :]
+    assert "Traceback" not in added
+    assert len(added.splitlines()) <= 2, added

@@ -2,8 +2,9 @@
 
 Clients send ``authorization: Bearer <token>`` metadata. Serving RPCs (Retrieve, health, reflection)
 accept the serving or the admin token; admin RPCs (ListIndexes, LoadIndex, UnloadIndex) only the admin
-token. Tokens are compared in constant time. A server without any token accepts everything (loopback
-only, see :class:`~mol_serve.config.ServeConfig`).
+token. Tokens are compared in constant time, before the request bytes are decoded: a refused call's bytes
+are never parsed. A server without any token accepts everything (loopback only, see
+:class:`~mol_serve.config.ServeConfig`).
 """
 
 from __future__ import annotations
@@ -98,10 +99,8 @@ def _refusing_handler(
         await context.abort(code, message)
         yield None  # pragma: no cover - abort raises
 
-    args = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
+    # no request deserializer: a refused call's bytes are never decoded (they may be anything)
+    args = {"request_deserializer": None, "response_serializer": handler.response_serializer}
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(streaming, **args)
     if handler.request_streaming:

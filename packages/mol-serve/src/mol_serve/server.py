@@ -28,6 +28,7 @@ from mol_core.proto.mol.v1 import retrieval_pb2, retrieval_pb2_grpc
 from mol_serve.auth import TokenAuthInterceptor
 from mol_serve.batcher import MicroBatcher
 from mol_serve.config import ServeConfig
+from mol_serve.decoding import SafeDecodingInterceptor
 from mol_serve.errors import LoadRefused
 from mol_serve.metrics import ServerMetrics
 from mol_serve.registry import IndexRegistry, load_and_validate
@@ -139,7 +140,9 @@ async def create_server(config: ServeConfig, *, bundle: ModelBundle | None = Non
         ("grpc.so_reuseport", 0),
     ]
     server = aio.server(
-        interceptors=[TokenAuthInterceptor(config.token, config.admin_token)], options=options
+        # authentication first (outermost), then the guard that turns undecodable bytes into INVALID_ARGUMENT
+        interceptors=[TokenAuthInterceptor(config.token, config.admin_token), SafeDecodingInterceptor()],
+        options=options,
     )
     servicer = RetrievalServicer(config, registry, batcher, bundle, metrics)
     retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(servicer, server)
