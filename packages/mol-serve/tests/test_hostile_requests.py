@@ -164,3 +164,48 @@ def test_undecodable_bytes_get_unauthenticated_without_token_and_invalid_argumen
     added = server.log.read_text(errors="replace")[len(log_before) :]
     assert "Traceback" not in added
     assert len(added.splitlines()) <= 2, added
+
+
+def test_metrics_endpoint_with_its_own_token_and_address_answers_only_metrics(
+    artifacts: dict[str, Path], tmp_path: Path
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    from conftest import start_server
+
+    (tmp_path / "metrics-token").write_text("scrape-secret\n")
+    proc = start_server(
+        tmp_path,
+        "--index",
+        f"prod={artifacts['index_a']}",
+        "--metrics-port",
+        "0",
+        "--metrics-host",
+        "127.0.0.1",
+        "--metrics-token-file",
+        str(tmp_path / "metrics-token"),
+        name="metrics",
+    )
+    base = f"http://127.0.0.1:{proc.metrics_port}"
+
+    def status(path: str, token: str | None = None, method: str = "GET") -> tuple[int, str]:
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        request = urllib.request.Request(base + path, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    try:
+        assert status("/metrics")[0] == 401
+        assert status("/metrics", "wrong")[0] == 401
+        code, body = status("/metrics", "scrape-secret")
+        assert code == 200
+        assert "mol_serve_requests" in body
+        for path in ("/", "/metrics/x", "/anything"):
+            assert status(path, "scrape-secret")[0] == 404
+        assert status("/metrics", "scrape-secret", method="POST")[0] == 404
+    finally:
+        proc.stop()

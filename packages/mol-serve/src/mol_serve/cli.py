@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="gRPC port (0 = a free one; default 0)")
     serve.add_argument("--metrics-port", type=int, help="Prometheus HTTP port (0 = a free one; default: off)")
+    serve.add_argument("--metrics-host", help="the metrics endpoint's listen address (default: --host)")
+    serve.add_argument(
+        "--metrics-token-file", type=Path, help="file holding the bearer token the metrics endpoint requires"
+    )
     serve.add_argument("--bundle", type=Path, help="model bundle directory (needed for history queries)")
     serve.add_argument(
         "--index", type=_alias_path, action="append", default=[], help="ALIAS=PATH index artifact; repeatable"
@@ -154,6 +158,8 @@ def _serve(args: argparse.Namespace) -> int:
         "host": args.host,
         "port": args.port,
         "metrics_port": args.metrics_port,
+        "metrics_host": args.metrics_host,
+        "metrics_token": _read_token(None, args.metrics_token_file),
         "bundle": args.bundle,
         "indexes": dict(args.index) or None,
         "default_alias": args.default_alias,

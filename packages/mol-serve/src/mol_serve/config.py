@@ -46,7 +46,15 @@ ALGORITHMS = (
 #: ``mol_index.SearchParams.kernel`` values (kept here so that the client imports without torch).
 KERNELS = ("auto", "torch", "triton")
 
-_PATH_KEYS = ("bundle", "tls_cert", "tls_key", "tls_client_ca", "token_file", "admin_token_file")
+_PATH_KEYS = (
+    "bundle",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "token_file",
+    "admin_token_file",
+    "metrics_token_file",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +65,9 @@ class ServeConfig:
         host: listen address; anything but loopback needs a token (or ``insecure``).
         port: gRPC port; 0 picks a free one (returned by ``create_server``).
         metrics_port: Prometheus HTTP port (0 = a free one), ``None`` = no metrics endpoint.
+        metrics_host: the metrics endpoint's listen address (``None`` = ``host``), e.g. loopback or an
+            internal interface only.
+        metrics_token: bearer token the metrics endpoint requires (``None`` = none).
         bundle: model bundle directory (for history queries), or ``None`` (embeddings queries only).
         indexes: alias -> index artifact directory, loaded at start.
         default_alias: alias used when a request names none (default: the first of ``indexes``).
@@ -90,6 +101,8 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 0
     metrics_port: int | None = None
+    metrics_host: str | None = None
+    metrics_token: str | None = None
     bundle: Path | None = None
     indexes: dict[str, Path] = field(default_factory=dict)
     default_alias: str | None = None
@@ -191,7 +204,8 @@ def is_loopback(host: str) -> bool:
 def load_config(path: str | Path, **overrides: Any) -> ServeConfig:
     """Reads a TOML config file (keys of :class:`ServeConfig`), then applies non-``None`` ``overrides``.
 
-    ``token_file`` / ``admin_token_file`` keys read the token from a file (stripped).
+    ``token_file`` / ``admin_token_file`` / ``metrics_token_file`` keys read the token from a file
+    (stripped).
 
     Raises:
         ConfigError: unreadable file, unknown keys or invalid values.
@@ -202,7 +216,7 @@ def load_config(path: str | Path, **overrides: Any) -> ServeConfig:
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"cannot read config file {file}: {err}") from err
     base = file.parent
-    known = {f.name for f in fields(ServeConfig)} | {"token_file", "admin_token_file"}
+    known = {f.name for f in fields(ServeConfig)} | {"token_file", "admin_token_file", "metrics_token_file"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{file}: unknown config keys {unknown}; expected some of {sorted(known)}")
@@ -213,7 +227,11 @@ def load_config(path: str | Path, **overrides: Any) -> ServeConfig:
         if not isinstance(data["indexes"], dict):
             raise ConfigError(f'{file}: [indexes] must be a table of alias = "path"')
         data["indexes"] = {str(a): base / Path(p) for a, p in data["indexes"].items()}
-    for key, target in (("token_file", "token"), ("admin_token_file", "admin_token")):
+    for key, target in (
+        ("token_file", "token"),
+        ("admin_token_file", "admin_token"),
+        ("metrics_token_file", "metrics_token"),
+    ):
         if key in data:
             token_path = data.pop(key)
             try:

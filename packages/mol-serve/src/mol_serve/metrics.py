@@ -1,6 +1,7 @@
 """Prometheus metrics of one server, in their own registry, served over HTTP.
 
-Exported series (prefix ``mol_serve_``):
+The endpoint answers ``GET /metrics`` only, optionally behind its own bearer token and on its own bind
+address (``ServeConfig.metrics_token`` / ``metrics_host``). Exported series (prefix ``mol_serve_``):
 
 - ``requests_total{method, code}``: finished RPCs by method and gRPC status code;
 - ``request_latency_seconds{method}``: histogram of server-side RPC latency;
@@ -12,10 +13,14 @@ Exported series (prefix ``mol_serve_``):
 
 from __future__ import annotations
 
+import hmac
 import threading
-from wsgiref.simple_server import WSGIServer
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 __all__ = ["ServerMetrics"]
 
@@ -70,9 +75,18 @@ class ServerMetrics:
         for alias, version in aliases.items():
             self.index_info.labels(alias=alias, index_version=version).set(1)
 
-    def serve_http(self, host: str, port: int) -> int:
-        """Starts the ``/metrics`` HTTP endpoint in a daemon thread; returns the bound port."""
-        self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve_http(self, host: str, port: int, token: str | None = None) -> int:
+        """Starts the HTTP endpoint in a daemon thread; returns the bound port.
+
+        Only ``GET /metrics`` answers (anything else: 404); with ``token``, only with the header
+        ``Authorization: Bearer <token>`` (else 401), compared in constant time.
+        """
+        app = _metrics_only(make_wsgi_app(self.registry), token)
+        self._http = make_server(host, port, app, _ThreadingWSGIServer, handler_class=_QuietHandler)
+        self._thread = threading.Thread(
+            target=self._http.serve_forever, name="mol-serve-metrics", daemon=True
+        )
+        self._thread.start()
         return int(self._http.server_port)
 
     def close(self) -> None:
@@ -81,3 +95,34 @@ class ServerMetrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log: scrapes every few seconds would fill the server log."""
+
+
+Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _metrics_only(app: Wsgi, token: str | None) -> Wsgi:
+    """``app`` behind a path check (``/metrics`` only) and, with ``token``, a bearer-token check."""
+    expected = None if token is None else f"Bearer {token}".encode()
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/metrics" or environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"only GET /metrics is served here\n"]
+        given = str(environ.get("HTTP_AUTHORIZATION", "")).encode("latin-1", "replace")
+        if expected is not None and not hmac.compare_digest(given, expected):
+            start_response(
+                "401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")]
+            )
+            return [b"missing or wrong 'Authorization: Bearer <metrics token>' header\n"]
+        return app(environ, start_response)
+
+    return guarded

@@ -68,7 +68,11 @@ class MolServer:
         self.batcher.start()
         await self.grpc_server.start()
         if self.config.metrics_port is not None:
-            self.metrics_port = self.metrics.serve_http(self.config.host, self.config.metrics_port)
+            self.metrics_port = self.metrics.serve_http(
+                self.config.metrics_host or self.config.host,
+                self.config.metrics_port,
+                token=self.config.metrics_token,
+            )
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
