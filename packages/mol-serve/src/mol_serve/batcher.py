@@ -6,6 +6,10 @@ dispatched at once, so batching costs no latency at low load (``fixed_wait`` ins
 full ``max_wait`` for company). It then groups them by index version and :attr:`ParsedRequest.batch_key`
 and runs each group in one worker thread (so the event loop keeps accepting calls). Requests whose call
 was cancelled or whose deadline expired while queued are dropped without any work.
+
+The worker is a daemon thread: a search cannot be interrupted, so at shutdown :meth:`MicroBatcher.abort`
+answers the calls still waiting (queued or searching) with UNAVAILABLE and the process does not wait for
+the search to end.
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -24,6 +31,7 @@ from mol_core.bundle import ModelBundle
 from mol_core.errors import MolError
 from mol_core.similarity import QuerySide
 from mol_serve.codec import ParsedRequest
+from mol_serve.errors import Unavailable
 from mol_serve.registry import LoadedIndex
 
 __all__ = ["BatchOutcome", "MicroBatcher"]
@@ -93,10 +101,11 @@ class MicroBatcher:
         #: Returns the number of Retrieve calls in progress (set by the servicer); None = unknown.
         self.inflight: Callable[[], int] | None = None
         self._queue: asyncio.Queue[_Entry] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mol-serve-search")
+        self._executor = _DaemonThreadExecutor("mol-serve-search")
         if threads is not None:
             self._executor.submit(torch.set_num_threads, threads).result()
         self._task: asyncio.Task[None] | None = None
+        self._searching: list[_Entry] = []  # the entries of the search running now
         self.skipped = 0  # requests dropped because cancelled or expired before running
 
     def start(self) -> None:
@@ -104,8 +113,27 @@ class MicroBatcher:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="mol-serve-batcher")
 
+    @property
+    def busy(self) -> bool:
+        """Whether the worker thread is running a search now."""
+        return self._executor.running
+
+    def abort(self, reason: str) -> int:
+        """Fails every call still waiting, queued or in the running search, with
+        :class:`~mol_serve.errors.Unavailable` (``reason``); returns how many."""
+        waiting = [*self._searching]
+        while not self._queue.empty():
+            waiting.append(self._queue.get_nowait())
+        failed = 0
+        for entry in waiting:
+            if not entry.future.done():
+                entry.future.set_exception(Unavailable(reason))
+                failed += 1
+        return failed
+
     async def stop(self) -> None:
-        """Stops the consumer; queued requests fail with ``CancelledError``."""
+        """Stops the consumer; queued requests fail with ``CancelledError``. Does not wait for a running
+        search (its thread is a daemon)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -113,7 +141,7 @@ class MicroBatcher:
             self._task = None
         while not self._queue.empty():
             self._queue.get_nowait().future.cancel()
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(
         self, loaded: LoadedIndex, parsed: ParsedRequest, deadline: float | None
@@ -160,6 +188,7 @@ class MicroBatcher:
             live = [e for e in group if not self._skip_if_dead(e)]
             if not live:
                 continue
+            self._searching = live
             try:
                 outcomes = await loop.run_in_executor(self._executor, self._search, live)
             except MolError as err:
@@ -178,6 +207,8 @@ class MicroBatcher:
                 for entry in live:
                     _fail(entry, err)
                 continue
+            finally:
+                self._searching = []
             for entry, outcome in zip(live, outcomes, strict=True):
                 _deliver(entry, outcome)
 
@@ -258,3 +289,52 @@ def _deliver(entry: _Entry, outcome: BatchOutcome) -> None:
 def _fail(entry: _Entry, err: BaseException) -> None:
     if not entry.future.done():
         entry.future.set_exception(err)
+
+
+class _DaemonThreadExecutor(Executor):
+    """One daemon worker thread running submitted calls in order (``ThreadPoolExecutor``'s threads are
+    joined at interpreter exit, so a long search would hold a stopping server past its grace period)."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._closed = False
+        self.running = False  # a call is executing now
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        if self._closed:
+            raise RuntimeError("the search worker is shut down")
+        future: Future[Any] = Future()
+        self._jobs.put((future, lambda: fn(*args, **kwargs)))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._closed = True
+        if cancel_futures:
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    job[0].cancel()
+        self._jobs.put(None)
+        if wait:
+            self._thread.join()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            future, call = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            self.running = True
+            try:
+                future.set_result(call())
+            except BaseException as err:  # handed to the awaiting coroutine, as ThreadPoolExecutor does
+                future.set_exception(err)
+            finally:
+                self.running = False

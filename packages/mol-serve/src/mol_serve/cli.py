@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -184,7 +185,13 @@ def _serve(args: argparse.Namespace) -> int:
     config = (
         load_config(args.config, **overrides) if args.config else with_overrides(ServeConfig(), **overrides)
     )
-    asyncio.run(serve(config, port_file=args.port_file))
+    if asyncio.run(serve(config, port_file=args.port_file)):
+        # a search was still running (its calls got UNAVAILABLE): end now rather than wait for it, and
+        # skip the interpreter teardown, which cannot stop that thread cleanly
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -42,6 +42,11 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name
 
 
+#: Seconds before the end of the grace period at which waiting calls are answered UNAVAILABLE, so they
+#: get that clear status before grpc cancels whatever is left.
+_ABORT_MARGIN_S = 0.25
+
+
 class MolServer:
     """A built server: the grpc.aio server, its health servicer, batcher, registry and metrics."""
 
@@ -77,13 +82,21 @@ class MolServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def shutdown(self, grace: float | None = None) -> None:
-        """Graceful stop: health NOT_SERVING, refuse new calls, let in-flight calls finish, stop."""
+        """Graceful stop: health NOT_SERVING, refuse new calls, let in-flight calls finish for up to
+        ``grace`` seconds, then answer the calls still waiting UNAVAILABLE and stop without waiting for
+        a running search."""
         if self._stopped.is_set():
             return
         grace = self.config.shutdown_grace_s if grace is None else grace
         logger.info("shutting down: health NOT_SERVING, draining for up to %.1f s", grace)
         await self.health.enter_graceful_shutdown()
-        await self.grpc_server.stop(grace)
+        stopping = asyncio.ensure_future(self.grpc_server.stop(grace))
+        try:  # returns early once every call has finished
+            await asyncio.wait_for(asyncio.shield(stopping), max(0.0, grace - _ABORT_MARGIN_S))
+        except TimeoutError:
+            failed = self.batcher.abort(f"server shutting down: the call did not finish within {grace:g} s")
+            logger.warning("grace period over: %d call(s) answered UNAVAILABLE", failed)
+        await stopping
         await self.batcher.stop()
         self.metrics.close()
         self._stopped.set()
@@ -172,8 +185,12 @@ async def create_server(config: ServeConfig, *, bundle: ModelBundle | None = Non
 
 async def serve(
     config: ServeConfig, *, on_started: asyncio.Future[None] | None = None, port_file: Path | None = None
-) -> None:
+) -> bool:
     """Runs a server until SIGTERM or SIGINT, then shuts it down gracefully.
+
+    Returns whether a search was still running when the server stopped (its calls were answered
+    UNAVAILABLE): the caller should then end the process at once (``os._exit``), since the interpreter's
+    teardown cannot stop that thread cleanly.
 
     Args:
         config: the server configuration.
@@ -205,3 +222,4 @@ async def serve(
     if on_started is not None:
         on_started.set_result(None)
     await server.wait_closed()
+    return server.batcher.busy
