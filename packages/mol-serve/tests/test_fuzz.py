@@ -5,6 +5,11 @@ Every answer is OK or INVALID_ARGUMENT, OK answers are well formed, and the serv
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +17,7 @@ from hypothesis import strategies as st
 
 from conftest import TOKEN, ServerProcess
 from mol_core.proto.mol.v1 import retrieval_pb2, retrieval_pb2_grpc
+from mol_index import MolIndex
 
 ids = st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.integers(min_value=0, max_value=70)
 embeddings = st.builds(
@@ -95,3 +101,32 @@ def test_server_still_healthy_after_fuzzing(
         top_k=2, queries=[retrieval_pb2.Query(history=retrieval_pb2.History(item_ids=[1]))]
     )
     assert stub.Retrieve(request, metadata=[("authorization", f"Bearer {TOKEN}")], timeout=20).results[0].ids
+
+
+def _fuzz_module() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_mol_serve_fuzz.py"
+    spec = importlib.util.spec_from_file_location("bench_mol_serve_fuzz", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seeded_corpus_of_hostile_requests_and_raw_bytes(
+    server: ServerProcess, artifacts: dict[str, Path]
+) -> None:
+    """600 cases of the fuzz benchmark's corpus against the real server: no status but OK,
+    INVALID_ARGUMENT or (without the token) UNAUTHENTICATED; no OK with a non-finite score or missing
+    exact results; the process alive; its RSS growth bounded."""
+    fuzzing = _fuzz_module()
+    index = MolIndex.load(artifacts["index_a"])
+    sim = index.similarity
+    shapes = ((sim.num_query_components, sim.component_dim), sim.num_components)
+    ids = frozenset(int(x) for x in index.item_ids.tolist())
+    cases = list(fuzzing.fuzz_cases(7, 600, shapes, len(ids)))
+    result = fuzzing.fuzz(server.target, server.process.pid, cases, ids, token=TOKEN, rss_limit_mb=64.0)
+    assert result["violation_count"] == 0, result["violations"]
+    assert server.process.poll() is None
+    assert result["counts"].get("request OK", 0) > 30  # the corpus reaches the search, not only refusals
