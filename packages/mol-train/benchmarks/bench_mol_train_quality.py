@@ -223,7 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="ML-100K, 1 epoch, 1 seed, max_len 20 (CI)")
     parser.add_argument("--data", choices=("ml-1m", "ml-100k"), default="ml-1m", help="the data set")
     parser.add_argument("--data-root", type=Path, default=DATA, help="folder holding ml-1m/ and ml-100k/")
-    parser.add_argument("--models", nargs="+", choices=sorted(PRESETS), default=["mol", "dot"])
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        choices=sorted(PRESETS),
+        default=["mol", "dot"],
+        help="the presets to train (none: only the --ablation models)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="train.seed of each run")
     parser.add_argument("--epochs", type=int, default=16, help="epochs per run (equal for every model)")
     parser.add_argument("--eval-every", type=int, default=2, help="epochs between validation runs")
@@ -273,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         help="print the Markdown summary of an earlier result file and exit",
     )
     args = parser.parse_args(argv)
+    if not args.models and not args.ablations:
+        parser.error("nothing to train: give --models and/or --ablation")
     if args.markdown is not None:
         print(markdown(json.loads(args.markdown.read_text())))
         return 0
