@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 
     fit = commands.add_parser("fit", help="train a model (run under torchrun for several processes)")
-    fit.add_argument("--config", required=True, help="a preset name (see --list-presets) or a .toml file")
+    fit.add_argument("--config", required=True, help="a preset name (see mol-train presets) or a .toml file")
     fit.add_argument("--data", type=Path, help="prepared data directory (overrides data.path)")
     fit.add_argument("--output", type=Path, required=True, help="run directory: logs, checkpoints, results")
     fit.add_argument(
