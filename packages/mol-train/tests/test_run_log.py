@@ -27,3 +27,13 @@ def test_curves_are_a_png(tmp_path: Path) -> None:
     png = plot_training_curves(log.path, tmp_path / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_run_title_names_the_model() -> None:
+    from mol_train.config import load_config
+    from mol_train.train import run_title
+
+    mol = load_config("ml1m_hstu_large_mol", ["model.num_blocks=2", "data.max_len=50", "train.seed=3"])
+    assert run_title(mol, Path("runs/mol-a")) == "mol-a: hstu (2 blocks, max_len 50) + MoL 8x4x64, seed 3"
+    dot = load_config("ml1m_hstu_large_dot")
+    assert "+ dot product" in run_title(dot, Path("runs/dot"))

@@ -43,8 +43,9 @@ def read_metrics_log(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def plot_training_curves(log_path: str | Path, png_path: str | Path) -> Path:
-    """Plots training loss and validation HR@10 / NDCG@10 per epoch into a PNG (written atomically)."""
+def plot_training_curves(log_path: str | Path, png_path: str | Path, *, title: str = "") -> Path:
+    """Plots training loss and validation HR@10 / NDCG@10 per epoch into a PNG (written atomically),
+    under ``title`` (which model, see :func:`~mol_train.train.run_title`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,6 +60,8 @@ def plot_training_curves(log_path: str | Path, png_path: str | Path) -> Path:
                 if key in record:
                     valid[key].append((record["epoch"], record[key]))
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    if title:
+        fig.suptitle(title)
     left.plot([r["epoch"] for r in train], [r["loss"] for r in train], marker=".")
     left.set(title="training loss", xlabel="epoch", ylabel="loss")
     for key, points in valid.items():

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from mol_core.errors import ConfigError
 from mol_train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_state
-from mol_train.config import TrainConfig
+from mol_train.config import SimilarityKind, TrainConfig
 from mol_train.data import SequenceDataset, iter_train_batches, train_rows
 from mol_train.distributed import (
     DistributedContext,
@@ -46,7 +46,7 @@ from mol_train.model import QueryEncoder, SequentialRecommender, build_model
 from mol_train.negatives import sample_negatives
 from mol_train.run_log import MetricsLog, plot_training_curves
 
-__all__ = ["FitResult", "encoder_from_weights", "fit", "load_weights", "restore_encoder"]
+__all__ = ["FitResult", "encoder_from_weights", "fit", "load_weights", "restore_encoder", "run_title"]
 
 logger = logging.getLogger(__name__)
 
@@ -259,8 +259,23 @@ def _train(
     )
     if context.is_main:
         (out / "results.json").write_text(json.dumps(_jsonable(result), indent=2, sort_keys=True))
-        plot_training_curves(out / "metrics.jsonl", out / "curves.png")
+        plot_training_curves(out / "metrics.jsonl", out / "curves.png", title=run_title(config, out))
     return result
+
+
+def run_title(config: TrainConfig, out: Path) -> str:
+    """One line naming a run's model, for its plots: run folder, encoder, head and seed."""
+    sim = config.similarity
+    head = (
+        f"MoL {sim.query_components}x{sim.item_components}x{sim.component_dim}"
+        if sim.kind is SimilarityKind.MOL
+        else "dot product"
+    )
+    model = config.model
+    return (
+        f"{out.name}: {model.encoder.value} ({model.num_blocks} blocks, max_len {config.data.max_len})"
+        f" + {head}, seed {config.train.seed}"
+    )
 
 
 def _set_scoring_backend(model: SequentialRecommender, config: TrainConfig, device: torch.device) -> None:
