@@ -86,7 +86,7 @@ def test_build_search_info(arrays: tuple, tmp_path: Path, capsys: pytest.Capture
         params=SearchParams(algorithm="exact"),
     )[1]
     assert [line["ids"] for line in lines] == want.tolist()
-    assert main(build) == 1  # the index exists: an artifact error, exit 1
+    assert main(build) == 2  # the index exists: bad input, exit 2 as in every mol CLI
     assert "already exists" in capsys.readouterr().err
 
 

@@ -27,7 +27,7 @@ import torch
 from google.protobuf import json_format
 from safetensors.torch import load_file
 
-from mol_core.errors import ArtifactError, ConfigError, MolError, ShapeError
+from mol_core.errors import ArtifactError, ConfigError, MolError
 from mol_core.manifest import INDEX_FORMAT_VERSION, MANIFEST_FILENAME, read_manifest
 from mol_core.proto.mol.v1 import manifest_pb2, similarity_pb2
 from mol_core.similarity import ItemSide, QuerySide, similarity_from_config
@@ -403,7 +403,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the CLI; returns the exit code (0 ok, 2 bad arguments or input, 1 artifact errors)."""
+    """Runs the CLI; returns the exit code: 0 ok, 2 bad arguments or input (a config, a file, an
+    artifact), as every mol CLI (docs/operations.md)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # everything after "bench" belongs to the benchmark's own parser
         from mol_index.bench import main as bench_main
@@ -412,12 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         code: int = args.run(args)
-    except (ConfigError, ShapeError) as err:
+    except MolError as err:  # ConfigError, ShapeError, ArtifactError: input the user must fix
         print(f"mol-index: error: {err}", file=sys.stderr)
         return 2
-    except MolError as err:
-        print(f"mol-index: error: {err}", file=sys.stderr)
-        return 1
     return code
 
 
