@@ -147,3 +147,22 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     for command in ("build", "search", "info", "bench"):
         assert command in text
+
+
+def test_a_bundle_given_as_an_index_is_named_as_such(tmp_path: Path) -> None:
+    from mol_core.errors import ArtifactError
+    from mol_index.artifact import read_artifact
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text('{"format_version": 1, "query_encoder_file": "query_encoder.pt2"}')
+    with pytest.raises(ArtifactError, match="is a model bundle, not an index: build an index from it"):
+        read_artifact(bundle)
+
+
+def test_build_creates_missing_parent_directories(arrays: tuple, tmp_path: Path) -> None:
+    items, config, state, _, _ = arrays
+    target = tmp_path / "indexes" / "deep" / "prod"
+    build = ["build", str(target), "--items", str(items), "--similarity-config", str(config)]
+    assert main([*build, "--similarity-state", str(state)]) == 0
+    assert (target / "manifest.json").is_file()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import secrets
 import shutil
 import tempfile
@@ -130,13 +131,16 @@ def write_artifact(
         hierarchical: the cluster tree of a ``hierarchical`` index (``stage_kind="hierarchical"``).
 
     Raises:
-        ArtifactError: ``path`` exists and ``overwrite`` is False, its parent is missing, or a write failed.
+        ArtifactError: ``path`` exists and ``overwrite`` is False, or a write failed. Missing parent
+            directories are created.
     """
     dest = Path(path)
     if dest.exists() and not overwrite:
         raise ArtifactError(f"{dest} already exists; choose another path or pass overwrite=True")
-    if not dest.parent.is_dir():
-        raise ArtifactError(f"cannot write the index to {dest}: the parent directory does not exist")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)  # as `mkdir -p`: the index's folder tree
+    except OSError as err:
+        raise ArtifactError(f"cannot write the index to {dest}: cannot create {dest.parent}: {err}") from err
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the index is an ordinary, readable directory
@@ -199,6 +203,19 @@ def write_artifact(
     return dest
 
 
+def _refuse_a_bundle(root: Path) -> None:
+    """A clear error when ``root`` is a model bundle (its manifest names a query encoder), not an index."""
+    try:
+        data = json.loads((root / MANIFEST_FILENAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # read_manifest reports what is wrong
+    if isinstance(data, dict) and "query_encoder_file" in data and "kind" not in data:
+        raise ArtifactError(
+            f"{root} is a model bundle, not an index: build an index from it with "
+            f"`mol-index build INDEX_PATH --bundle {root}` (or mol_index.build_from_bundle) and pass that"
+        )
+
+
 def read_artifact(path: str | Path) -> LoadedArtifact:
     """Reads and checks an index artifact written by :func:`write_artifact`.
 
@@ -207,6 +224,7 @@ def read_artifact(path: str | Path) -> LoadedArtifact:
             SHA-256 does not match, or tensors inconsistent with the manifest.
     """
     root = Path(path)
+    _refuse_a_bundle(root)
     manifest = read_manifest(root / MANIFEST_FILENAME, manifest_pb2.IndexManifest, INDEX_FORMAT_VERSION)
     stages = {kind: stage for stage, kind in KINDS.items()}
     if manifest.kind not in stages:
