@@ -64,6 +64,27 @@ def test_quickstart_refuses_a_missing_data_file(tmp_path: Path) -> None:
     assert "no such file" in result.stderr
 
 
+def test_a_workdir_built_from_other_inputs_is_refused_not_reused(tmp_path: Path) -> None:
+    """Another --data or --epochs than the workdir was built from: exit 2 naming both, no silent reuse."""
+    run = tmp_path / "run"
+    run.mkdir()
+    recorded = {"data": {"synthetic": {"users": 150, "items": 60, "seed": 0}}, "epochs": 1}
+    (run / "inputs.json").write_text(json.dumps(recorded))
+    (run / "data").mkdir()
+    data = tmp_path / "u.data"
+    data.write_text("1\t2\t5\t881250949\n")
+    for extra in (["--data", str(data)], ["--epochs", "3"]):
+        result = run_quickstart(run, *extra)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "was built from" in result.stderr
+        assert "pass --fresh" in result.stderr
+    unrecorded = tmp_path / "old"
+    (unrecorded / "data").mkdir(parents=True)
+    result = run_quickstart(unrecorded)
+    assert result.returncode == 2
+    assert "records no inputs" in result.stderr
+
+
 def test_the_report_says_when_a_validation_curve_is_still_rising(tmp_path: Path) -> None:
     import importlib.util
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -102,6 +103,40 @@ def run_step(report: Report, name: str, title: str, body: Callable[[], Any]) -> 
     report.steps[name] = time.perf_counter() - start
     print(f"   ({report.steps[name]:.1f} s)", flush=True)
     return value
+
+
+INPUTS_FILE = "inputs.json"
+
+
+def requested_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """What this run's outputs depend on: the data (a file's path and SHA-256, or the synthetic sizes)
+    and the epochs."""
+    if args.data is not None:
+        digest = hashlib.sha256(args.data.read_bytes()).hexdigest()
+        data: dict[str, Any] = {"file": str(args.data.resolve()), "sha256": digest}
+    else:
+        data = {"synthetic": {"users": args.users, "items": args.items, "seed": 0}}
+    return {"data": data, "epochs": args.epochs}
+
+
+def check_inputs(workdir: Path, wanted: dict[str, Any]) -> str:
+    """``""`` when ``workdir`` may be (re)used for ``wanted`` (recorded now if new), else why not: a
+    workdir built from other inputs is never reused silently."""
+    record = workdir / INPUTS_FILE
+    if record.is_file():
+        found = json.loads(record.read_text())
+        if found == wanted:
+            return ""
+        return (
+            f"{workdir} was built from {json.dumps(found)}, not the requested {json.dumps(wanted)}; "
+            "pass --fresh to rebuild it, or choose another --workdir"
+        )
+    if any(workdir.iterdir()):
+        return f"{workdir} is not empty and records no inputs; pass --fresh or choose another --workdir"
+    tmp = record.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(wanted, indent=2, sort_keys=True))
+    tmp.replace(record)
+    return ""
 
 
 def build_data(args: argparse.Namespace, report: Report) -> SequenceDataset:
@@ -500,6 +535,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh:
         shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True, exist_ok=True)
+    mismatch = check_inputs(args.workdir, requested_inputs(args))
+    if mismatch:
+        print(f"quickstart: error: {mismatch}", file=sys.stderr)
+        return 2
     report = Report(args.workdir.resolve())
     try:
         dataset = run_step(report, "data", "1/8 data", lambda: build_data(args, report))
