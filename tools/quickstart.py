@@ -47,6 +47,7 @@ import faiss
 import numpy as np
 import torch
 
+from mol_core.atomic import write_text_atomically
 from mol_core.bundle import ModelBundle, load_bundle
 from mol_core.errors import MolError
 from mol_core.manifest import MANIFEST_FILENAME
@@ -133,9 +134,7 @@ def check_inputs(workdir: Path, wanted: dict[str, Any]) -> str:
         )
     if any(workdir.iterdir()):
         return f"{workdir} is not empty and records no inputs; pass --fresh or choose another --workdir"
-    tmp = record.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(wanted, indent=2, sort_keys=True))
-    tmp.replace(record)
+    write_text_atomically(record, json.dumps(wanted, indent=2, sort_keys=True))
     return ""
 
 
@@ -581,9 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     text = render(report)
     out = report.workdir / "report.md"
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    write_text_atomically(out, text)
     print("\n== 8/8 report (also in " + str(out) + ")\n\n" + text)
     failed = [name for name, ok in report.checks.items() if not ok]
     if failed:

@@ -18,16 +18,15 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import secrets
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from mol_core.atomic import write_text_atomically
 from mol_core.errors import ArtifactError
 from mol_core.proto.mol.v1.manifest_pb2 import FileEntry, IndexManifest, ModelBundleManifest
 
@@ -132,19 +131,8 @@ def write_manifest(message: Message, path: str | os.PathLike[str]) -> None:
         sort_keys=True,
     )
     dest = Path(path)
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(8)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-                handle.write(text + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+        write_text_atomically(dest, text + "\n")
     except OSError as err:
         raise ArtifactError(f"cannot write manifest {dest}: {err}") from err
 

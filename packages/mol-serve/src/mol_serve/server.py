@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from mol_core.atomic import write_text_atomically
 from mol_core.bundle import ModelBundle, load_bundle
 from mol_core.errors import ArtifactError
 from mol_core.proto.mol.v1 import retrieval_pb2, retrieval_pb2_grpc
@@ -199,7 +200,6 @@ async def serve(
     """
     import json
     import os
-    import tempfile
 
     server, port = await create_server(config)
     await server.start()
@@ -215,10 +215,8 @@ async def serve(
         config.kernel,
     )
     if port_file is not None:
-        fd, tmp = tempfile.mkstemp(dir=port_file.parent, prefix=port_file.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"port": port, "metrics_port": server.metrics_port, "pid": os.getpid()}, handle)
-        os.replace(tmp, port_file)
+        info = {"port": port, "metrics_port": server.metrics_port, "pid": os.getpid()}
+        write_text_atomically(port_file, json.dumps(info))
     if on_started is not None:
         on_started.set_result(None)
     await server.wait_closed()

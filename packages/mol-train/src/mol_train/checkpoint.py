@@ -13,12 +13,12 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mol_core.atomic import write_bytes_atomically, write_text_atomically
 from mol_core.errors import ArtifactError
 
 __all__ = ["find_checkpoints", "latest_checkpoint", "load_checkpoint", "save_checkpoint", "save_state"]
@@ -36,29 +36,15 @@ def _digest(path: Path) -> str:
     return sha.hexdigest()
 
 
-def _write_atomically(path: Path, write: Any) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_state(path: str | Path, state: dict[str, Any]) -> Path:
     """Writes ``state`` and a ``.sha256`` sidecar to ``path`` atomically (read by :func:`load_checkpoint`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staged = path.with_name(path.name + ".tmpdata")
-    _write_atomically(staged, lambda h: torch.save(state, h))
+    write_bytes_atomically(staged, lambda h: torch.save(state, h))
     try:
         digest = _digest(staged)
-        _write_atomically(path.with_name(path.name + ".sha256"), lambda h: h.write(f"{digest}\n".encode()))
+        write_text_atomically(path.with_name(path.name + ".sha256"), f"{digest}\n")
         os.replace(staged, path)
     finally:
         staged.unlink(missing_ok=True)

@@ -8,11 +8,11 @@ flushed one at a time; :func:`read_metrics_log` ignores a last line cut short by
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from mol_core.atomic import write_bytes_atomically
 
 __all__ = ["MetricsLog", "plot_training_curves", "read_metrics_log"]
 
@@ -72,12 +72,8 @@ def plot_training_curves(log_path: str | Path, png_path: str | Path, *, title: s
     fig.tight_layout()
     target = Path(png_path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, target)
+        write_bytes_atomically(target, lambda handle: fig.savefig(handle, format="png", dpi=100))
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return target

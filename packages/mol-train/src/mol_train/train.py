@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from mol_core.atomic import write_text_atomically
 from mol_core.errors import ConfigError
 from mol_train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_state
 from mol_train.config import SimilarityKind, TrainConfig
@@ -112,7 +113,9 @@ def fit(
     with _process_group(device) as context:
         if context.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "config.json").write_text(json.dumps(_jsonable(config), indent=2, sort_keys=True))
+            write_text_atomically(
+                out / "config.json", json.dumps(_jsonable(config), indent=2, sort_keys=True)
+            )
         return _train(config, dataset, out, context, resume=resume, progress=progress, started=started)
 
 
@@ -258,7 +261,7 @@ def _train(
         out_dir=out,
     )
     if context.is_main:
-        (out / "results.json").write_text(json.dumps(_jsonable(result), indent=2, sort_keys=True))
+        write_text_atomically(out / "results.json", json.dumps(_jsonable(result), indent=2, sort_keys=True))
         plot_training_curves(out / "metrics.jsonl", out / "curves.png", title=run_title(config, out))
     return result
 

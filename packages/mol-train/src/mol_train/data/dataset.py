@@ -13,13 +13,13 @@ with history ``s[:n-1]``; the validation target is ``s[n-2]`` with history ``s[:
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mol_core.atomic import write_bytes_atomically
 from mol_core.errors import ArtifactError
 from mol_train.data.errors import DataError
 
@@ -171,17 +171,7 @@ class SequenceDataset:
         }
         if self.timestamps is not None:
             arrays["timestamps"] = self.timestamps
-        target = Path(path)
-        handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(handle, "wb") as out:
-                np.savez(out, allow_pickle=False, **arrays)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes_atomically(path, lambda out: np.savez(out, allow_pickle=False, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SequenceDataset:
