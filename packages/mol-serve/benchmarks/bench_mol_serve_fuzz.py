@@ -42,6 +42,7 @@ import grpc
 import numpy as np
 import torch
 
+from mol_core.atomic import write_text_atomically
 from mol_core.proto.mol.v1 import retrieval_pb2
 from mol_core.similarity import MoLSimilarity
 from mol_index import MolIndex
@@ -342,9 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  violations: {result['violation_count']}; server alive: {alive}")
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = args.output.with_suffix(".tmp")
-        tmp_path.write_text(json.dumps(result, indent=2))
-        tmp_path.replace(args.output)
+        write_text_atomically(args.output, json.dumps(result, indent=2))
     for violation in result["violations"][:10]:
         print(f"  VIOLATION {violation}", file=sys.stderr)
     return 0 if alive and result["violation_count"] == 0 else 1
