@@ -106,12 +106,22 @@ def score_negatives(
         if inverse is None:
             raise ValueError("per-position negatives need the (M, R) inverse index from lookup_ids")
         gating = negatives.gating
-        embeddings = negatives.embeddings[0][inverse]  # (M, R, Px, d)
-        per_position = ItemSide(embeddings, None if gating is None else gating[0][inverse])  # (M, R, P)
+        embeddings = _gather_rows(negatives.embeddings[0], inverse)  # (M, R, Px, d)
+        per_position = ItemSide(embeddings, None if gating is None else _gather_rows(gating[0], inverse))
         return similarity.score_pairs(query, per_position)
     if sampling is NegativeSampling.SHARED:
         return similarity.score_groups(query, negatives, [query.batch_size])  # one group: (1, R, Px, d)
     return similarity.score_groups(query, negatives, mask.sum(dim=1).tolist())  # a group per sequence
+
+
+def _gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for a ``(U, ...)`` table and an ``(M, R)`` index: ``(M, R, ...)``.
+
+    Through ``index_select``, whose backward (``index_add_``) sums repeated rows in a fixed order; the
+    backward of ``table[index]`` (``index_put_`` with accumulation) adds them in a thread-dependent order
+    on CPU, so a run with several threads would not repeat itself bit for bit.
+    """
+    return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])
 
 
 def _sequence_of_positions(mask: torch.Tensor) -> torch.Tensor:
