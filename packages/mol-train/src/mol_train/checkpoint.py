@@ -3,8 +3,9 @@
 A checkpoint is ``<dir>/step-<step>.pt`` (``torch.save`` of a state dict) with a sidecar
 ``step-<step>.pt.sha256``. Both are written to temporary names and renamed into place, the checkpoint last
 being visible only once complete, so a crash mid-write leaves the previous checkpoint as the newest valid
-one. Loading checks the digest; a corrupt file is reported with the newest intact checkpoint to resume from.
-The newest ``keep`` checkpoints are kept.
+one. Loading checks the digest; a corrupt file (or one whose digest file is missing) is reported with the
+newest intact checkpoint to resume from, and :func:`newest_intact_checkpoint` finds that one and names the
+newer ones it skipped. The newest ``keep`` checkpoints are kept.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ import torch
 from mol_core.atomic import write_bytes_atomically, write_text_atomically
 from mol_core.errors import ArtifactError
 
-__all__ = ["find_checkpoints", "latest_checkpoint", "load_checkpoint", "save_checkpoint", "save_state"]
+__all__ = [
+    "checkpoint_problem",
+    "find_checkpoints",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "newest_intact_checkpoint",
+    "save_checkpoint",
+    "save_state",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +84,32 @@ def find_checkpoints(directory: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _is_intact(path: Path) -> bool:
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why the checkpoint at ``path`` cannot be trusted (a phrase for a message), or ``None`` if intact."""
+    path = Path(path)
+    if not path.is_file():
+        return "does not exist"
     sidecar = path.with_name(path.name + ".sha256")
-    return sidecar.is_file() and sidecar.read_text().strip() == _digest(path)
+    if not sidecar.is_file():
+        return f"is unverifiable: its digest file {sidecar.name} is missing"
+    if sidecar.read_text(errors="replace").strip() != _digest(path):
+        return "is corrupt or incomplete (sha256 does not match)"
+    return None
+
+
+def newest_intact_checkpoint(directory: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest intact checkpoint in ``directory`` and the newer ones skipped on the way.
+
+    Returns:
+        ``(path or None, [(skipped path, its problem), ...])``, the skipped ones newest first.
+    """
+    skipped: list[tuple[Path, str]] = []
+    for path in reversed(find_checkpoints(directory)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, skipped
+        skipped.append((path, problem))
+    return None, skipped
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
@@ -90,16 +122,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Loads a checkpoint after verifying its digest.
 
     Raises:
-        ArtifactError: the file is missing, its digest file is missing or does not match, or it cannot be
-            unpickled; the message names the newest intact checkpoint in the same folder, if any.
+        ArtifactError: the file or its digest file is missing (the message says which), the digest does not
+            match, or it cannot be unpickled; the message names the newest intact checkpoint in the same
+            folder, if any.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"checkpoint {path} does not exist")
-    if not _is_intact(path):
-        older = [p for p in find_checkpoints(path.parent) if p != path and _is_intact(p)]
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        older = [p for p in find_checkpoints(path.parent) if p != path and checkpoint_problem(p) is None]
         hint = f"; the newest intact checkpoint is {older[-1]}: resume from it" if older else ""
-        raise ArtifactError(f"checkpoint {path} is corrupt or incomplete (sha256 does not match){hint}")
+        raise ArtifactError(f"checkpoint {path} {problem}{hint}")
     try:
         state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:

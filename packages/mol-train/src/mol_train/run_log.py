@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from mol_core.atomic import write_bytes_atomically
+from mol_core.atomic import write_bytes_atomically, write_text_atomically
 
 __all__ = ["MetricsLog", "plot_training_curves", "read_metrics_log"]
 
@@ -30,6 +30,13 @@ class MetricsLog:
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(line + "\n")
             handle.flush()
+
+    def drop_after(self, epoch: int) -> None:
+        """Rewrites the log (atomically) without the records of epochs after ``epoch`` (on resume)."""
+        if not self.path.is_file():
+            return
+        kept = [r for r in read_metrics_log(self.path) if int(r.get("epoch", 0)) <= epoch]
+        write_text_atomically(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
 
 def read_metrics_log(path: str | Path) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from mol_core.atomic import write_text_atomically
 from mol_core.errors import ConfigError
-from mol_train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_state
+from mol_train.checkpoint import load_checkpoint, save_checkpoint, save_state
 from mol_train.config import SimilarityKind, TrainConfig
 from mol_train.data import SequenceDataset, iter_train_batches, train_rows
 from mol_train.distributed import (
@@ -45,6 +45,13 @@ from mol_train.distributed import (
 from mol_train.evaluate import evaluate_encoder
 from mol_train.model import QueryEncoder, SequentialRecommender, build_model
 from mol_train.negatives import sample_negatives
+from mol_train.resume import (
+    check_resumable_config,
+    choose_resume_checkpoint,
+    rank_checkpoint_dir,
+    restore_training_state,
+    training_state,
+)
 from mol_train.run_log import MetricsLog, plot_training_curves
 
 __all__ = ["FitResult", "encoder_from_weights", "fit", "load_weights", "restore_encoder", "run_title"]
@@ -90,14 +97,16 @@ def fit(
         config: the configuration (validated here).
         dataset: a prepared data set; ``config.data.max_len`` must not exceed its ``max_len``.
         out_dir: output folder (created).
-        resume: continue from the newest checkpoint in ``out_dir/checkpoints`` (ArtifactError if it is
-            corrupt; the message names the newest intact one).
+        resume: continue from the newest checkpoint in ``out_dir/checkpoints`` that is intact on every
+            rank (newer corrupt ones are skipped with a warning naming them); the run then continues as
+            the uninterrupted run would (mol_train.resume). The configuration may differ only in
+            ``mol_train.resume.RESUMABLE_CHANGES``; the number of processes must be the same.
         device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
         progress: show a progress bar with the live loss and throughput (rank 0 only).
 
     Raises:
         ConfigError: an inconsistent configuration or a data set with too few users to train.
-        ArtifactError: a corrupt checkpoint on resume.
+        ArtifactError: on resume, no checkpoint intact on every rank.
     """
     config.validate()
     if config.data.max_len > dataset.max_len:
@@ -113,9 +122,6 @@ def fit(
     with _process_group(device) as context:
         if context.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            write_text_atomically(
-                out / "config.json", json.dumps(_jsonable(config), indent=2, sort_keys=True)
-            )
         return _train(config, dataset, out, context, resume=resume, progress=progress, started=started)
 
 
@@ -133,14 +139,20 @@ def _train(
     torch.manual_seed(settings.seed)  # the same initial weights in every process
     model = build_model(config, dataset.num_items)
     state: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_ndcg": -math.inf, "stale": 0}
-    checkpoint = latest_checkpoint(out / "checkpoints") if resume else None
-    if resume and checkpoint is None:
-        raise ConfigError(f"resume was asked for but {out / 'checkpoints'} holds no checkpoint")
-    if checkpoint is not None:
-        saved = load_checkpoint(checkpoint)
-        load_weights(model, saved["weights"])
+    saved: dict[str, Any] | None = None
+    checkpoints = out / "checkpoints"
+    if resume:
+        epoch = choose_resume_checkpoint(checkpoints, context)
+        path = rank_checkpoint_dir(checkpoints, context.rank) / f"step-{epoch:09d}.pt"
+        saved = load_checkpoint(path)
+        _check_resumable(saved, config, context, path)
+        if "training" not in saved:  # written before checkpoints held the optimizer and generators
+            load_weights(model, saved["weights"])
+            logger.warning("%s holds weights only: the resumed run differs from an uninterrupted one", path)
         state = saved["state"]
-        logger.info("resumed from %s (epoch %d)", checkpoint, state["epoch"])
+        logger.info("resuming from %s (epoch %d)", path, state["epoch"])
+    if context.is_main:
+        write_text_atomically(out / "config.json", json.dumps(_jsonable(config), indent=2, sort_keys=True))
     sharded = shard_model(
         model,
         device=context.device,
@@ -157,7 +169,12 @@ def _train(
     log = MetricsLog(out / "metrics.jsonl") if context.is_main else None
     autocast = settings.bf16 and context.device.type == "cuda"
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + state["epoch"])
-    train_seconds, train_sequences = 0.0, 0
+    if saved is not None and "training" in saved:
+        restore_training_state(saved["training"], sharded, generator)
+    if log is not None and state["epoch"] > 0:
+        log.drop_after(state["epoch"])  # records of epochs the killed run trained past its checkpoint
+    train_seconds = float(state.get("train_seconds", 0.0))
+    train_sequences = int(state.get("train_sequences", 0))
     epochs_run = state["epoch"]
     steps = int(state.get("steps", 0))
     for epoch in range(state["epoch"] + 1, settings.epochs + 1):
@@ -220,18 +237,25 @@ def _train(
             encoder, dataset, "valid", max_len=config.data.max_len, device=context.device
         )
         improved = valid["ndcg@10"] > state["best_ndcg"]
-        state.update(epoch=epoch, steps=steps)
+        state.update(epoch=epoch, steps=steps, train_seconds=train_seconds, train_sequences=train_sequences)
         if improved:
             state.update(best_epoch=epoch, best_ndcg=valid["ndcg@10"], stale=0)
         else:
             state["stale"] += 1
         weights = encoder.state_dict()
-        if log is not None:  # rank 0 logs and writes
+        checkpoint = {
+            "state": dict(state),
+            "config": _jsonable(config),
+            "world_size": context.world_size,
+            "training": training_state(sharded, generator),  # after evaluation: the next epoch's start
+        }
+        if log is not None:  # rank 0 logs and writes the weights
             log.write({"kind": "valid", "epoch": epoch, **valid})
             logger.info("epoch %d valid %s", epoch, _short(valid))
-            save_checkpoint(out / "checkpoints", epoch, {"weights": weights, "state": dict(state)})
-            if improved:
+            if improved:  # before the checkpoint: a run killed in between replays this epoch identically
                 save_state(out / "best.pt", {"weights": weights, "epoch": epoch})
+            checkpoint["weights"] = weights
+        save_checkpoint(rank_checkpoint_dir(checkpoints, context.rank), epoch, checkpoint)
         patience = settings.early_stopping_patience
         if patience and state["stale"] >= patience:
             logger.info("early stop at epoch %d: no NDCG@10 gain in %d evaluations", epoch, patience)
@@ -371,6 +395,19 @@ def _batches(
         if limit and step >= limit:
             return
         yield batch
+
+
+def _check_resumable(
+    saved: dict[str, Any], config: TrainConfig, context: DistributedContext, path: Path
+) -> None:
+    if "config" in saved:
+        check_resumable_config(saved["config"], _jsonable(config), checkpoint=path)
+    written_by = saved.get("world_size", context.world_size)
+    if written_by != context.world_size:
+        raise ConfigError(
+            f"cannot resume from {path}: it was written by {written_by} process(es), this run has "
+            f"{context.world_size}; resume with the same number of processes and the same sharding"
+        )
 
 
 @contextlib.contextmanager
