@@ -6,8 +6,9 @@
     nox -s protos            # regenerate mol-core's code from protos/ (-- --check only compares)
     nox -s quickstart        # the main job: data, train, export, index, serve, query (tools/quickstart.py)
 
-Every session installs what it needs into its own virtual environment; torch goes in first through
-tools/install_torch.py, which refuses a CUDA build on a CPU machine (docs/install.md).
+Every session installs what it needs into its own virtual environment with pip; torch goes in first
+through tools/install_torch.py, which refuses a CUDA build on a CPU machine, and the packages through
+tools/pip_install.py, which keeps pip from pulling torchrec's CUDA fbgemm-gpu (docs/install.md).
 """
 
 from __future__ import annotations
@@ -37,11 +38,19 @@ def install_torch(session: nox.Session, *, torchrec: bool = True) -> None:
     session.run("python", str(ROOT / "tools" / "install_torch.py"), *(["--torchrec"] if torchrec else []))
 
 
-def install_packages(session: nox.Session, *packages: str, editable: bool = True) -> None:
-    args = []
-    for name in packages:
-        args += (["-e"] if editable else []) + [str(ROOT / "packages" / name)]
-    session.install(*args)
+def install_packages(
+    session: nox.Session, *packages: str, editable: bool = True, also: tuple[str, ...] = ()
+) -> None:
+    """The local ``packages`` (names, optionally with extras) and the ``also`` requirements, one resolver run.
+
+    Through tools/pip_install.py: mol-train goes in with ``--no-deps`` after its other requirements, since
+    pip cannot override torchrec's CUDA fbgemm-gpu requirement (install_torch put in fbgemm-gpu-cpu).
+    """
+    args = [str(ROOT / "packages" / name) for name in packages]
+    extra = [arg for requirement in also for arg in ("--with", requirement)]
+    session.run(
+        "python", str(ROOT / "tools" / "pip_install.py"), *(["--editable"] if editable else []), *args, *extra
+    )
 
 
 @nox.session
@@ -51,8 +60,7 @@ def test(session: nox.Session) -> None:
     # One resolver run for the packages and the pinned grpcio-tools, so that grpcio-health-checking and
     # grpcio-reflection are picked compatible with the protobuf that grpcio-tools accepts. triton (the
     # `triton` extra of mol-index): CI checks the fused kernel under TRITON_INTERPRET=1 on the CPU.
-    editable = [arg for name in PACKAGES for arg in ("-e", str(ROOT / "packages" / name))]
-    session.install(*editable, *TEST_TOOLS, GRPCIO_TOOLS, "triton>=3.0")
+    install_packages(session, *PACKAGES, also=(*TEST_TOOLS, GRPCIO_TOOLS, "triton>=3.0"))
     paths = [str(ROOT / "packages" / name / "tests") for name in PACKAGES] + [str(ROOT / "tests")]
     session.run("python", "-m", "pytest", *paths, *session.posargs, env={"TRITON_INTERPRET": "1"})
 

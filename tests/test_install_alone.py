@@ -2,8 +2,9 @@
 
 Every environment is new (``python -m venv``) and gets only what one team would install: torch through
 tools/install_torch.py (the CPU build on a CPU machine; torchrec for mol-train), then the package from its
-local path with its mol dependencies (they are not on a package index). pip reads the CPU wheel's location
-from its own configuration or MOL_TORCH_FIND_LINKS, as docs/install.md says. A few minutes in all (pip's
+local path with its mol dependencies (they are not on a package index) through tools/pip_install.py, which
+keeps pip from pulling torchrec's CUDA fbgemm-gpu. pip reads the CPU wheel's location from its own
+configuration or MOL_TORCH_FIND_LINKS, as docs/install.md says. A few minutes in all (pip's
 cache makes repeated runs faster); marked slow.
 """
 
@@ -55,7 +56,7 @@ def test_package_installs_alone_and_imports(package: str, tmp_path: Path) -> Non
     python = fresh_venv(tmp_path / "venv")
     torchrec = ["--torchrec"] if package == "mol-train" else []
     run(python, ROOT / "tools" / "install_torch.py", *torchrec)
-    run(python, "-m", "pip", "install", "--quiet", *(ROOT / "packages" / name for name in local))
+    run(python, ROOT / "tools" / "pip_install.py", *(ROOT / "packages" / name for name in local))
     found = json.loads(run(python, "-c", PROBE, module, *absent).strip().splitlines()[-1])
     assert found["version"] == "0.1.0"
     assert str(tmp_path / "venv") in found["file"]  # the fresh environment's copy, not the repository's
