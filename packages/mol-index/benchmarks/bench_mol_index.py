@@ -1,16 +1,489 @@
-"""Recall and latency of exact and RAILS MoL top-k on synthetic clustered corpora; see mol_index.bench.
+"""Recall and latency of exact and RAILS MoL top-k on synthetic clustered corpora (or a model bundle).
 
     python packages/mol-index/benchmarks/bench_mol_index.py --quick --output bench-results/mol_index.json
     python packages/mol-index/benchmarks/bench_mol_index.py --output bench-results/mol_index.json \
         --plot docs/img/mol_index_recall_latency.png          # full: N = 1e4, 1e5, 1e6
 
-The same benchmark runs as ``mol-index bench``. Exit status 1 when a result the bound proved exact (or an
-exact-guaranteed search) differs from exact search.
+Corpus: :func:`mol_index.evaluation.synthetic_corpus` (Pq x Px x d = 8 x 4 x 64, random-weight gating), or
+a bundle's items with queries from real histories (``--bundle``, ``--histories``).
+
+For every candidate stage, algorithm and ``K'``: recall@k against the exact top-k (same run), the hit
+rate of the exact top-1 (the exact best item is among the ``k`` returned), the fraction of queries the
+bound proves exact, mean candidates reranked, latency p50/p99 per batch at B = 1 and B = 32, and the
+speedup over exact brute force (:func:`~mol_index.search.exact.exact_search`) at the same B, in the same
+run. Exit status 1 when a result the bound proved exact (or an exact-guaranteed search) differs from exact
+search.
 """
 
 from __future__ import annotations
 
-from mol_index.bench import main
+import argparse
+import datetime
+import functools
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+import faiss
+import torch
+
+from mol_core.errors import ConfigError
+from mol_core.similarity import ItemSide, QuerySide, Similarity
+from mol_index import MolIndex, SearchParams
+from mol_index.evaluation import (
+    bundle_corpus,
+    cpu_latency,
+    machine,
+    split_queries,
+    synthetic_corpus,
+    write_result,
+)
+from mol_index.search.exact import exact_search
+from mol_index.search.rails import Algorithm, SearchResult
+
+__all__ = ["main", "merge_results", "run"]
+_ALGORITHMS = (Algorithm.TOP_K_PER_EMBD, Algorithm.TOP_K_AVG, Algorithm.COMB_TOP_K)
+
+
+def _index_bytes(index: MolIndex) -> int:
+    corpus = index.corpus
+    total = corpus.embeddings.nbytes + (0 if corpus.gating is None else corpus.gating.nbytes)
+    stage = index.faiss_stage
+    if stage is not None:
+        for sub in [*stage.component_indexes, stage.mean_index]:
+            total += int(faiss.serialize_index(sub).nbytes)
+    return int(total)
+
+
+def _bench_corpus(
+    label: str,
+    sim: Similarity,
+    query: QuerySide,
+    corpus: ItemSide,
+    stages: list[str],
+    k_primes: list[int],
+    k_primes_avg: list[int],
+    batches_b32: int,
+    queries_b1: int,
+    k: int,
+    log: Callable[[str], None],
+    *,
+    nprobe: int | None = None,
+    exact_mean: bool = True,
+) -> tuple[list[dict[str, Any]], int]:
+    """Exact search, then every stage x algorithm x K' on one corpus: (result rows, proven-but-wrong)."""
+    num_items = corpus.num_items
+    results: list[dict[str, Any]] = []
+    violations = 0
+    b32, b1 = split_queries(query, 32, batches_b32), split_queries(query, 1, queries_b1)
+    with torch.inference_mode():
+        truth = torch.cat([exact_search(sim, q, corpus, k)[1] for q in b32])  # (Q, k)
+        exact_lat = {
+            "b1": cpu_latency(functools.partial(exact_search, sim, corpus=corpus, k=k), b1),
+            "b32": cpu_latency(functools.partial(exact_search, sim, corpus=corpus, k=k), b32),
+        }
+    log(
+        f"N={num_items}: exact p50 B=1 {exact_lat['b1']['p50_ms']:.1f} ms, "
+        f"B=32 {exact_lat['b32']['p50_ms']:.1f} ms"
+    )
+    results.append(
+        {
+            "corpus": label,
+            "N": num_items,
+            "stage": "-",
+            "algorithm": "exact",
+            "k_prime": num_items,
+            "recall": 1.0,
+            "top1_hit": 1.0,
+            "proven_exact": 1.0,
+            "candidates": num_items,
+            "b1": exact_lat["b1"],
+            "b32": exact_lat["b32"],
+            "speedup_b1": 1.0,
+            "speedup_b32": 1.0,
+            "index_bytes": corpus.embeddings.nbytes
+            + (corpus.gating.nbytes if corpus.gating is not None else 0),
+        }
+    )
+    for stage in stages:
+        search_threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(os.cpu_count() or 1)  # build with every core, search with --threads
+        start = time.perf_counter()
+        index = MolIndex.build(
+            sim,
+            torch.arange(num_items),
+            corpus,
+            stage=stage,
+            hnsw_m=16,
+            ef_construction=80,
+            exact_mean=exact_mean,
+        )
+        build_s = time.perf_counter() - start
+        faiss.omp_set_num_threads(search_threads)
+        nlist = int(index.parameters.get("nlist", "0"))
+        stage_nprobe = index.faiss_stage.default_nprobe if nlist and index.faiss_stage else None
+        for algorithm, k_prime, k_prime_avg, guarantee in _variants(stage, k_primes, k_primes_avg):
+            params = SearchParams(
+                algorithm=algorithm,
+                k_prime=k_prime,
+                k_prime_avg=k_prime_avg,
+                guarantee_exact=guarantee,
+                nprobe=nprobe or stage_nprobe,
+                ef_search=2 * k_prime,
+            )
+
+            def search(q: QuerySide, p: SearchParams = params, idx: MolIndex = index) -> SearchResult:
+                return idx.search_with_info(q, k, params=p)
+
+            found = [search(q) for q in b32]
+            ids = torch.cat([r.ids for r in found])  # (Q, k)
+            proven = torch.cat([r.exact for r in found])  # (Q,)
+            hits = (ids.unsqueeze(2) == truth.unsqueeze(1)).any(2)  # (Q, k)
+            wrong = int((proven & (ids != truth).any(1)).sum())
+            violations += wrong
+            lat = {"b1": cpu_latency(search, b1), "b32": cpu_latency(search, b32)}
+            row = {
+                "corpus": label,
+                "N": num_items,
+                "stage": stage,
+                "algorithm": algorithm.value + (" +guarantee" if guarantee else ""),
+                "k_prime": k_prime,
+                "k_prime_avg": k_prime_avg or k_prime,
+                "recall": float(hits.float().mean()),
+                "top1_hit": float((ids == truth[:, :1]).any(1).float().mean()),
+                "proven_exact": float(proven.float().mean()),
+                "proven_but_different": wrong,
+                "candidates": float(torch.cat([r.num_candidates for r in found]).float().mean()),
+                "b1": lat["b1"],
+                "b32": lat["b32"],
+                "speedup_b1": exact_lat["b1"]["p50_ms"] / lat["b1"]["p50_ms"],
+                "speedup_b32": exact_lat["b32"]["p50_ms"] / lat["b32"]["p50_ms"],
+                "index_bytes": _index_bytes(index),
+                "build_s": build_s,
+                "nlist": nlist,
+                "nprobe": params.nprobe if nlist else None,
+                "mean_index": index.parameters.get("mean_index", stage),
+            }
+            results.append(row)
+            log(format_row(row))
+    return results, violations
+
+
+def _variants(
+    stage: str, k_primes: list[int], k_primes_avg: list[int]
+) -> list[tuple[Algorithm, int, int | None, bool]]:
+    """(algorithm, K', K'_avg or None for K', exact-guaranteed) of every row measured for a stage.
+
+    Every algorithm at every ``K'`` (the paper's rows); TopKAvg also at every ``K'_avg``; CombTopK also with
+    every larger ``K'_avg`` for its mean part; the exact stages add CombTopK exact-guaranteed.
+    """
+    variants: list[tuple[Algorithm, int, int | None, bool]] = [
+        (a, kp, None, False) for a in _ALGORITHMS for kp in k_primes
+    ]
+    variants += [(Algorithm.TOP_K_AVG, ka, None, False) for ka in k_primes_avg if ka not in k_primes]
+    variants += [(Algorithm.COMB_TOP_K, kp, ka, False) for kp in k_primes for ka in k_primes_avg if ka > kp]
+    if stage in ("torch", "flat"):
+        variants.append((Algorithm.COMB_TOP_K, k_primes[0], None, True))
+    return variants
+
+
+def _synthetic_of_size(
+    num_items: int, num_queries: int, *, seed: int
+) -> tuple[Similarity, QuerySide, ItemSide]:
+    return synthetic_corpus(num_items, num_queries, seed=seed)
+
+
+def run(
+    *,
+    sizes: list[int],
+    stages: dict[int, list[str]],
+    k_primes: list[int],
+    batches_b32: int,
+    k_primes_avg: list[int] | None = None,
+    nprobe: int | None = None,
+    exact_mean: bool = True,
+    queries_b1: int,
+    k: int = 10,
+    seed: int = 0,
+    bundle: Path | None = None,
+    histories: Path | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Runs the benchmark; returns the JSON-ready result (see the module docstring for what is measured)."""
+    results: list[dict[str, Any]] = []
+    violations = 0
+    corpora: list[tuple[str, Callable[[int], tuple[Similarity, QuerySide, ItemSide]]]] = [
+        ("synthetic", functools.partial(_synthetic_of_size, num_items, seed=seed)) for num_items in sizes
+    ]
+    if bundle is not None:
+        corpora.append((f"bundle:{bundle.name}", functools.partial(bundle_corpus, bundle, histories)))
+    for label, make in corpora:
+        sim, query, corpus = make(32 * batches_b32)
+        num_items = corpus.num_items
+        rows, wrong = _bench_corpus(
+            label,
+            sim,
+            query,
+            corpus,
+            stages[0] if label != "synthetic" else stages.get(num_items, []),
+            k_primes,
+            k_primes_avg or [],
+            batches_b32,
+            queries_b1,
+            k,
+            log,
+            nprobe=nprobe,
+            exact_mean=exact_mean,
+        )
+        results += rows
+        violations += wrong
+        log(f"N={num_items}: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
+    return {
+        "benchmark": "mol_index",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {**machine(), "faiss": faiss.__version__},
+        "config": {
+            "bundle": None if bundle is None else str(bundle),
+            "histories": None if histories is None else str(histories),
+            "Pq": 8,
+            "Px": 4,
+            "d": 64,
+            "tau": 0.05,
+            "k": k,
+            "batches_b32": batches_b32,
+            "queries_b1": queries_b1,
+            "hnsw_m": 16,
+            "ef_construction": 80,
+            "nprobe": nprobe or "index default, max(8, round(sqrt(nlist) / 2))",
+            "nlist": "index default, 4 sqrt(N) at most N / 39",
+            "mean_index": "IndexFlatIP (exact)" if exact_mean else "the stage's kind",
+            "k_primes_avg": k_primes_avg or [],
+            "ef_search": "2K'",
+            "faiss_threads": faiss.omp_get_max_threads(),
+            "latency": "CPU time of the process per batch (time.process_time), wall time in wall_*",
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        },
+        "results": results,
+        "violations": violations,
+    }
+
+
+HEADER = (
+    f"{'N':>8} {'stage':>6} {'algorithm':>24} {'K1/avg':>10} {'recall':>7} {'top1':>5} {'proven':>6} "
+    f"{'cands':>7} {'B1 p50':>8} {'B1 p99':>8} {'B32 p50':>8} {'B32 p99':>8} {'x B1':>6} {'x B32':>6} "
+    f"{'MB':>7}"
+)
+
+
+def _k_label(row: dict[str, Any]) -> str:
+    """``K'``, or ``K'/K'_avg`` when the TopKAvg part of a row took its own candidate count."""
+    k_prime_avg = row.get("k_prime_avg", row["k_prime"])
+    return str(row["k_prime"]) if k_prime_avg == row["k_prime"] else f"{row['k_prime']}/{k_prime_avg}"
+
+
+def format_row(row: dict[str, Any]) -> str:
+    """One table line of a result row (latencies in ms, speedups over exact at the same B)."""
+    return (
+        f"{row['N']:>8} {row['stage']:>6} {row['algorithm']:>24} {_k_label(row):>10} {row['recall']:>7.4f} "
+        f"{row['top1_hit']:>5.3f} {row['proven_exact']:>6.3f} {row['candidates']:>7.0f} "
+        f"{row['b1']['p50_ms']:>8.2f} {row['b1']['p99_ms']:>8.2f} {row['b32']['p50_ms']:>8.1f} "
+        f"{row['b32']['p99_ms']:>8.1f} {row['speedup_b1']:>6.1f} {row['speedup_b32']:>6.1f} "
+        f"{row['index_bytes'] / 1e6:>7.0f}"
+    )
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Recall@k against B = 32 p50 latency, one panel per N; colour = stage, line style = algorithm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"torch": "tab:blue", "flat": "tab:orange", "ivf": "tab:green", "hnsw": "tab:red"}
+    styles = {"topk_per_embd": ("-", "o"), "topk_avg": (":", "s"), "comb_topk": ("--", "^")}
+    sizes = sorted({r["N"] for r in result["results"]})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.5), squeeze=False)
+    handles: dict[str, Any] = {}
+    for ax, num_items in zip(axes[0], sizes, strict=True):
+        rows = [r for r in result["results"] if r["N"] == num_items]
+        exact = next(r for r in rows if r["algorithm"] == "exact")
+        handles["exact brute force"] = ax.axvline(exact["b32"]["p50_ms"], color="black", linestyle="-.")
+        for stage, colour in colours.items():
+            for algorithm, (style, marker) in styles.items():
+                mine = [r for r in rows if r["stage"] == stage and r["algorithm"] == algorithm]
+                # CombTopK rows whose TopKAvg part took its own K'_avg form one more line per K'_avg
+                by_avg: dict[int | None, list[dict[str, Any]]] = {}
+                for r in mine:
+                    own = r.get("k_prime_avg", r["k_prime"])
+                    by_avg.setdefault(None if own == r["k_prime"] else own, []).append(r)
+                for avg, line in sorted(by_avg.items(), key=lambda kv: kv[0] or 0):
+                    line.sort(key=lambda r: r["k_prime"])
+                    label = f"{stage} {algorithm}" + ("" if avg is None else f", K'avg={avg}")
+                    (handles[label],) = ax.plot(
+                        [r["b32"]["p50_ms"] for r in line],
+                        [r["recall"] for r in line],
+                        color=colour,
+                        linestyle=style if avg is None else (0, (3, 1, 1, 1)),
+                        marker=marker if avg is None else "D",
+                    )
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("single-core CPU time per batch of 32 queries, p50 (ms, log scale)")
+        ax.set_ylabel(f"recall@{result['config']['k']} vs exact")
+        ax.set_title(f"N = {num_items:,}")
+        ax.axhline(0.99, color="grey", linewidth=0.5)
+        ax.grid(alpha=0.3)
+    fig.legend(list(handles.values()), list(handles), loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result with the rows of every given result, in order, and the first one's config.
+
+    A row measured again in a later result (same N, stage, algorithm, ``K'``, ``K'_avg`` and mean index)
+    is dropped: the first measurement is kept.
+    """
+    if not results:
+        raise ConfigError("no benchmark results to merge")
+    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for result in results:
+        for row in result["results"]:
+            key = (
+                row["N"],
+                row["stage"],
+                row["algorithm"],
+                row["k_prime"],
+                row.get("k_prime_avg", row["k_prime"]),
+                row.get("mean_index"),
+            )
+            rows.setdefault(key, row)
+    return {**results[0], "results": list(rows.values())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI of the benchmark; exit 1 when a result the bound proved exact differs from exact search."""
+    parser = argparse.ArgumentParser(
+        prog="bench_mol_index.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="N = 10,000 only, fewer queries (CI, under 3 minutes)"
+    )
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        help="synthetic corpus sizes (default 10,000 100,000 1,000,000); none with --bundle: only the bundle",
+    )
+    parser.add_argument("--k-primes", type=int, nargs="+", help="K' values (default 16 64 256; quick: 16 64)")
+    parser.add_argument(
+        "--k-primes-avg",
+        type=int,
+        nargs="*",
+        help="K'_avg values: extra TopKAvg rows, and CombTopK rows whose TopKAvg part takes this larger "
+        "K'_avg (default 1024; quick: 256; none: the paper's rows only)",
+    )
+    parser.add_argument(
+        "--nprobe", type=int, help="IVF lists visited (default: the index's, max(8, round(sqrt(nlist) / 2)))"
+    )
+    parser.add_argument(
+        "--approximate-mean",
+        action="store_true",
+        help="build the FAISS stages' mean index with the stage's kind (IVF, HNSW) instead of exact "
+        "IndexFlatIP",
+    )
+    parser.add_argument(
+        "--stages", nargs="+", help="candidate stages for N <= 100,000 (default torch flat ivf hnsw)"
+    )
+    parser.add_argument(
+        "--large-stages",
+        nargs="+",
+        default=["ivf", "hnsw"],
+        help="candidate stages for N > 100,000, where the brute-force stages are as slow as "
+        "exact search (default ivf hnsw)",
+    )
+    parser.add_argument("--batches", type=int, help="batches of 32 queries (default 5; quick 2)")
+    parser.add_argument("--b1-queries", type=int, help="single queries timed at B = 1 (default 30; quick 10)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch and FAISS threads (default 1: latencies are then single-core CPU times, robust to other "
+        "jobs on a shared machine; with torch and FAISS both spinning OpenMP threads on 2 cores each switch "
+        "between them cost about 9 ms)",
+    )
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        help="also benchmark the items of this mol-train model bundle (e.g. an ML-1M export), with the "
+        "stages of --stages and queries from its encoder",
+    )
+    parser.add_argument(
+        "--histories",
+        type=Path,
+        help="'user item' per line chronological file (e.g. ml-1m/user_movie_chrono.txt) whose users' "
+        "histories (without the last item) are the --bundle queries; default: random 20-item histories",
+    )
+    parser.add_argument("--output", type=Path, help="write the result as JSON to this path")
+    parser.add_argument("--plot", type=Path, help="write a recall-vs-latency PNG here (needs matplotlib)")
+    parser.add_argument(
+        "--plot-from",
+        type=Path,
+        nargs="+",
+        help="measure nothing: draw --plot from these result JSON files (their rows merged, e.g. runs "
+        "split by size or stage)",
+    )
+    args = parser.parse_args(argv)
+    if args.plot_from:
+        if args.plot is None:
+            parser.error("--plot-from needs --plot (where to draw)")
+        plot(merge_results([json.loads(path.read_text()) for path in args.plot_from]), args.plot)
+        return 0
+    faiss.omp_set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    sizes = (
+        args.sizes if args.sizes is not None else ([10_000] if args.quick else [10_000, 100_000, 1_000_000])
+    )
+    if not sizes and args.bundle is None:
+        parser.error("--sizes without values needs --bundle (there would be nothing to measure)")
+    small = args.stages or ["torch", "flat", "ivf", "hnsw"]
+    stages = {n: (small if n <= 100_000 else list(args.large_stages)) for n in sizes}
+    stages[0] = small  # the bundle's corpus (any N)
+    if args.histories is not None and args.bundle is None:
+        parser.error("--histories needs --bundle")
+    print(HEADER, flush=True)
+    result = run(
+        sizes=sizes,
+        stages=stages,
+        k_primes=args.k_primes or ([16, 64] if args.quick else [16, 64, 256]),
+        k_primes_avg=([256] if args.quick else [1024]) if args.k_primes_avg is None else args.k_primes_avg,
+        nprobe=args.nprobe,
+        exact_mean=not args.approximate_mean,
+        batches_b32=args.batches or (2 if args.quick else 5),
+        queries_b1=args.b1_queries or (10 if args.quick else 30),
+        bundle=args.bundle,
+        histories=args.histories,
+        log=lambda line: print(line, flush=True),
+    )
+    result["mode"] = "quick" if args.quick else "full"
+    if args.output:
+        write_result(result, args.output)
+    if args.plot:
+        plot(result, args.plot)
+    if result["violations"]:
+        print(f"FAIL: {result['violations']} results proven exact differ from exact search", file=sys.stderr)
+        return 1
+    bad = [r for r in result["results"] if "guarantee" in r["algorithm"] and r["recall"] < 1.0]
+    if bad:
+        print(f"FAIL: exact-guaranteed search missed exact results: {bad}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,8 +1,12 @@
-"""Shared fixtures: small MoL / dot-product similarities and clustered synthetic corpora."""
+"""Shared fixtures: small MoL / dot-product similarities, clustered synthetic corpora, the benchmark."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -97,3 +101,16 @@ def reference() -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 def same_topk() -> Callable[..., None]:
     """The tolerant comparison of two top-k results (see :func:`assert_same_topk`)."""
     return assert_same_topk
+
+
+@pytest.fixture(scope="session")
+def index_benchmark() -> ModuleType:
+    """benchmarks/bench_mol_index.py as a module (benchmarks are scripts outside the package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_mol_index.py"
+    spec = importlib.util.spec_from_file_location("bench_mol_index", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

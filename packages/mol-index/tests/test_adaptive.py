@@ -7,7 +7,7 @@ import torch
 
 from mol_core.errors import ConfigError, ShapeError
 from mol_core.similarity import QuerySide
-from mol_index.adaptive import adaptive_search, factorize, fit_query_map, sparse_score_matrix
+from mol_index.search.adaptive import adaptive_search, factorize, fit_query_map, sparse_score_matrix
 
 
 def linear_scorer(true_queries: torch.Tensor, true_items: torch.Tensor):  # type: ignore[no-untyped-def]

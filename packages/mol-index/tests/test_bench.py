@@ -1,13 +1,14 @@
-"""The benchmark's library part on a tiny corpus (the real runs live in benchmarks/)."""
+"""The index benchmark (benchmarks/bench_mol_index.py) and its corpus on tiny sizes."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-from mol_index.bench import format_row, main, merge_results, run, synthetic_corpus
+from mol_index.evaluation import synthetic_corpus
 
 
 def test_synthetic_corpus_is_clustered_and_normalised() -> None:
@@ -21,8 +22,10 @@ def test_synthetic_corpus_is_clustered_and_normalised() -> None:
     assert float(best.min()) > 0.7
 
 
-def test_tiny_run_has_exact_rows_and_no_violations() -> None:
-    result = run(sizes=[300], stages={300: ["torch"]}, k_primes=[8], batches_b32=1, queries_b1=1)
+def test_tiny_run_has_exact_rows_and_no_violations(index_benchmark: ModuleType) -> None:
+    result = index_benchmark.run(
+        sizes=[300], stages={300: ["torch"]}, k_primes=[8], batches_b32=1, queries_b1=1
+    )
     rows = result["results"]
     assert result["violations"] == 0
     assert rows[0]["algorithm"] == "exact"
@@ -32,8 +35,8 @@ def test_tiny_run_has_exact_rows_and_no_violations() -> None:
     assert {r["stage"] for r in rows} == {"-", "torch"}
 
 
-def test_k_prime_avg_rows_widen_the_mean_part_only() -> None:
-    result = run(
+def test_k_prime_avg_rows_widen_the_mean_part_only(index_benchmark: ModuleType) -> None:
+    result = index_benchmark.run(
         sizes=[400], stages={400: ["torch"]}, k_primes=[4], k_primes_avg=[50], batches_b32=1, queries_b1=1
     )
     rows = {(r["algorithm"], r["k_prime"], r["k_prime_avg"]): r for r in result["results"][1:]}
@@ -48,29 +51,33 @@ def test_k_prime_avg_rows_widen_the_mean_part_only() -> None:
     # the wider mean part adds candidates to CombTopK's, never removes any
     assert rows["comb_topk", 4, 50]["candidates"] > rows["comb_topk", 4, 4]["candidates"]
     assert rows["comb_topk", 4, 50]["recall"] >= rows["comb_topk", 4, 4]["recall"]
-    assert "4/50" in format_row(rows["comb_topk", 4, 50])
+    assert "4/50" in index_benchmark.format_row(rows["comb_topk", 4, 50])
 
 
-def test_plot_from_merges_result_files(tmp_path: Path) -> None:
+def test_plot_from_merges_result_files(index_benchmark: ModuleType, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    small = run(sizes=[300], stages={300: ["torch"]}, k_primes=[8], batches_b32=1, queries_b1=1)
-    other = run(sizes=[400], stages={400: ["torch"]}, k_primes=[8], batches_b32=1, queries_b1=1)
+    small = index_benchmark.run(
+        sizes=[300], stages={300: ["torch"]}, k_primes=[8], batches_b32=1, queries_b1=1
+    )
+    other = index_benchmark.run(
+        sizes=[400], stages={400: ["torch"]}, k_primes=[8], batches_b32=1, queries_b1=1
+    )
     paths = [tmp_path / "a.json", tmp_path / "b.json"]
     for path, result in zip(paths, [small, other], strict=True):
         path.write_text(json.dumps(result))
-    merged = merge_results([small, other, small])  # the second copy of `small` adds nothing
+    merged = index_benchmark.merge_results([small, other, small])  # the second copy of `small` adds nothing
     assert [r["N"] for r in merged["results"]] == [300] * len(small["results"]) + [400] * len(
         other["results"]
     )
     assert merged["results"][0] is small["results"][0]
     png = tmp_path / "plot.png"
-    assert main(["--plot-from", *map(str, paths), "--plot", str(png)]) == 0
+    assert index_benchmark.main(["--plot-from", *map(str, paths), "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit):
-        main(["--plot-from", str(paths[0])])  # nowhere to draw
+        index_benchmark.main(["--plot-from", str(paths[0])])  # nowhere to draw
 
 
-def test_bench_help(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_help(index_benchmark: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        main(["--help"])
+        index_benchmark.main(["--help"])
     assert "--quick" in capsys.readouterr().out

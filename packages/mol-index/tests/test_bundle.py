@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -12,7 +13,6 @@ pytest.importorskip("mol_train", reason="building a bundle fixture needs mol-tra
 import hashlib
 
 from mol_index import MolIndex, build_from_bundle, exact_search
-from mol_index.bench import run
 from mol_index.cli import main
 from mol_train.config import load_config
 from mol_train.data import make_synthetic
@@ -73,13 +73,15 @@ def test_cli_build_refuses_bundle_with_arrays(
     assert not (tmp_path / "x").exists()
 
 
-def test_bench_bundle_rows_use_real_histories(bundle_dir: Path, tmp_path: Path) -> None:
+def test_bench_bundle_rows_use_real_histories(
+    index_benchmark: ModuleType, bundle_dir: Path, tmp_path: Path
+) -> None:
     from mol_core.bundle import load_bundle
 
     ids = load_bundle(bundle_dir).item_ids
     lines = [f"{user} {ids[(user * 7 + j) % len(ids)]}" for user in range(40) for j in range(5)]
     (tmp_path / "chrono.txt").write_text("\n".join(lines) + "\n")
-    result = run(
+    result = index_benchmark.run(
         sizes=[],
         stages={0: ["torch"]},
         k_primes=[4],

@@ -12,9 +12,9 @@ from safetensors.torch import load_file, save_file
 
 from mol_core.errors import ArtifactError, ConfigError, ShapeError
 from mol_core.similarity import DotProductSimilarity, ItemSide, QuerySide, Similarity
-from mol_index.exact import exact_search
-from mol_index.hierarchical import HierarchicalIndex
-from mol_index.hierarchical_layer import HierarchicalLayer
+from mol_index.layers.hierarchical import HierarchicalLayer
+from mol_index.search.exact import exact_search
+from mol_index.search.hierarchy import HierarchicalIndex
 
 WIDE = 10_000  # a beam wider than any level: every cluster is expanded
 

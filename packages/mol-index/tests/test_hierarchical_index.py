@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from mol_core.errors import ConfigError
-from mol_index import MolIndex, SearchParams
+from mol_index import MolIndex, SearchParams, build_hierarchical
 from mol_index.cli import main
-from mol_index.index import build_hierarchical
 
 WIDE = SearchParams(algorithm="hierarchical", beam=64)
 EXACT = SearchParams(algorithm="exact")

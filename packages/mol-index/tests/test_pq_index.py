@@ -9,10 +9,9 @@ import torch
 
 from mol_core.errors import ArtifactError, ConfigError, ShapeError
 from mol_core.similarity import DotProductSimilarity, ItemSide, QuerySide
-from mol_index import MolIndex, SearchParams
-from mol_index.index import build_pq
-from mol_index.index_layers import PQItemLayer
-from mol_index.pq_index import encode_corpus, fit_codes, pq_search
+from mol_index import MolIndex, SearchParams, build_pq
+from mol_index.layers import PQItemLayer
+from mol_index.search.pq import encode_corpus, fit_codes, pq_search
 
 
 def _decoded_reference(sim, query, corpus, codes, k):  # type: ignore[no-untyped-def]

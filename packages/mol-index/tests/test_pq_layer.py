@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mol_core.errors import ConfigError, ShapeError
-from mol_index.pq_layer import GivensRotation, ProductQuantizer, kmeans
+from mol_index.clustering import kmeans
+from mol_index.layers.pq import GivensRotation, ProductQuantizer
 
 
 def test_givens_rotation_is_orthogonal_and_learnable() -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from mol_core.errors import ConfigError
 from mol_core.similarity import DotProductSimilarity
 from mol_index import Algorithm, FaissStage, TorchStage, exact_search, rails_search
-from mol_index.candidates import StageParams
+from mol_index.search.candidates import StageParams
 
 ALGORITHMS = [Algorithm.TOP_K_PER_EMBD, Algorithm.TOP_K_AVG, Algorithm.COMB_TOP_K]
 

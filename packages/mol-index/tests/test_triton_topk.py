@@ -19,7 +19,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from mol_index import exact_search
-from mol_index.triton_topk import triton_exact_search
+from mol_index.kernels.triton_topk import triton_exact_search
 
 
 @pytest.mark.parametrize(("num_items", "k", "block_items"), [(100, 5, 16), (37, 37, 16), (64, 20, 32)])

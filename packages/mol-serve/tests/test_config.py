@@ -71,7 +71,7 @@ def test_toml_file_with_relative_paths_and_token_file(tmp_path: Path) -> None:
 
 def test_kernels_and_algorithms_match_mol_index() -> None:
     from mol_index import Algorithm
-    from mol_index.index import KERNELS
+    from mol_index.params import KERNELS
     from mol_serve.config import ALGORITHMS
     from mol_serve.config import KERNELS as SERVE_KERNELS
 

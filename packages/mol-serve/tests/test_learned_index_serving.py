@@ -11,8 +11,7 @@ import torch
 
 from conftest import start_server
 from mol_core.bundle import load_bundle
-from mol_index import MolIndex, SearchParams, build_adaptive
-from mol_index.index import build_hierarchical, build_pq
+from mol_index import MolIndex, SearchParams, build_adaptive, build_hierarchical, build_pq
 from mol_serve import InvalidRequest, RetrievalClient
 
 HISTORIES = [[1, 2, 3], [5, 9, 11, 13], [42, 7]]

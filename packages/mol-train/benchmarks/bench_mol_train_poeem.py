@@ -10,7 +10,7 @@ For each similarity (dot product, MoL) two models are trained on the same data f
   filled on its item component embeddings (``M`` bytes per component, plus the IVF list id).
 - **joint**: ``[index] kind = "pq"`` with ``C`` coarse centroids, ``M`` subspaces of 256 codewords and a
   learned rotation, warm-started by k-means after ``--warmup-epochs`` and trained with the model; its codes
-  are written by assigning every item with the trained layer (``mol_index.pq_index.encode_corpus``, no
+  are written by assigning every item with the trained layer (``mol_index.search.pq.encode_corpus``, no
   k-means). FAISS PQ and OPQ + IVF-PQ on the joint model's own embeddings are also reported, which tells
   the codebooks' share of the gain from the embeddings' share.
 
@@ -48,9 +48,9 @@ import torch
 
 from mol_core.metrics import RankingMetrics
 from mol_core.similarity import ItemSide, QuerySide, Similarity
-from mol_index.bench import machine, write_result
-from mol_index.exact import exact_search
-from mol_index.pq_index import encode_corpus
+from mol_index.evaluation import machine, write_result
+from mol_index.search.exact import exact_search
+from mol_index.search.pq import encode_corpus
 from mol_train.config import TrainConfig, config_from_dict, load_config
 from mol_train.data import SequenceDataset, eval_batch, make_synthetic, prepare
 from mol_train.model import QueryEncoder

@@ -21,7 +21,7 @@ from mol_train.train import fit, restore_encoder
 
 pytest.importorskip("mol_index")
 
-from mol_index.index_layers import PQItemLayer, layer_from_bundle
+from mol_index.layers import PQItemLayer, layer_from_bundle
 
 FAST = ["data.max_len=12", "train.batch_size=32", "train.num_negatives=16", "train.epochs=2"]
 PQ = [
@@ -135,7 +135,7 @@ def test_mol_index_builds_the_pq_index_from_the_bundle_without_kmeans(dataset, t
 def test_a_hierarchical_layer_trains_with_the_model_and_becomes_the_index(dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from mol_index import MolIndex, SearchParams
     from mol_index.cli import main as mol_index_main
-    from mol_index.hierarchical_layer import HierarchicalLayer
+    from mol_index.layers.hierarchical import HierarchicalLayer
 
     hierarchical = ["index.kind='hierarchical'", "index.branching=[3, 2]", "index.warmup_steps=3"]
     config = load_config("tiny_cpu", [*FAST, *hierarchical])

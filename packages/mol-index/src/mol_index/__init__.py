@@ -1,44 +1,68 @@
 """mol-index: exact and approximate Mixture-of-Logits top-k retrieval over versioned index artifacts.
 
-- :func:`exact_search`: blockwise exact top-k under any similarity, the ground truth;
-- :func:`rails_search`: the RAILS algorithms (TopKPerEmbd, TopKAvg, CombTopK) with the exactness bound;
-- :class:`MolIndex`: build / save / load / search with external ids, candidate stages by torch GEMM or
-  FAISS (flat, IVF, HNSW), also for dot-product (two-tower) models;
-- the CLI ``mol-index build|search|bench|info``;
-- :func:`build_adaptive`: adaptive retrieval for expensive scorers (AXN, :mod:`mol_index.adaptive`);
-- :func:`build_pq`: a product-quantization index from a PQ layer trained with the model (Poeem,
-  :mod:`mol_index.pq_index`, :mod:`mol_index.index_layers`) or fitted after training;
-- :func:`build_hierarchical`: a hierarchy of clusters scored top-down with the similarity (HSNN,
-  :mod:`mol_index.hierarchical`, trainable with the model through :mod:`mol_index.hierarchical_layer`);
-- :mod:`mol_index.triton_topk`: a fused Triton top-k kernel (optional ``triton`` extra; not imported here).
+Read like FAISS:
+
+- :class:`MolIndex` (:mod:`mol_index.index`): the index interface: ``search`` / ``search_with_info``
+  returning ``(scores, ids)``, ``save`` / ``load``, ``to``, ``add_items`` / ``remove_items``;
+- one class per kind (:mod:`mol_index.indexes`): :class:`IndexExact`, :class:`IndexFaiss` (RAILS over
+  FAISS flat / IVF / HNSW stages), :class:`IndexPQ` (Poeem), :class:`IndexHierarchical` (HSNN),
+  :class:`IndexAdaptive` (AXN), each with its own parameters class (:mod:`mol_index.params`);
+- :func:`index_factory` builds any kind from a short spec string, :func:`load_index` loads any artifact
+  (:mod:`mol_index.factory`, with the earlier ``build_*`` spellings);
+- :mod:`mol_index.search`: the algorithms on tensors (:func:`exact_search`, :func:`rails_search`,
+  candidate stages, PQ, the cluster tree, AXN);
+- :mod:`mol_index.kernels`: compiled top-k kernels (the Triton kernel; optional ``triton`` extra);
+- :mod:`mol_index.layers`: index layers trained with the model (mol-train's ``index`` extra);
+- :mod:`mol_index.evaluation`: synthetic corpora, recall and latency helpers for benchmarks and tests;
+- the CLI ``mol-index build|search|info``; the benchmarks are scripts in ``packages/mol-index/benchmarks``.
 
 Errors are mol-core's: ``ConfigError`` / ``ShapeError`` (ValueErrors) for bad arguments, ``ArtifactError``
 for index directories.
 """
 
-from mol_index.candidates import FaissStage, StageParams, TorchStage
-from mol_index.exact import exact_search
-from mol_index.hierarchical import HierarchicalIndex
-from mol_index.index import (
-    MolIndex,
-    SearchParams,
+from mol_index.factory import (
     build_adaptive,
     build_from_arrays,
     build_from_bundle,
     build_hierarchical,
     build_pq,
+    index_factory,
+    load_index,
 )
-from mol_index.index_layers import PQItemLayer
-from mol_index.rails import Algorithm, SearchResult, rails_search
+from mol_index.index import MolIndex
+from mol_index.indexes import IndexAdaptive, IndexExact, IndexFaiss, IndexHierarchical, IndexPQ
+from mol_index.layers import PQItemLayer
+from mol_index.params import (
+    AdaptiveParams,
+    ExactParams,
+    HierarchicalParams,
+    PQParams,
+    RailsParams,
+    SearchParams,
+)
+from mol_index.search.candidates import FaissStage, StageParams, TorchStage
+from mol_index.search.exact import exact_search
+from mol_index.search.hierarchy import HierarchicalIndex
+from mol_index.search.rails import Algorithm, SearchResult, rails_search
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveParams",
     "Algorithm",
+    "ExactParams",
     "FaissStage",
     "HierarchicalIndex",
+    "HierarchicalParams",
+    "IndexAdaptive",
+    "IndexExact",
+    "IndexFaiss",
+    "IndexHierarchical",
+    "IndexPQ",
     "MolIndex",
     "PQItemLayer",
+    "PQParams",
+    "RailsParams",
     "SearchParams",
     "SearchResult",
     "StageParams",
@@ -50,5 +74,7 @@ __all__ = [
     "build_hierarchical",
     "build_pq",
     "exact_search",
+    "index_factory",
+    "load_index",
     "rails_search",
 ]

@@ -14,13 +14,13 @@ Layout (format version :data:`mol_core.manifest.INDEX_FORMAT_VERSION`)::
       pq.safetensors         coarse (N, Px), codes (N, Px, M) and the PQ layer's state as layer.* (kind pq
                              only; the layer's options are manifest parameters pq.*)
       hierarchical.safetensors
-                             the cluster tree of mol_index.hierarchical (kind hierarchical only)
+                             the cluster tree of mol_index.search.hierarchy (kind hierarchical only)
 
 Kinds: ``exact`` (no candidate-stage files: exact search and RAILS with the torch GEMM stage) and
 ``faiss-flat`` / ``faiss-ivf`` / ``faiss-hnsw`` (RAILS with that FAISS stage; exact search too), and
-``adaptive`` (an exact index plus the learned model of :mod:`mol_index.adaptive`), ``pq`` (plus the
-product-quantization codes of :mod:`mol_index.pq_index`) and ``hierarchical`` (plus the cluster tree of
-:mod:`mol_index.hierarchical`).
+``adaptive`` (an exact index plus the learned model of :mod:`mol_index.search.adaptive`), ``pq`` (plus the
+product-quantization codes of :mod:`mol_index.search.pq`) and ``hierarchical`` (plus the cluster tree of
+:mod:`mol_index.search.hierarchy`).
 
 Writing is atomic: everything goes to a temporary directory next to the destination, which is renamed
 into place at the end; a failure removes it, leaving nothing behind. Reading checks the format version
@@ -54,13 +54,13 @@ from mol_core.manifest import (
 )
 from mol_core.proto.mol.v1 import manifest_pb2
 from mol_core.similarity import ItemSide, Similarity, similarity_from_config, similarity_to_config
-from mol_index.adaptive import AdaptiveModel
-from mol_index.candidates import FaissStage
-from mol_index.index_layers import PQItemLayer, build_index_layer, parse_options
-from mol_index.pq_index import PQCodes
+from mol_index.layers import PQItemLayer, build_index_layer, parse_options
+from mol_index.search.adaptive import AdaptiveModel
+from mol_index.search.candidates import FaissStage
+from mol_index.search.pq import PQCodes
 
 if TYPE_CHECKING:
-    from mol_index.hierarchical import HierarchicalIndex
+    from mol_index.search.hierarchy import HierarchicalIndex
 
 __all__ = ["KINDS", "LoadedArtifact", "read_artifact", "write_artifact"]
 
@@ -290,7 +290,7 @@ def _read_pq(
 
 
 def _read_hierarchical(root: Path, corpus: ItemSide) -> HierarchicalIndex:
-    from mol_index.hierarchical import HierarchicalIndex
+    from mol_index.search.hierarchy import HierarchicalIndex
 
     try:
         tree = HierarchicalIndex.from_tensors(load_file(str(root / _HIERARCHICAL)))

@@ -1,10 +1,9 @@
-"""``mol-index``: build, search, inspect and benchmark index artifacts from the command line.
+"""``mol-index``: build, search and inspect index artifacts from the command line.
 
     mol-index build OUT --items items.safetensors --similarity-config sim.json \
         --similarity-state sim.safetensors --kind faiss-hnsw
     mol-index search OUT --queries queries.safetensors -k 10 --algorithm comb_topk --k-prime 64
     mol-index info OUT
-    mol-index bench --quick
 
     mol-index build OUT --bundle artifacts/bundle --kind exact
     mol-index build OUT --bundle artifacts/bundle --kind pq            # the bundle's trained PQ layer
@@ -12,7 +11,8 @@
     mol-index build OUT --bundle artifacts/bundle --kind adaptive --train-histories ratings.txt
 
 Arrays are ``.npy`` files or ``.safetensors`` files (tensor names below); ``--bundle`` takes the item side,
-ids and similarity from a mol-train model bundle instead.
+ids and similarity from a mol-train model bundle instead. The benchmarks are scripts in
+``packages/mol-index/benchmarks/`` (not part of the installed package).
 """
 
 from __future__ import annotations
@@ -31,16 +31,11 @@ from mol_core.errors import ArtifactError, ConfigError, MolError
 from mol_core.manifest import INDEX_FORMAT_VERSION, MANIFEST_FILENAME, read_manifest
 from mol_core.proto.mol.v1 import manifest_pb2, similarity_pb2
 from mol_core.similarity import ItemSide, QuerySide, similarity_from_config
-from mol_index.candidates import STAGE_KINDS
-from mol_index.index import (
-    MolIndex,
-    SearchParams,
-    build_adaptive,
-    build_from_bundle,
-    build_hierarchical,
-    build_pq,
-)
-from mol_index.rails import Algorithm
+from mol_index.factory import build_adaptive, build_from_bundle, build_hierarchical, build_pq
+from mol_index.index import MolIndex
+from mol_index.params import SearchParams
+from mol_index.search.candidates import STAGE_KINDS
+from mol_index.search.rails import Algorithm
 
 __all__ = ["main"]
 
@@ -164,7 +159,7 @@ def _learned(index: MolIndex, kind: str, args: argparse.Namespace) -> MolIndex:
     ``--refit`` is not given), else fitted by k-means on the items."""
     layer = None
     if args.bundle is not None and not args.refit:
-        from mol_index.index_layers import layer_from_bundle
+        from mol_index.layers import layer_from_bundle
 
         layer = layer_from_bundle(args.bundle, index.similarity)
         if layer is not None and layer.kind != kind:
@@ -196,7 +191,7 @@ def _branching(text: str) -> tuple[int, ...]:
 def _adaptive_from_bundle(index: MolIndex, args: argparse.Namespace) -> MolIndex:
     """The adaptive index over a bundle's items, trained on the histories of ``--train-histories``."""
     from mol_core.bundle import load_bundle
-    from mol_index.bench import read_histories
+    from mol_index.evaluation import read_histories
 
     bundle = load_bundle(args.bundle)
     known = set(bundle.item_ids)
@@ -396,21 +391,13 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("index", type=Path, help="index directory")
     info.add_argument("--verify", action="store_true", help="also check every checksum and load the index")
     info.set_defaults(run=_info)
-
-    # listed for --help only: main() hands "bench ..." to mol_index.bench.main before parsing
-    sub.add_parser("bench", help="recall / latency benchmark on synthetic corpora (mol-index bench --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the exit code: 0 ok, 2 bad arguments or input (a config, a file, an
     artifact), as every mol CLI (docs/operations.md)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # everything after "bench" belongs to the benchmark's own parser
-        from mol_index.bench import main as bench_main
-
-        return bench_main(argv[1:])
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         code: int = args.run(args)
     except MolError as err:  # ConfigError, ShapeError, ArtifactError: input the user must fix

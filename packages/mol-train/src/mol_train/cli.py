@@ -266,8 +266,8 @@ def _export_index(bundle: Path, destination: Path, *, overwrite: bool) -> None:
     from mol_core.errors import ConfigError
 
     try:
-        from mol_index.index import build_from_bundle, build_hierarchical, build_pq
-        from mol_index.index_layers import layer_from_bundle
+        from mol_index import build_from_bundle, build_hierarchical, build_pq
+        from mol_index.layers import layer_from_bundle
     except ImportError as err:
         raise ConfigError(f"--index needs mol-index: pip install 'mol-train[index]' ({err})") from err
     index = build_from_bundle(bundle)

@@ -152,7 +152,7 @@ class IndexSettings:
 
     Training runs unquantized for ``warmup_steps`` optimizer steps, then the layer is warm-started by
     k-means on the item side of the whole corpus and trained with the model from there on (see
-    mol_index.index_layers). The exported bundle carries the trained layer, from which
+    mol_index.layers). The exported bundle carries the trained layer, from which
     ``mol-index build --kind pq|hierarchical --bundle`` writes the index without another k-means pass.
     """
 

@@ -5,7 +5,7 @@ exported with ``torch.export`` for a dynamic batch of right-aligned histories of
 side of every item is precomputed; nothing in the bundle needs mol-train or torchrec to run. A model
 trained with an index layer (``[index]``) also exports the trained layer: its tensors go into the item
 tensors file as ``index_layer.*`` and its settings into the manifest parameters as ``index_layer.*``
-(mol_index.index_layers reads them back). The bundle is
+(mol_index.layers reads them back). The bundle is
 written into a temporary folder next to the destination and renamed into place when complete.
 """
 
@@ -111,7 +111,7 @@ def export_bundle(
                 "the model's index layer was never warm-started: training ended before index.warmup_steps; "
                 "train longer or lower index.warmup_steps"
             )
-        from mol_index.index_layers import layer_parameters as stored_layer
+        from mol_index.layers import layer_parameters as stored_layer
 
         layer_parameters, layer_tensors = stored_layer(encoder.index_layer)
         # the exported program is the query path only

@@ -7,7 +7,7 @@ correction). :meth:`SequentialRecommender.forward` returns
 the loss so that the whole model can sit inside torchrec's ``DistributedModelParallel``; evaluation and
 export use :meth:`SequentialRecommender.query_side` and :meth:`SequentialRecommender.corpus_side`.
 
-An optional index layer (``[index]`` in the config; mol_index.index_layers) is trained with the model: once
+An optional index layer (``[index]`` in the config; mol_index.layers) is trained with the model: once
 warm-started (:meth:`SequentialRecommender.warm_start_index`) the positives and negatives are scored
 through it (PQ: quantized with a straight-through gradient) and its own loss is added with
 ``index.weight``. Evaluation (mol_train.evaluate) scores the items through the warm layer too: for PQ, the
@@ -75,7 +75,7 @@ class SequentialRecommender(nn.Module):
         mi_weight: weight of the MI load-balancing loss.
         loss: sampled softmax or in-batch softmax.
         item_log_q: ``(N + 1,)`` log sampling probability of each item, for the in-batch logQ correction.
-        index_layer: a jointly trained index layer (mol_index.index_layers), or ``None``.
+        index_layer: a jointly trained index layer (mol_index.layers), or ``None``.
         index_weight: weight of the index layer's loss.
         negative_sampling: who shares the sampled negatives (the shape ``forward`` expects).
         user_l2_weight: weight of the user embeddings' mean squared norm in the loss.
@@ -121,7 +121,7 @@ class SequentialRecommender(nn.Module):
         if self.index_layer is None:
             raise RuntimeError("this model has no index layer ([index] kind = 'none')")
         items = self.tables.all_item_embeddings()  # (N, D)
-        layer: Any = self.index_layer  # an IndexLayer (mol_index.index_layers)
+        layer: Any = self.index_layer  # an IndexLayer (mol_index.layers)
         layer.warm_start(self.similarity.item_side(items), seed=seed)
 
     @property
@@ -215,7 +215,7 @@ class SequentialRecommender(nn.Module):
         if not self.index_active:
             zero = torch.zeros((), device=positives.embeddings.device)
             return sum((p.sum() * 0.0 for p in self.index_layer.parameters()), zero)
-        layer: Any = self.index_layer  # an IndexLayer (mol_index.index_layers)
+        layer: Any = self.index_layer  # an IndexLayer (mol_index.layers)
         loss: torch.Tensor = layer.loss(query, positives, self.similarity, negatives)
         return loss
 
@@ -388,7 +388,7 @@ def build_index_layer(config: TrainConfig, similarity: Similarity) -> nn.Module 
     if config.index.kind == "none":
         return None
     try:
-        from mol_index.index_layers import build_index_layer as build_layer
+        from mol_index.layers import build_index_layer as build_layer
     except ImportError as err:
         raise ConfigError(
             f"index.kind = {config.index.kind!r} needs mol-index: pip install 'mol-train[index]' ({err})"

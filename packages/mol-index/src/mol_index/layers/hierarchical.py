@@ -1,8 +1,8 @@
 """HSNN's jointly trained cluster hierarchy (:class:`HierarchicalLayer`), the index layer mol-train trains.
 
 Soft assignment in training, hard assignment at serving: :meth:`HierarchicalLayer.export_index` turns the
-trained centroids into a :class:`~mol_index.hierarchical.HierarchicalIndex` without another k-means. See
-:mod:`mol_index.hierarchical` for the index, the search and what is simplified.
+trained centroids into a :class:`~mol_index.search.hierarchy.HierarchicalIndex` without another k-means. See
+:mod:`mol_index.search.hierarchy` for the index, the search and what is simplified.
 
 Shape symbols: ``M`` (query, positive) pairs, ``Px`` item components of width ``d``, ``P`` gating features,
 ``D`` flattened item width, ``C_l`` centroid slots of level ``l``.
@@ -19,7 +19,7 @@ from torch import nn
 
 from mol_core.errors import ConfigError, ShapeError
 from mol_core.similarity import DotProductSimilarity, ItemSide, QuerySide, Similarity
-from mol_index.hierarchical import (
+from mol_index.search.hierarchy import (
     HierarchicalIndex,
     _assemble,
     _check_branching,

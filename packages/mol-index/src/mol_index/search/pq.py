@@ -1,7 +1,7 @@
 """The ``pq`` index: item component embeddings stored as product-quantization codes, searched by scoring
 the decoded items with the similarity, then reranked with exact MoL.
 
-Codes come from a :class:`~mol_index.index_layers.PQItemLayer` trained jointly with the model (Poeem;
+Codes come from a :class:`~mol_index.layers.PQItemLayer` trained jointly with the model (Poeem;
 :func:`encode_corpus` assigns every item to its nearest codes, no k-means over the corpus) or from the same
 layer fitted after training by k-means on the corpus (:func:`fit_codes`, the post-hoc baseline).
 
@@ -25,9 +25,9 @@ import torch
 from mol_core.errors import ConfigError, ShapeError
 from mol_core.similarity import ItemSide, QuerySide, Similarity
 from mol_index._inputs import check_k
-from mol_index.exact import mask_excluded, merge_topk, sorted_topk
-from mol_index.index_layers import PQItemLayer
-from mol_index.rails import SearchResult, _rerank
+from mol_index.layers import PQItemLayer
+from mol_index.search.exact import mask_excluded, merge_topk, sorted_topk
+from mol_index.search.rails import SearchResult, _rerank
 
 __all__ = ["PQCodes", "encode_corpus", "fit_codes", "pq_search"]
 

@@ -8,7 +8,7 @@ the training loss. Two layers implement the interface:
 - ``pq`` (:class:`PQItemLayer`, Poeem): every item component embedding is rotated, assigned to a coarse
   centroid and product-quantized; training scores the quantized embeddings through a straight-through
   estimator, so the model learns embeddings that survive quantization.
-- ``hierarchical`` (:class:`mol_index.hierarchical.HierarchicalLayer`, HSNN): learned cluster centroids
+- ``hierarchical`` (:class:`mol_index.search.hierarchy.HierarchicalLayer`, HSNN): learned cluster centroids
   per level, soft assignment during training; training scores the items themselves.
 
 A model bundle stores a trained layer as ``index_layer.*`` tensors in its item tensors file and its
@@ -29,7 +29,7 @@ from torch import nn
 
 from mol_core.errors import ArtifactError, ConfigError
 from mol_core.similarity import ItemSide, QuerySide, Similarity
-from mol_index.pq_layer import ProductQuantizer
+from mol_index.layers.pq import ProductQuantizer
 
 __all__ = [
     "LAYER_KINDS",
@@ -80,7 +80,7 @@ class IndexLayer(Protocol):
 class PQItemLayer(nn.Module):
     """Poeem's jointly trained product quantizer over the item component embeddings.
 
-    All ``Px`` components share one :class:`~mol_index.pq_layer.ProductQuantizer` of width ``d``; the gating
+    All ``Px`` components share one :class:`~mol_index.layers.pq.ProductQuantizer` of width ``d``; the gating
     features are not quantized (an index stores them as they are).
 
     Args:
@@ -186,7 +186,7 @@ def build_index_layer(kind: str, similarity: Similarity, options: dict[str, Any]
         _check_options(kind, options, known)
         return PQItemLayer(similarity.component_dim, **options)
     if kind == "hierarchical":
-        from mol_index.hierarchical_layer import HierarchicalLayer
+        from mol_index.layers.hierarchical import HierarchicalLayer
 
         return HierarchicalLayer.for_similarity(similarity, **options)
     raise ConfigError(f"unknown index layer kind {kind!r}; expected one of {', '.join(LAYER_KINDS)}")

@@ -20,7 +20,7 @@ HNSW may miss items above ``t_ab``, so with them ``exact`` is always False. TopK
 
 **Exact-guaranteed mode** (``guarantee_exact=True``) reruns the queries that are not proven exact with
 ``K'`` doubled, until every query is proven exact; once ``P * K' >= N`` (the union could cover the
-corpus) the remaining queries go to :func:`~mol_index.exact.exact_search`. Results then always equal
+corpus) the remaining queries go to :func:`~mol_index.search.exact.exact_search`. Results then always equal
 exact search.
 
 Ties among candidates follow the exact search's rule: the smaller corpus row wins.
@@ -36,8 +36,8 @@ import torch
 from mol_core.errors import ConfigError
 from mol_core.similarity import ItemSide, QuerySide, Similarity
 from mol_index._inputs import Exclude, check_k, exclusion_tensor
-from mol_index.candidates import CandidateStage, StageParams
-from mol_index.exact import exact_search, sorted_topk
+from mol_index.search.candidates import CandidateStage, StageParams
+from mol_index.search.exact import exact_search, sorted_topk
 
 __all__ = ["Algorithm", "SearchResult", "rails_search"]
 
@@ -54,9 +54,9 @@ class Algorithm(str, Enum):
     TOP_K_PER_EMBD = "topk_per_embd"
     TOP_K_AVG = "topk_avg"
     COMB_TOP_K = "comb_topk"
-    ADAPTIVE = "adaptive"  # adaptive indexes only (mol_index.adaptive); rails_search refuses it
-    PQ = "pq"  # pq indexes only (mol_index.pq_index); rails_search refuses it
-    HIERARCHICAL = "hierarchical"  # hierarchical indexes only (mol_index.hierarchical)
+    ADAPTIVE = "adaptive"  # adaptive indexes only (mol_index.search.adaptive); rails_search refuses it
+    PQ = "pq"  # pq indexes only (mol_index.search.pq); rails_search refuses it
+    HIERARCHICAL = "hierarchical"  # hierarchical indexes only (mol_index.search.hierarchy)
 
 
 @dataclass(frozen=True)
@@ -196,12 +196,12 @@ def rails_search(
         query: ``B`` queries, embeddings ``(B, Pq, d)``.
         corpus: ``N`` items, embeddings ``(N, Px, d)``; ``stage`` must have been built over the same items.
         k: results per query, ``1 <= k <= N``.
-        stage: the candidate stage (:class:`~mol_index.candidates.TorchStage` or ``FaissStage``).
+        stage: the candidate stage (:class:`~mol_index.search.candidates.TorchStage` or ``FaissStage``).
         algorithm: which candidates to rerank; ``Algorithm.EXACT`` ignores ``stage`` and scans everything.
         k_prime: ``K'``, candidates per component pair (and for the mean); clamped to ``N``.
         k_prime_avg: candidates of the TopKAvg part (TopKAvg, CombTopK); default ``k_prime``; clamped to
             ``N``. The exact-guaranteed mode widens ``k_prime`` only.
-        exclude: corpus rows to leave out per query, as for :func:`~mol_index.exact.exact_search`.
+        exclude: corpus rows to leave out per query, as for :func:`~mol_index.search.exact.exact_search`.
         guarantee_exact: widen ``K'`` (doubling) until every query is provably exact; needs an exact stage
             and an algorithm with per-component candidates (TopKPerEmbd or CombTopK).
         stage_params: FAISS search knobs (``nprobe``, ``ef_search``).

@@ -12,9 +12,10 @@ What this module does:
   and clusters are formed by Euclidean distance in that space. ``gating_weight`` defaults to 0: the
   embeddings alone decide the clusters (the component logits that dominate the score are inner products
   of them), while every cluster still carries its members' mean gating for scoring. On the synthetic
-  corpus of :mod:`mol_index.bench` (N = 100,000, per-item gating features as large as the embeddings and
-  noisy) weight 1 let the gating dominate the distances and cut recall@10 at beam (16, 32) from about
-  0.88 to 0.19; give the gating a weight when its features carry cluster structure.
+  corpus of :func:`mol_index.evaluation.synthetic_corpus` (N = 100,000, per-item gating features as
+  large as the embeddings and noisy) weight 1 let the gating dominate the distances and cut recall@10
+  at beam (16, 32) from about 0.88 to 0.19; give the gating a weight when its features carry cluster
+  structure.
   :meth:`HierarchicalIndex.build` clusters the ``z`` top-down with k-means (level 1 into
   ``branching[0]`` clusters, each cluster's members into up to ``branching[1]`` children, ...); a cluster
   with fewer members than children gets fewer children, and no cluster is empty. Each k-means trains on
@@ -28,7 +29,7 @@ What this module does:
   chosen leaves hold fewer than ``k`` items that are neither removed nor excluded, the search scores all
   leaf centroids for that query and adds the best remaining leaves until ``k`` items are reachable, so
   ``k`` results come back whenever ``k`` items remain.
-- **Joint training** (:class:`mol_index.hierarchical_layer.HierarchicalLayer`): learnable centroids per
+- **Joint training** (:class:`mol_index.layers.hierarchical.HierarchicalLayer`): learnable centroids per
   level with a soft k-means loss and a routing loss that teaches the similarity to score the right
   clusters highest; its ``export_index`` turns a trained layer into an index without another k-means.
 
@@ -60,8 +61,8 @@ import torch
 from mol_core.errors import ArtifactError, ConfigError, ShapeError
 from mol_core.similarity import ItemSide, QuerySide, Similarity
 from mol_index._inputs import Exclude, check_k, exclusion_tensor
-from mol_index.exact import sorted_topk
-from mol_index.pq_layer import kmeans
+from mol_index.clustering import kmeans
+from mol_index.search.exact import sorted_topk
 
 __all__ = ["HierarchicalIndex", "HierarchicalSearchResult"]
 
@@ -508,7 +509,7 @@ class HierarchicalIndex:
             query: ``B`` queries, embeddings ``(B, Pq, d)``.
             k: results per query, ``1 <= k <=`` live items.
             beam: clusters kept per level (one int for every level, or one per level).
-            exclude: rows to leave out per query, as for :func:`~mol_index.exact.exact_search`.
+            exclude: rows to leave out per query, as for :func:`~mol_index.search.exact.exact_search`.
 
         Returns:
             A :class:`HierarchicalSearchResult`; ties go to the smaller row, as in exact search. ``scored``

@@ -4,10 +4,12 @@ One Triton program scores ``BLOCK_N`` items for one query in a single pass (comp
 ``logits_mlp`` gating MLP, the gated softmax, the mixture) without writing logits or gating activations
 to memory, masks excluded rows, and writes the tile's top ``min(k, BLOCK_N)`` (score, row) pairs. The
 corpus is processed in chunks of ``chunk_items`` items per launch; each chunk's tile results are merged
-into the running top-k with :func:`~mol_index.exact.merge_topk`, so memory is ``(B, chunk / BLOCK_N, k)``.
+into the running top-k with :func:`~mol_index.search.exact.merge_topk`, so memory is
+``(B, chunk / BLOCK_N, k)``.
 Results follow the exact search's tie rule (within a tile the smaller row is taken first).
 
-Status: checked on CPU under ``TRITON_INTERPRET=1`` against :func:`~mol_index.exact.exact_search` on small
+Status: checked on CPU under ``TRITON_INTERPRET=1`` against :func:`~mol_index.search.exact.exact_search` on
+small
 random inputs; **not run or timed on a GPU** (none was available). It is a first version: the component
 logits are a broadcast-and-sum, not a tensor-core ``tl.dot``. Requirements: ``MoLSimilarity`` in eval
 mode (gating dropout is not applied), float32 tensors, and ``P = Pq * Px``, ``d``, the gating hidden width
@@ -26,7 +28,7 @@ import torch
 from mol_core.errors import ConfigError
 from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide
 from mol_index._inputs import Exclude, check_k, exclusion_tensor
-from mol_index.exact import merge_topk
+from mol_index.search.exact import merge_topk
 
 __all__ = ["TRITON_AVAILABLE", "triton_exact_search", "unsupported_reason"]
 
@@ -146,7 +148,8 @@ def triton_exact_search(
     block_items: int = 16,
     chunk_items: int = 65536,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact MoL top-k by the fused Triton kernel; same contract as :func:`~mol_index.exact.exact_search`.
+    """Exact MoL top-k by the fused Triton kernel; same contract as
+    :func:`~mol_index.search.exact.exact_search`.
 
     Args:
         similarity: a ``MoLSimilarity`` (eval mode).

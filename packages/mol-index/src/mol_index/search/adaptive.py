@@ -16,7 +16,7 @@ given as a callable on (query handles, item rows):
 Shapes: ``Q`` training queries, ``N`` items, ``r`` embedding width, ``B`` queries, ``m`` scored items per
 training query, ``M`` items scored per query and round.
 
-    from mol_index.adaptive import adaptive_search, factorize, sparse_score_matrix
+    from mol_index.search.adaptive import adaptive_search, factorize, sparse_score_matrix
     rows, scores = sparse_score_matrix(scorer, train_handles, train_dual, item_dual, per_query=100)
     items, _, _ = factorize(rows, scores, item_dual, train_dual, reg=0.1, iterations=10)
     result = adaptive_search(scorer, handles, query_dual, items, k=10, budget=200, rounds=5)

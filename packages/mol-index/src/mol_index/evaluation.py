@@ -1,0 +1,178 @@
+"""Helpers that evaluate an index: synthetic corpora, real queries from a bundle, recall, latency, machine.
+
+Used by the benchmark drivers in ``packages/mol-index/benchmarks/`` and by tests. Shape symbols: ``B``
+queries, ``N`` items, ``Pq``/``Px`` components, ``P = Pq * Px``, ``d`` dimension.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mol_core.atomic import write_text_atomically
+from mol_core.errors import ConfigError
+from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide, Similarity
+
+__all__ = [
+    "bundle_corpus",
+    "cpu_latency",
+    "machine",
+    "read_histories",
+    "recall",
+    "split_queries",
+    "synthetic_corpus",
+    "write_result",
+]
+
+_REPR_DIM = 32
+
+
+def synthetic_corpus(
+    num_items: int, num_queries: int, *, pq: int = 8, px: int = 4, dim: int = 64, seed: int = 0
+) -> tuple[MoLSimilarity, QuerySide, ItemSide]:
+    """A random-weight MoL, ``(B, Pq, d)`` queries and a clustered ``(N, Px, d)`` corpus.
+
+    ``N`` items in clusters of about 200; item ``x`` of cluster ``c`` has components
+    ``g_b(x) = normalize(center[c, b] + noise)`` (noise norm about 0.5, cosine to its center about 0.9);
+    each query has two interest clusters and each of its ``Pq`` components lies near one component center
+    of one of them. The gating MLPs have random (untrained) weights; item and query gating features come
+    from random cluster-correlated representations. tau = 0.05.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    sim = MoLSimilarity(
+        query_input_dim=_REPR_DIM,
+        item_input_dim=_REPR_DIM,
+        query_components=pq,
+        item_components=px,
+        component_dim=dim,
+    ).eval()
+    clusters = max(8, num_items // 200)
+    centers = torch.nn.functional.normalize(torch.randn(clusters, px, dim, generator=gen), dim=-1)
+    cluster_repr = torch.randn(clusters, _REPR_DIM, generator=gen)
+    assign = torch.randint(0, clusters, (num_items,), generator=gen)
+    emb = torch.empty(num_items, px, dim)
+    gating = torch.empty(num_items, pq * px)
+    with torch.inference_mode():
+        for start in range(0, num_items, 65536):  # chunks keep the temporary noise small at N = 1e6
+            c = assign[start : start + 65536]
+            noise = torch.randn(len(c), px, dim, generator=gen) * (0.5 / dim**0.5)
+            emb[start : start + len(c)] = torch.nn.functional.normalize(centers[c] + noise, dim=-1)
+            reprs = cluster_repr[c] + torch.randn(len(c), _REPR_DIM, generator=gen)
+            gating[start : start + len(c)] = sim.gating.item_features(reprs)
+        interests = torch.randint(0, clusters, (num_queries, 2), generator=gen)
+        pick = interests.gather(1, torch.randint(0, 2, (num_queries, pq), generator=gen))  # (B, Pq)
+        comp = torch.randint(0, px, (num_queries, pq), generator=gen)
+        noise = torch.randn(num_queries, pq, dim, generator=gen) * (0.5 / dim**0.5)
+        f = torch.nn.functional.normalize(centers[pick, comp] + noise, dim=-1)  # (B, Pq, d)
+        q_repr = cluster_repr[interests[:, 0]] + torch.randn(num_queries, _REPR_DIM, generator=gen)
+        query = QuerySide(f, sim.gating.query_features(q_repr))
+    return sim, query, ItemSide(emb, gating)
+
+
+def _percentiles(times: list[float], prefix: str) -> dict[str, float]:
+    ordered = sorted(times)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {f"{prefix}p50_ms": 1e3 * statistics.median(ordered), f"{prefix}p99_ms": 1e3 * p99}
+
+
+def cpu_latency(fn: Callable[[QuerySide], Any], batches: list[QuerySide]) -> dict[str, float]:
+    """Runs ``fn`` on each batch after a warm-up call: per-batch CPU time of this process (``p50_ms``,
+    ``p99_ms``) and wall time (``wall_p50_ms``, ``wall_p99_ms``).
+
+    CPU time is what the tables report: on a machine shared with other jobs, wall time also counts the
+    time this process waits for a core; with one thread CPU time is the latency on an idle core.
+    """
+    fn(batches[0])  # warm-up
+    cpu, wall = [], []
+    for batch in batches:
+        start_cpu, start_wall = time.process_time(), time.perf_counter()
+        fn(batch)
+        cpu.append(time.process_time() - start_cpu)
+        wall.append(time.perf_counter() - start_wall)
+    return {**_percentiles(cpu, ""), **_percentiles(wall, "wall_")}
+
+
+def split_queries(query: QuerySide, size: int, count: int) -> list[QuerySide]:
+    """The first ``count`` consecutive batches of ``size`` queries of ``query``."""
+    gating = query.gating
+    return [
+        QuerySide(
+            query.embeddings[i * size : (i + 1) * size],
+            None if gating is None else gating[i * size : (i + 1) * size],
+        )
+        for i in range(count)
+    ]
+
+
+def read_histories(path: Path, limit: int) -> list[list[int]]:
+    """The first ``limit`` users' histories of a "user item" per line chronological text file."""
+    by_user: dict[str, list[int]] = {}
+    with path.open() as handle:
+        for number, line in enumerate(handle, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 2:
+                raise ConfigError(f"{path}:{number}: expected 'user item', got {line.strip()!r}")
+            if parts[0] not in by_user and len(by_user) == limit:
+                continue
+            by_user.setdefault(parts[0], []).append(int(parts[1]))
+    return list(by_user.values())
+
+
+def bundle_corpus(
+    bundle_path: Path, histories_path: Path | None, num_queries: int, *, seed: int = 0
+) -> tuple[Similarity, QuerySide, ItemSide]:
+    """A model bundle's similarity and item side, with ``num_queries`` queries its encoder makes.
+
+    Queries encode real histories when ``histories_path`` is given (each user's history without its last
+    item, as in a leave-one-out test; users with fewer than 2 items are skipped), else random histories of
+    20 items drawn uniformly from the vocabulary.
+    """
+    from mol_core.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    known = set(bundle.item_ids)
+    if histories_path is not None:
+        users = [[i for i in h if i in known] for h in read_histories(histories_path, 4 * num_queries)]
+        histories = [h[:-1] for h in users if len(h) >= 2][:num_queries]
+        if len(histories) < num_queries:
+            raise ConfigError(f"{histories_path}: {len(histories)} usable histories, {num_queries} needed")
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        picks = torch.randint(0, len(bundle.item_ids), (num_queries, 20), generator=gen)
+        histories = [[bundle.item_ids[i] for i in row] for row in picks.tolist()]
+    with torch.inference_mode():
+        query = bundle.encode(histories)
+    return bundle.similarity.eval(), query, bundle.items
+
+
+def machine() -> dict[str, Any]:
+    """The machine a result was measured on (platform, CPU count, torch and its threads)."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def recall(found: torch.Tensor, truth: torch.Tensor) -> float:
+    """Mean fraction of each row of ``truth`` ``(B, t)`` found in the same row of ``found`` ``(B, k)``."""
+    return float((truth.unsqueeze(2) == found.unsqueeze(1)).any(2).float().mean())
+
+
+def write_result(result: dict[str, Any], path: Path) -> None:
+    """Writes a benchmark result as indented JSON, atomically, creating parent folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(path, json.dumps(result, indent=2))

@@ -1,0 +1,249 @@
+"""Search parameters: one class per algorithm (as FAISS's ``SearchParametersIVF`` / ``...HNSW``), and the
+request form that names an algorithm with its knobs.
+
+Every index kind takes :class:`ExactParams` and :class:`RailsParams` (each kind keeps the whole item side)
+and its own class: :class:`PQParams` (``pq``), :class:`HierarchicalParams` (``hierarchical``),
+:class:`AdaptiveParams` (``adaptive``). :class:`SearchParams` is one request as mol-serve's wire and the
+CLI carry it (an algorithm name and the knobs of every algorithm); :meth:`SearchParams.resolve` turns it
+into the algorithm's own class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mol_core.errors import ConfigError
+from mol_index.search.rails import Algorithm
+
+__all__ = [
+    "KERNELS",
+    "RAILS_ALGORITHMS",
+    "AdaptiveParams",
+    "AlgorithmParams",
+    "ExactParams",
+    "HierarchicalParams",
+    "PQParams",
+    "RailsParams",
+    "SearchParams",
+]
+
+#: Values of :attr:`ExactParams.kernel`.
+KERNELS = ("auto", "torch", "triton")
+#: The RAILS algorithms of :class:`RailsParams`.
+RAILS_ALGORITHMS = (Algorithm.TOP_K_PER_EMBD, Algorithm.TOP_K_AVG, Algorithm.COMB_TOP_K)
+
+
+def _positive(owner: str, name: str, value: Any, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{owner}.{name} must be a positive integer; got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExactParams:
+    """Exact top-k: a scan of the whole corpus (any index kind).
+
+    Attributes:
+        block_size: items per block of the torch scan (default: chosen by the scan).
+        kernel: ``torch`` (blockwise, any device), ``triton`` (the fused kernel of
+            :mod:`mol_index.kernels.triton_topk`: MoL on CUDA, or on the CPU under ``TRITON_INTERPRET=1``), or
+            ``auto`` (``triton`` when the index is on a CUDA device, Triton is installed and the similarity
+            fits the kernel, else ``torch``).
+    """
+
+    block_size: int | None = None
+    kernel: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.kernel not in KERNELS:
+            raise ConfigError(f"unknown kernel {self.kernel!r}; expected one of {', '.join(KERNELS)}")
+        _positive("ExactParams", "block_size", self.block_size, optional=True)
+
+    @property
+    def algorithm(self) -> Algorithm:
+        """:attr:`Algorithm.EXACT`."""
+        return Algorithm.EXACT
+
+
+@dataclass(frozen=True, kw_only=True)
+class RailsParams:
+    """RAILS (any index kind): candidates from the index's stage, exact MoL rerank, the exactness bound.
+
+    Attributes:
+        algorithm: ``topk_per_embd``, ``topk_avg`` or ``comb_topk`` (:data:`RAILS_ALGORITHMS`).
+        k_prime: ``K'``, candidates per (query component, item component) pair and for the mean.
+        k_prime_avg: candidates of the TopKAvg part (``topk_avg``, ``comb_topk``); ``None`` uses ``k_prime``.
+        guarantee_exact: widen ``K'`` until every result is provably exact (exact stages only).
+        nprobe: IVF lists to visit (``faiss-ivf`` indexes; default ``max(8, round(sqrt(nlist) / 2))``).
+        ef_search: HNSW beam width (``faiss-hnsw`` indexes; at least ``K'`` is used).
+        block_size: items per block of the exact rerank scan.
+    """
+
+    algorithm: Algorithm | str = Algorithm.COMB_TOP_K
+    k_prime: int = 64
+    k_prime_avg: int | None = None
+    guarantee_exact: bool = False
+    nprobe: int | None = None
+    ef_search: int | None = None
+    block_size: int | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            algorithm = Algorithm(self.algorithm)
+        except ValueError as err:
+            raise ConfigError(_unknown(self.algorithm)) from err
+        if algorithm not in RAILS_ALGORITHMS:
+            choices = ", ".join(a.value for a in RAILS_ALGORITHMS)
+            raise ConfigError(f"RailsParams.algorithm must be one of {choices}; got {algorithm.value!r}")
+        object.__setattr__(self, "algorithm", algorithm)
+        _positive("RailsParams", "k_prime", self.k_prime, optional=False)
+        for name in ("k_prime_avg", "nprobe", "ef_search", "block_size"):
+            _positive("RailsParams", name, getattr(self, name), optional=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PQParams:
+    """Search of a ``pq`` index: a scan of the quantized items.
+
+    Attributes:
+        k_prime: candidates kept from the quantized scan (``max(k, K')``) for the rerank.
+        rerank: rerank those candidates by exact MoL on the unquantized items. ``None`` (default) reranks
+            codes fitted after training and not codes from a jointly trained layer, which return the top
+            ``k`` of their decoded scores (the ranking the model trained on; ``K'`` unused).
+    """
+
+    k_prime: int = 64
+    rerank: bool | None = None
+
+    def __post_init__(self) -> None:
+        _positive("PQParams", "k_prime", self.k_prime, optional=False)
+
+    @property
+    def algorithm(self) -> Algorithm:
+        """:attr:`Algorithm.PQ`."""
+        return Algorithm.PQ
+
+
+@dataclass(frozen=True, kw_only=True)
+class HierarchicalParams:
+    """Search of a ``hierarchical`` index: top-down beam search through the clusters.
+
+    Attributes:
+        beam: clusters kept per level.
+    """
+
+    beam: int = 8
+
+    def __post_init__(self) -> None:
+        _positive("HierarchicalParams", "beam", self.beam, optional=False)
+
+    @property
+    def algorithm(self) -> Algorithm:
+        """:attr:`Algorithm.HIERARCHICAL`."""
+        return Algorithm.HIERARCHICAL
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaptiveParams:
+    """Search of an ``adaptive`` index (AXN): retrieve, score, refit the query, repeat.
+
+    Attributes:
+        budget: scorer calls per query (default ``max(k, 200)``, at most N).
+        rounds: retrieve-score-refit rounds (at most ``budget``).
+    """
+
+    budget: int | None = None
+    rounds: int = 5
+
+    def __post_init__(self) -> None:
+        _positive("AdaptiveParams", "budget", self.budget, optional=True)
+        _positive("AdaptiveParams", "rounds", self.rounds, optional=False)
+        if self.budget is not None and self.budget < self.rounds:
+            raise ConfigError(
+                f"budget {self.budget} is below one scorer call per round ({self.rounds} rounds); "
+                "raise budget or lower rounds"
+            )
+
+    @property
+    def algorithm(self) -> Algorithm:
+        """:attr:`Algorithm.ADAPTIVE`."""
+        return Algorithm.ADAPTIVE
+
+
+AlgorithmParams = ExactParams | RailsParams | PQParams | HierarchicalParams | AdaptiveParams
+
+
+def _unknown(algorithm: object) -> str:
+    choices = ", ".join(a.value for a in Algorithm)
+    return f"unknown algorithm {algorithm!r}; expected one of {choices}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchParams:
+    """One search request: an algorithm by name and the knobs of every algorithm (mol-serve's wire form).
+
+    Each knob applies to some algorithms (see the classes it resolves to) and is ignored by the others.
+
+    Attributes:
+        algorithm: an :class:`~mol_index.search.rails.Algorithm` or its value.
+        k_prime, k_prime_avg, guarantee_exact, nprobe, ef_search: :class:`RailsParams`; ``k_prime`` also
+            :class:`PQParams`.
+        block_size: :class:`ExactParams`, :class:`RailsParams`.
+        kernel: :class:`ExactParams`.
+        budget, rounds: :class:`AdaptiveParams`.
+        beam: :class:`HierarchicalParams`.
+        rerank: :class:`PQParams`.
+    """
+
+    algorithm: Algorithm | str = Algorithm.COMB_TOP_K
+    k_prime: int = 64
+    k_prime_avg: int | None = None
+    guarantee_exact: bool = False
+    nprobe: int | None = None
+    ef_search: int | None = None
+    block_size: int | None = None
+    budget: int | None = None
+    rounds: int = 5
+    kernel: str = "auto"
+    beam: int = 8
+    rerank: bool | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "algorithm", Algorithm(self.algorithm))
+        except ValueError as err:
+            raise ConfigError(_unknown(self.algorithm)) from err
+        if self.kernel not in KERNELS:
+            raise ConfigError(f"unknown kernel {self.kernel!r}; expected one of {', '.join(KERNELS)}")
+        for name in ("k_prime", "rounds", "beam"):
+            _positive("SearchParams", name, getattr(self, name), optional=False)
+        for name in ("k_prime_avg", "nprobe", "ef_search", "block_size", "budget"):
+            _positive("SearchParams", name, getattr(self, name), optional=True)
+        self.resolve()  # the algorithm's own checks, now rather than at search time
+
+    def resolve(self) -> AlgorithmParams:
+        """The algorithm's own parameters, with this request's knobs for it.
+
+        Raises:
+            ConfigError: a knob out of range.
+        """
+        algorithm = Algorithm(self.algorithm)
+        if algorithm is Algorithm.EXACT:
+            return ExactParams(block_size=self.block_size, kernel=self.kernel)
+        if algorithm is Algorithm.PQ:
+            return PQParams(k_prime=self.k_prime, rerank=self.rerank)
+        if algorithm is Algorithm.HIERARCHICAL:
+            return HierarchicalParams(beam=self.beam)
+        if algorithm is Algorithm.ADAPTIVE:
+            return AdaptiveParams(budget=self.budget, rounds=self.rounds)
+        return RailsParams(
+            algorithm=algorithm,
+            k_prime=self.k_prime,
+            k_prime_avg=self.k_prime_avg,
+            guarantee_exact=self.guarantee_exact,
+            nprobe=self.nprobe,
+            ef_search=self.ef_search,
+            block_size=self.block_size,
+        )
