@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -50,7 +49,7 @@ import torch
 from mol_core.atomic import write_text_atomically
 from mol_core.bundle import ModelBundle, load_bundle
 from mol_core.errors import MolError
-from mol_core.manifest import MANIFEST_FILENAME
+from mol_core.manifest import MANIFEST_FILENAME, sha256_file
 from mol_index import MolIndex, SearchParams, build_from_bundle
 from mol_serve import RetrievalClient
 from mol_train.config import load_config
@@ -113,7 +112,7 @@ def requested_inputs(args: argparse.Namespace) -> dict[str, Any]:
     """What this run's outputs depend on: the data (a file's path and SHA-256, or the synthetic sizes)
     and the epochs."""
     if args.data is not None:
-        digest = hashlib.sha256(args.data.read_bytes()).hexdigest()
+        digest = sha256_file(args.data)
         data: dict[str, Any] = {"file": str(args.data.resolve()), "sha256": digest}
     else:
         data = {"synthetic": {"users": args.users, "items": args.items, "seed": 0}}

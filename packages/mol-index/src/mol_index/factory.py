@@ -13,7 +13,6 @@ builds.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import re
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 
 from mol_core.errors import ConfigError
-from mol_core.manifest import MANIFEST_FILENAME
+from mol_core.manifest import MANIFEST_FILENAME, sha256_file
 from mol_core.similarity import ItemSide, QuerySide, Similarity
 from mol_index.index import MolIndex
 from mol_index.indexes import IndexAdaptive, IndexExact, IndexFaiss, IndexHierarchical, IndexPQ
@@ -207,9 +206,7 @@ def build_from_bundle(
         ef_construction=ef_construction,
         exact_mean=exact_mean,
     )
-    index.source_bundle_sha256 = hashlib.sha256(
-        (Path(bundle_path) / MANIFEST_FILENAME).read_bytes()
-    ).hexdigest()
+    index.source_bundle_sha256 = sha256_file(Path(bundle_path) / MANIFEST_FILENAME)
     return index
 
 

@@ -10,7 +10,6 @@ newer ones it skipped. The newest ``keep`` checkpoints are kept.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -21,6 +20,7 @@ import torch
 
 from mol_core.atomic import write_bytes_atomically, write_text_atomically
 from mol_core.errors import ArtifactError
+from mol_core.manifest import sha256_file
 
 __all__ = [
     "checkpoint_problem",
@@ -37,14 +37,6 @@ logger = logging.getLogger(__name__)
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
 
-def _digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 def save_state(path: str | Path, state: dict[str, Any]) -> Path:
     """Writes ``state`` and a ``.sha256`` sidecar to ``path`` atomically (read by :func:`load_checkpoint`)."""
     path = Path(path)
@@ -52,7 +44,7 @@ def save_state(path: str | Path, state: dict[str, Any]) -> Path:
     staged = path.with_name(path.name + ".tmpdata")
     write_bytes_atomically(staged, lambda h: torch.save(state, h))
     try:
-        digest = _digest(staged)
+        digest = sha256_file(staged)
         write_text_atomically(path.with_name(path.name + ".sha256"), f"{digest}\n")
         os.replace(staged, path)
     finally:
@@ -92,7 +84,7 @@ def checkpoint_problem(path: str | Path) -> str | None:
     sidecar = path.with_name(path.name + ".sha256")
     if not sidecar.is_file():
         return f"is unverifiable: its digest file {sidecar.name} is missing"
-    if sidecar.read_text(errors="replace").strip() != _digest(path):
+    if sidecar.read_text(errors="replace").strip() != sha256_file(path):
         return "is corrupt or incomplete (sha256 does not match)"
     return None
 
