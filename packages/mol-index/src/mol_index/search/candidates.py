@@ -10,8 +10,8 @@ A stage answers two questions for a batch of queries:
 one FAISS index per item component ``b`` (queried with all ``Pq`` query components) plus one over the mean
 item embeddings; ``flat`` (``IndexFlatIP``) is exact, ``ivf`` and ``hnsw`` are approximate. The mean index
 is exact (``IndexFlatIP``) by default whatever the kind: it is searched once per query where the component
-indexes are searched ``Pq * Px`` times, and in the benchmark at N = 1e6 an IVF mean index cost CombTopK 3.5
-points of recall@10 (docs/mol-index.md). Only an exact component stage lets the exactness bound prove a result
+indexes are searched ``Pq * Px`` times (its measured effect on recall: docs/mol-index.md). Only an exact
+component stage lets the exactness bound prove a result
 exact (``CandidateStage.exact``).
 
 Values are raw inner products (not divided by the temperature); missing results (an approximate index

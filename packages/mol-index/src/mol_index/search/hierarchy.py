@@ -10,12 +10,8 @@ What this module does:
 - **The index** (:class:`HierarchicalIndex`). Every item is represented by its item side, flattened to
   one vector ``z = concat(embeddings.flatten(), gating_weight * gating)`` of width ``D = Px * d (+ P)``,
   and clusters are formed by Euclidean distance in that space. ``gating_weight`` defaults to 0: the
-  embeddings alone decide the clusters (the component logits that dominate the score are inner products
-  of them), while every cluster still carries its members' mean gating for scoring. On the synthetic
-  corpus of :func:`mol_index.evaluation.synthetic_corpus` (N = 100,000, per-item gating features as
-  large as the embeddings and noisy) weight 1 let the gating dominate the distances and cut recall@10
-  at beam (16, 32) from about 0.88 to 0.19; give the gating a weight when its features carry cluster
-  structure.
+  embeddings alone decide the clusters, while every cluster still carries its members' mean gating for
+  scoring (why, with the measurement: docs/mol-index.md, "Hierarchical index").
   :meth:`HierarchicalIndex.build` clusters the ``z`` top-down with k-means (level 1 into
   ``branching[0]`` clusters, each cluster's members into up to ``branching[1]`` children, ...); a cluster
   with fewer members than children gets fewer children, and no cluster is empty. Each k-means trains on
