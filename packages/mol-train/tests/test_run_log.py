@@ -33,7 +33,11 @@ def test_run_title_names_the_model() -> None:
     from mol_train.config import load_config
     from mol_train.train import run_title
 
-    mol = load_config("ml1m_hstu_large_mol", ["model.num_blocks=2", "data.max_len=50", "train.seed=3"])
-    assert run_title(mol, Path("runs/mol-a")) == "mol-a: hstu (2 blocks, max_len 50) + MoL 8x4x64, seed 3"
+    overrides = ["model.num_blocks=2", "data.max_len=50", "train.seed=3", "train.epochs=32"]
+    mol = load_config("ml1m_hstu_large_mol", [*overrides, "data.path='prepared/ml-1m'"])
+    assert run_title(mol, Path("runs/mol-a")) == (
+        "mol-a: hstu (2 blocks, max_len 50) + MoL 8x4x64, seed 3, 32 epochs on ml-1m"
+    )
     dot = load_config("ml1m_hstu_large_dot")
     assert "+ dot product" in run_title(dot, Path("runs/dot"))
+    assert run_title(load_config("tiny_cpu", ["data.path=''"]), Path("r")).endswith("on data in memory")

@@ -291,7 +291,8 @@ def _train(
 
 
 def run_title(config: TrainConfig, out: Path) -> str:
-    """One line naming a run's model, for its plots: run folder, encoder, head and seed."""
+    """One line naming a run for its plots: run folder, encoder, head, seed, epochs and data
+    (``data.path``'s last part; "data in memory" when the data set was passed without a path)."""
     sim = config.similarity
     head = (
         f"MoL {sim.query_components}x{sim.item_components}x{sim.component_dim}"
@@ -299,9 +300,10 @@ def run_title(config: TrainConfig, out: Path) -> str:
         else "dot product"
     )
     model = config.model
+    data = Path(config.data.path).name if config.data.path else "data in memory"
     return (
         f"{out.name}: {model.encoder.value} ({model.num_blocks} blocks, max_len {config.data.max_len})"
-        f" + {head}, seed {config.train.seed}"
+        f" + {head}, seed {config.train.seed}, {config.train.epochs} epochs on {data}"
     )
 
 
