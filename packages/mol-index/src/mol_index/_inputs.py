@@ -1,4 +1,5 @@
-"""Argument normalisation shared by the search functions: ``k``, exclusions and query tensors.
+"""Argument normalisation shared by the search functions and the CLI: ``k``, exclusions, query tensors,
+and arrays read from ``.npy`` or ``.safetensors`` files.
 
 Every check raises a :mod:`mol_core.errors` error that says what was expected and how to fix it.
 """
@@ -6,13 +7,16 @@ Every check raises a :mod:`mol_core.errors` error that says what was expected an
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors.torch import load_file
 
-from mol_core.errors import ConfigError, ShapeError
+from mol_core.errors import ArtifactError, ConfigError, ShapeError
 from mol_core.similarity import DotProductSimilarity, QuerySide, Similarity
 
-__all__ = ["Exclude", "as_query_side", "check_k", "exclusion_tensor"]
+__all__ = ["Exclude", "as_query_side", "check_k", "exclusion_tensor", "read_array", "read_tensors"]
 
 #: Ids to exclude per query: a padded ``(B, L)`` integer tensor with ``-1`` padding, or one list per query.
 Exclude = torch.Tensor | Sequence[Sequence[int]]
@@ -106,3 +110,26 @@ def as_query_side(
             f"query gating must have shape (B={emb.shape[0]}, P={num_p}); got {tuple(side.gating.shape)}"
         )
     return side
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".npy":
+            return {"": torch.from_numpy(np.load(path, allow_pickle=False))}
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"cannot read {path}: {err}") from err
+    raise ConfigError(f"{path}: expected a .npy or .safetensors file")
+
+
+def read_array(path: Path | None, name: str, fallback: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The array in ``path`` (a .npy, or tensor ``name`` of a .safetensors), else ``fallback[name]``."""
+    if path is None:
+        return fallback.get(name)
+    found = read_tensors(path)
+    if "" in found:
+        return found[""]
+    if name not in found:
+        raise ConfigError(f"{path} has no tensor named {name!r}; it holds {sorted(found)}")
+    return found[name]

@@ -55,7 +55,7 @@ from mol_core.manifest import (
 from mol_core.proto.mol.v1 import manifest_pb2
 from mol_core.similarity import ItemSide, Similarity, similarity_from_config, similarity_to_config
 from mol_index.layers import PQItemLayer, build_index_layer, parse_options
-from mol_index.search.adaptive import AdaptiveModel
+from mol_index.search.adaptive_model import AdaptiveModel
 from mol_index.search.candidates import FaissStage
 from mol_index.search.pq import PQCodes
 

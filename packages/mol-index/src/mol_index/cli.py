@@ -22,15 +22,15 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from google.protobuf import json_format
 from safetensors.torch import load_file
 
-from mol_core.errors import ArtifactError, ConfigError, MolError
+from mol_core.errors import ConfigError, MolError
 from mol_core.manifest import INDEX_FORMAT_VERSION, MANIFEST_FILENAME, read_manifest
 from mol_core.proto.mol.v1 import manifest_pb2, similarity_pb2
 from mol_core.similarity import ItemSide, QuerySide, similarity_from_config
+from mol_index._inputs import read_array, read_tensors
 from mol_index.factory import build_adaptive, build_from_bundle, build_hierarchical, build_pq
 from mol_index.index import MolIndex
 from mol_index.params import SearchParams
@@ -38,29 +38,6 @@ from mol_index.search.candidates import STAGE_KINDS
 from mol_index.search.rails import Algorithm
 
 __all__ = ["main"]
-
-
-def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".npy":
-            return {"": torch.from_numpy(np.load(path, allow_pickle=False))}
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-    except (OSError, ValueError) as err:
-        raise ArtifactError(f"cannot read {path}: {err}") from err
-    raise ConfigError(f"{path}: expected a .npy or .safetensors file")
-
-
-def _array(path: Path | None, name: str, fallback: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """The array in ``path`` (a .npy, or tensor ``name`` of a .safetensors), else ``fallback[name]``."""
-    if path is None:
-        return fallback.get(name)
-    found = _tensors(path)
-    if "" in found:
-        return found[""]
-    if name not in found:
-        raise ConfigError(f"{path} has no tensor named {name!r}; it holds {sorted(found)}")
-    return found[name]
 
 
 #: ``--kind`` -> the candidate stage ``MolIndex.build`` takes (learned kinds start from an exact index).
@@ -124,12 +101,12 @@ def _build(args: argparse.Namespace) -> int:
         similarity.load_state_dict(load_file(str(args.similarity_state)))
     elif config.WhichOneof("kind") == "mixture_of_logits":
         raise ConfigError("--similarity-state is required for a MoL similarity: it holds the gating MLPs")
-    bundle = _tensors(args.items) if args.items.suffix == ".safetensors" else {}
-    embeddings = _array(None if bundle else args.items, "item_embeddings", bundle)
+    bundle = read_tensors(args.items) if args.items.suffix == ".safetensors" else {}
+    embeddings = read_array(None if bundle else args.items, "item_embeddings", bundle)
     if embeddings is None:
         raise ConfigError(f"{args.items} has no tensor named 'item_embeddings'")
-    gating = _array(args.gating, "item_gating", bundle)
-    ids = _array(args.ids, "item_ids", bundle)
+    gating = read_array(args.gating, "item_gating", bundle)
+    ids = read_array(args.ids, "item_ids", bundle)
     if ids is None:
         ids = torch.arange(embeddings.shape[0])
     items: ItemSide | torch.Tensor = (
@@ -209,17 +186,17 @@ def _adaptive_from_bundle(index: MolIndex, args: argparse.Namespace) -> MolIndex
 
 def _search(args: argparse.Namespace) -> int:
     index = MolIndex.load(args.index)
-    found = _tensors(args.queries)
+    found = read_tensors(args.queries)
     embeddings = found.get("", found.get("query_embeddings"))
     if embeddings is None:
         raise ConfigError(f"{args.queries} has no tensor named 'query_embeddings'")
-    gating = _array(args.gating, "query_gating", found)
+    gating = read_array(args.gating, "query_gating", found)
     queries: QuerySide | torch.Tensor = embeddings.float()
     if embeddings.dim() == 3:
         queries = QuerySide(embeddings.float(), None if gating is None else gating.float())
     exclude = None
     if args.exclude is not None:
-        exclude = _array(args.exclude, "exclude", {})
+        exclude = read_array(args.exclude, "exclude", {})
     params = SearchParams(
         algorithm=Algorithm(args.algorithm),
         k_prime=args.k_prime,

@@ -10,7 +10,7 @@ from mol_index._inputs import as_query_side, check_k
 from mol_index.artifact import LoadedArtifact
 from mol_index.index import MolIndex
 from mol_index.params import AdaptiveParams, AlgorithmParams
-from mol_index.search.adaptive import AdaptiveModel, build_adaptive_model, search_adaptive_model
+from mol_index.search.adaptive_model import AdaptiveModel, build_adaptive_model, search_adaptive_model
 from mol_index.search.rails import SearchResult
 
 __all__ = ["IndexAdaptive"]

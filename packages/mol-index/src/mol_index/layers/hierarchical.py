@@ -19,15 +19,15 @@ from torch import nn
 
 from mol_core.errors import ConfigError, ShapeError
 from mol_core.similarity import DotProductSimilarity, ItemSide, QuerySide, Similarity
-from mol_index.search.hierarchy import (
-    HierarchicalIndex,
-    _assemble,
-    _check_branching,
-    _check_weight,
-    _descend,
-    _flatten,
-    _nearest,
-    _top_down_kmeans,
+from mol_index.search.hierarchy import HierarchicalIndex
+from mol_index.search.hierarchy_build import (
+    assemble,
+    check_branching,
+    check_weight,
+    descend,
+    flatten,
+    nearest,
+    top_down_kmeans,
 )
 
 __all__ = ["HierarchicalLayer"]
@@ -97,11 +97,11 @@ class HierarchicalLayer(nn.Module):
         for name, number in (("routing_weight", routing_weight), ("clustering_weight", clustering_weight)):
             if not 0.0 <= float(number) < math.inf:
                 raise ConfigError(f"{name} must be a finite number >= 0; got {number!r}")
-        self.branching = _check_branching(branching)
+        self.branching = check_branching(branching)
         self.item_components, self.dim, self.gating_dim = item_components, dim, gating_dim
         self.temperature = float(temperature)
         self.routing_weight, self.clustering_weight = float(routing_weight), float(clustering_weight)
-        self.gating_weight = _check_weight(gating_weight)
+        self.gating_weight = check_weight(gating_weight)
         sizes = [math.prod(self.branching[: level + 1]) for level in range(len(self.branching))]
         self.embeddings = nn.ParameterList(nn.Parameter(torch.zeros(c, item_components, dim)) for c in sizes)
         self.gating = nn.ParameterList(nn.Parameter(torch.zeros(c, gating_dim)) for c in sizes if gating_dim)
@@ -169,7 +169,7 @@ class HierarchicalLayer(nn.Module):
     def _level(self, level: int) -> tuple[ItemSide, torch.Tensor]:
         """Level ``level``'s centroids as an item side, and its flattened ``(C_l, D)`` form."""
         side = ItemSide(self.embeddings[level], self.gating[level] if self.gating_dim else None)
-        return side, _flatten(side, self.gating_weight)
+        return side, flatten(side, self.gating_weight)
 
     def _active(self, level: int) -> torch.Tensor:
         active: torch.Tensor = getattr(self, f"active{level}")
@@ -185,9 +185,9 @@ class HierarchicalLayer(nn.Module):
         """
         self._check_items(corpus, "corpus")
         corpus = ItemSide(corpus.embeddings.detach().cpu(), _detach(corpus.gating))
-        values = _flatten(corpus)
-        points = values if self.gating_weight == 1.0 else _flatten(corpus, self.gating_weight)
-        centroids, _, _ = _top_down_kmeans(points, values, self.branching, iterations, seed)
+        values = flatten(corpus)
+        points = values if self.gating_weight == 1.0 else flatten(corpus, self.gating_weight)
+        centroids, _, _ = top_down_kmeans(points, values, self.branching, iterations, seed)
         split = self.item_components * self.dim
         for level, flat in enumerate(centroids):
             count = flat.shape[0]
@@ -232,7 +232,7 @@ class HierarchicalLayer(nn.Module):
                 f"one positive per query expected: {query.batch_size} queries, "
                 f"{positives.embeddings.shape[0]} positives"
             )
-        z = _flatten(positives, self.gating_weight)  # (M, D)
+        z = flatten(positives, self.gating_weight)  # (M, D)
         clustering = z.new_zeros(())
         routing = z.new_zeros(())
         for level in range(len(self.branching)):
@@ -268,18 +268,18 @@ class HierarchicalLayer(nn.Module):
             side = self._level(level)[0]
             ids = self._active(level).cpu().nonzero().squeeze(1)
             side = ItemSide(side.embeddings.detach().cpu()[ids], _detach(side.gating, ids))
-            flat = _flatten(side, self.gating_weight)
+            flat = flatten(side, self.gating_weight)
             if level == 0:
                 parent = torch.zeros(ids.numel(), dtype=torch.int64)
             else:
-                parent = _nearest(flat, weighted[-1])
+                parent = nearest(flat, weighted[-1])
             weighted.append(flat)
-            centroids.append(_flatten(side))
+            centroids.append(flatten(side))
             parents.append(parent)
-        leaf_of = _descend(_flatten(corpus, self.gating_weight), weighted, parents)
-        return _assemble(
+        leaf_of = descend(flatten(corpus, self.gating_weight), weighted, parents)
+        return assemble(
             corpus,
-            _flatten(corpus),
+            flatten(corpus),
             centroids,
             parents,
             leaf_of,
