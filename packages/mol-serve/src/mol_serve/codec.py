@@ -166,13 +166,9 @@ def parse_request(
         raise InvalidRequest("all queries of one request must be of the same kind (history or embeddings)")
     kind = kinds.pop()
     params = _params(request, config)
-    learned = {
-        Algorithm.ADAPTIVE: index.adaptive,
-        Algorithm.PQ: index.pq,
-        Algorithm.HIERARCHICAL: index.hierarchical,
-    }
+    learned = (Algorithm.ADAPTIVE, Algorithm.PQ, Algorithm.HIERARCHICAL)  # each needs its own index kind
     algorithm = Algorithm(params.algorithm)
-    if algorithm in learned and learned[algorithm] is None:
+    if algorithm in learned and index.kind != algorithm.value:
         raise InvalidRequest(
             f"algorithm {algorithm.value!r} needs an index of kind {algorithm.value!r}; "
             f"index {loaded.version} is of kind {loaded.kind!r}"
