@@ -64,39 +64,50 @@ def test_quickstart_refuses_a_missing_data_file(tmp_path: Path) -> None:
     assert "no such file" in result.stderr
 
 
-def test_a_workdir_built_from_other_inputs_is_refused_not_reused(tmp_path: Path) -> None:
-    """Another --data or --epochs than the workdir was built from: exit 2 naming both, no silent reuse."""
-    run = tmp_path / "run"
-    run.mkdir()
-    recorded = {"data": {"synthetic": {"users": 150, "items": 60, "seed": 0}}, "epochs": 1}
-    (run / "inputs.json").write_text(json.dumps(recorded))
-    (run / "data").mkdir()
-    data = tmp_path / "u.data"
-    data.write_text("1\t2\t5\t881250949\n")
-    for extra in (["--data", str(data)], ["--epochs", "3"]):
-        result = run_quickstart(run, *extra)
-        assert result.returncode == 2, result.stderr[-2000:]
-        assert "was built from" in result.stderr
-        assert "pass --fresh" in result.stderr
-    unrecorded = tmp_path / "old"
-    (unrecorded / "data").mkdir(parents=True)
-    result = run_quickstart(unrecorded)
-    assert result.returncode == 2
-    assert "records no inputs" in result.stderr
-
-
-def test_the_report_says_when_a_validation_curve_is_still_rising(tmp_path: Path) -> None:
+def _quickstart_module():  # type: ignore[no-untyped-def]
+    """tools/quickstart.py as a module."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("quickstart", SCRIPT)
     assert spec is not None
     assert spec.loader is not None
     quickstart = importlib.util.module_from_spec(spec)
-    sys.modules["quickstart"] = quickstart  # its dataclasses look their module up
+    sys.modules["quickstart"] = quickstart  # its dataclasses look their module up while it loads
     try:
         spec.loader.exec_module(quickstart)
     finally:
         del sys.modules["quickstart"]
+    return quickstart
+
+
+def test_a_workdir_built_from_other_inputs_is_rebuilt_not_reused(tmp_path: Path) -> None:
+    """Another --data or --epochs than the workdir was built from: emptied, rebuilt, and said so."""
+    quickstart = _quickstart_module()
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    recorded = {"data": {"synthetic": {"users": 150, "items": 60, "seed": 0}}, "epochs": 1}
+    (run / "inputs.json").write_text(json.dumps(recorded))
+    (run / "data" / "dataset.npz").write_bytes(b"built from the recorded inputs")
+    assert quickstart.check_inputs(run, recorded) == ("", "")  # the same inputs: reused as it is
+    assert (run / "data" / "dataset.npz").is_file()
+    wanted = {"data": {"synthetic": {"users": 150, "items": 60, "seed": 0}}, "epochs": 3}
+    error, note = quickstart.check_inputs(run, wanted)
+    assert error == ""
+    assert '"epochs": 1' in note
+    assert '"epochs": 3' in note
+    assert "rebuilt" in note
+    assert sorted(p.name for p in run.iterdir()) == ["inputs.json"]  # nothing of the old build is left
+    assert json.loads((run / "inputs.json").read_text()) == wanted
+    unrecorded = tmp_path / "old"
+    (unrecorded / "data").mkdir(parents=True)
+    result = run_quickstart(unrecorded)
+    assert result.returncode == 2
+    assert "records no inputs" in result.stderr
+    assert (unrecorded / "data").is_dir()  # a folder that is not the quickstart's is left alone
+
+
+def test_the_report_says_when_a_validation_curve_is_still_rising(tmp_path: Path) -> None:
+    quickstart = _quickstart_module()
     metrics = tmp_path / "metrics.jsonl"
     rising = [
         {"kind": "train", "epoch": 1},

@@ -119,22 +119,30 @@ def requested_inputs(args: argparse.Namespace) -> dict[str, Any]:
     return {"data": data, "epochs": args.epochs}
 
 
-def check_inputs(workdir: Path, wanted: dict[str, Any]) -> str:
-    """``""`` when ``workdir`` may be (re)used for ``wanted`` (recorded now if new), else why not: a
-    workdir built from other inputs is never reused silently."""
+def check_inputs(workdir: Path, wanted: dict[str, Any]) -> tuple[str, str]:
+    """Makes ``workdir`` ready for ``wanted``: ``(error, note)``.
+
+    A workdir that recorded the same inputs is reused. One that recorded other inputs is emptied and
+    rebuilt (the note says from what to what); nothing built from other inputs is reused silently. A
+    non-empty folder that records no inputs is not the quickstart's: it is refused (the error says so).
+    The inputs are recorded in ``inputs.json`` before anything is built.
+    """
     record = workdir / INPUTS_FILE
+    note = ""
     if record.is_file():
         found = json.loads(record.read_text())
         if found == wanted:
-            return ""
-        return (
-            f"{workdir} was built from {json.dumps(found)}, not the requested {json.dumps(wanted)}; "
-            "pass --fresh to rebuild it, or choose another --workdir"
+            return "", ""
+        note = (
+            f"{workdir} was built from {json.dumps(found)}; the requested inputs are {json.dumps(wanted)}, "
+            "so it is rebuilt"
         )
-    if any(workdir.iterdir()):
-        return f"{workdir} is not empty and records no inputs; pass --fresh or choose another --workdir"
+        shutil.rmtree(workdir)
+        workdir.mkdir(parents=True)
+    elif any(workdir.iterdir()):
+        return f"{workdir} is not empty and records no inputs; pass --fresh or choose another --workdir", ""
     write_text_atomically(record, json.dumps(wanted, indent=2, sort_keys=True))
-    return ""
+    return "", note
 
 
 def build_data(args: argparse.Namespace, report: Report) -> SequenceDataset:
@@ -533,10 +541,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh:
         shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    mismatch = check_inputs(args.workdir, requested_inputs(args))
+    mismatch, rebuilt = check_inputs(args.workdir, requested_inputs(args))
     if mismatch:
         print(f"quickstart: error: {mismatch}", file=sys.stderr)
         return 2
+    if rebuilt:
+        print(f"quickstart: {rebuilt}")
     report = Report(args.workdir.resolve())
     try:
         dataset = run_step(report, "data", "1/8 data", lambda: build_data(args, report))
