@@ -529,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="torch threads for training (default 1: the models are small, and on a shared 2-core machine "
-        "more threads can be many times slower); searches are timed single-threaded, as mol-index bench",
+        "more threads can be many times slower); searches are timed single-threaded, as in mol-index's "
+        "benchmark",
     )
     args = parser.parse_args(argv)
     if args.data is not None and not args.data.is_file():
