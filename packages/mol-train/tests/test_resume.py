@@ -279,3 +279,18 @@ def test_two_ranks_resume_from_their_own_checkpoints_to_the_uninterrupted_run(tm
         a, b = load_checkpoint(find_checkpoints(folder)[-1]), load_checkpoint(find_checkpoints(other)[-1])
         for name, value in _tensors(a["training"]).items():
             assert torch.equal(value, _tensors(b["training"])[name]), (rank, name)
+
+
+def test_a_checkpoint_of_the_older_format_resumes_with_a_warning(
+    dataset, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    fit(load_config("tiny_cpu", [*FAST, "train.epochs=1"]), dataset, tmp_path, progress=False)
+    (only,) = find_checkpoints(tmp_path / "checkpoints")
+    saved = load_checkpoint(only)
+    save_state(only, {"weights": saved["weights"], "state": saved["state"]})  # weights and counters only
+    with caplog.at_level(logging.WARNING, logger="mol_train.train"):
+        result = fit(
+            load_config("tiny_cpu", [*FAST, "train.epochs=2"]), dataset, tmp_path, resume=True, progress=False
+        )
+    assert result.epochs_run == 2
+    assert "holds weights only" in caplog.text
