@@ -114,6 +114,10 @@ def test_options_of_another_kind_are_refused_by_name(mol_corpus: Callable[..., t
     sim, _, corpus = mol_corpus(0, 100, 2)
     with pytest.raises(ConfigError, match=r"spec 'hnsw' takes the options .*ef_construction.*; got beam"):
         index_factory(sim, torch.arange(100), corpus, "hnsw", beam=4)
+    with pytest.raises(ConfigError, match="'exact' takes no layer"):
+        index_factory(sim, torch.arange(100), corpus, "exact", layer=torch.nn.Linear(2, 2))
+    with pytest.raises(ConfigError, match="'pq' takes no train_queries"):
+        index_factory(sim, torch.arange(100), corpus, "pq", train_queries=mol_corpus(1, 100, 4)[1])
 
 
 def test_search_params_resolve_to_each_algorithms_own_class() -> None:

@@ -86,7 +86,8 @@ def index_factory(
         ``IndexAdaptive``.
 
     Raises:
-        ConfigError: an unknown spec, a missing ``train_queries``, or what the kind's build refuses.
+        ConfigError: an unknown spec, a missing ``train_queries``, a ``layer`` or ``train_queries`` the kind
+            does not take, an option of another kind, or what the kind's build refuses.
         ShapeError: items or ids that do not fit.
 
     Example:
@@ -99,6 +100,12 @@ def index_factory(
             "pq[<subspaces>x<codebook_size>], hierarchical[<b1>x<b2>...] or adaptive"
         )
     kind, text = match.group(1), match.group(2)
+    if layer is not None and kind not in ("pq", "hierarchical"):
+        raise ConfigError(
+            f"index spec {spec!r} takes no layer; a trained layer builds a pq or hierarchical index"
+        )
+    if train_queries is not None and kind != "adaptive":
+        raise ConfigError(f"index spec {spec!r} takes no train_queries; they train an adaptive index")
     if kind == "exact":
         _numbers(spec, text, count=0)
         _check_options(spec, IndexExact.from_items, options)
