@@ -41,3 +41,46 @@ def test_an_error_midway_leaves_the_old_file_and_no_temporary(tmp_path: Path) ->
         interrupted()
     assert target.read_bytes() == b"complete"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_replace_directory_swaps_a_folder_in_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    from mol_core.atomic import replace_directory
+
+    def folder(name: str, content: str) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "file.txt").write_text(content)
+        return path
+
+    target = tmp_path / "target"
+    assert replace_directory(folder("stage1", "first"), target) == target  # no target yet
+    assert (target / "file.txt").read_text() == "first"
+    replace_directory(folder("stage2", "second"), target)  # an existing target is replaced
+    assert (target / "file.txt").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]  # no staging or old folder left
+
+
+def test_replace_directory_puts_the_old_folder_back_when_the_swap_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from mol_core import atomic
+
+    target, staging = tmp_path / "target", tmp_path / "staging"
+    for path, content in ((target, "old"), (staging, "new")):
+        path.mkdir()
+        (path / "file.txt").write_text(content)
+    real_rename = os.rename
+
+    def rename(src: object, dst: object) -> None:
+        if Path(str(src)) == staging:
+            raise OSError("disk full")
+        real_rename(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(atomic.os, "rename", rename)
+    with pytest.raises(OSError, match="disk full"):
+        atomic.replace_directory(staging, target)
+    assert (target / "file.txt").read_text() == "old"
+    assert (staging / "file.txt").read_text() == "new"  # the caller removes it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["staging", "target"]

@@ -43,6 +43,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mol_core.atomic import replace_directory
 from mol_core.errors import ArtifactError
 from mol_core.manifest import (
     INDEX_FORMAT_VERSION,
@@ -187,13 +188,7 @@ def write_artifact(
             save_file(tree, str(tmp / _HIERARCHICAL))
             manifest.files.append(file_entry(tmp / _HIERARCHICAL, tmp, "hierarchical_tree"))
         write_manifest(manifest, tmp / MANIFEST_FILENAME)
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.old")
-            dest.rename(old)
-            tmp.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dest)
+        replace_directory(tmp, dest)
     except BaseException as err:
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import mol_core
+from mol_core.atomic import replace_directory
 from mol_core.bundle import ITEM_TENSORS_FILE, ITEM_VOCABULARY_FILE, QUERY_ENCODER_FILE
 from mol_core.errors import ArtifactError
 from mol_core.manifest import BUNDLE_FORMAT_VERSION, MANIFEST_FILENAME, file_entry, write_manifest
@@ -172,9 +173,7 @@ def export_bundle(
         ):
             manifest.files.append(file_entry(staging / name, staging, role))
         write_manifest(manifest, staging / MANIFEST_FILENAME)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

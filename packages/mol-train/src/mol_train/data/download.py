@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from mol_core.atomic import replace_directory
 from mol_core.errors import ConfigError
 from mol_train.data.errors import DownloadError
 
@@ -185,16 +186,8 @@ def _extract(name: str, url: str, archive: Path, root: Path, target: str, overwr
 
 
 def _replace(source: Path, final: Path, overwrite: bool) -> None:
-    """Renames ``source`` to ``final``, moving an existing ``final`` aside first when overwriting."""
+    """Renames ``source`` to ``final``; an existing ``final`` is replaced only when ``overwrite``."""
     if final.exists() and overwrite:
-        aside = final.with_name(f".{final.name}.old")
-        if aside.is_dir():
-            shutil.rmtree(aside)
-        os.rename(final, aside)
-        os.rename(source, final)
-        if aside.is_dir():
-            shutil.rmtree(aside)
-        else:
-            aside.unlink()
+        replace_directory(source, final)
         return
     os.rename(source, final)

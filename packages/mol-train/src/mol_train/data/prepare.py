@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mol_core.atomic import replace_directory
 from mol_core.errors import ConfigError
 from mol_train.data.dataset import DATASET_FILE, FORMAT_VERSION, MIN_SEQUENCE_LENGTH, SequenceDataset
 from mol_train.data.errors import DataError
@@ -167,25 +168,9 @@ def prepare(
     try:
         dataset.save(staging / DATASET_FILE)
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        _swap_in(staging, target)
+        replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     logger.info("prepared %s: %s", target, info)
     return dataset
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    """Renames ``staging`` to ``target``; an existing ``target`` is moved aside first, removed after."""
-    if not target.exists():
-        os.rename(staging, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-    old.rmdir()
-    os.rename(target, old)
-    try:
-        os.rename(staging, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
