@@ -153,28 +153,8 @@ def load_index(path: str | Path) -> MolIndex:
     return MolIndex.load(path)
 
 
-def build_from_arrays(
-    similarity: Similarity,
-    item_ids: torch.Tensor,
-    items: ItemSide | torch.Tensor,
-    *,
-    stage: str = "torch",
-    nlist: int | None = None,
-    hnsw_m: int = 32,
-    ef_construction: int = 200,
-    exact_mean: bool = True,
-) -> MolIndex:
-    """An ``exact`` or FAISS-stage index from in-memory arrays; the same as :meth:`MolIndex.build`."""
-    return MolIndex.build(
-        similarity,
-        item_ids,
-        items,
-        stage=stage,
-        nlist=nlist,
-        hnsw_m=hnsw_m,
-        ef_construction=ef_construction,
-        exact_mean=exact_mean,
-    )
+#: An ``exact`` or FAISS-stage index from in-memory arrays: the earlier spelling of :meth:`MolIndex.build`.
+build_from_arrays = MolIndex.build
 
 
 def build_from_bundle(
