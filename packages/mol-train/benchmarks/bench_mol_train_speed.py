@@ -14,7 +14,8 @@ weights and the same ML-1M batches (synthetic ones in quick mode or without the 
 - ``batched + fused``: component logits and gating of each block in one compiled function, activations
   kept for backward (mol_core.similarity.gating_grouped);
 - ``... + bf16 gating``: and its MLP in bf16 (on CPUs with native bf16 only);
-- ``per-position + blocked + bf16 gating``: fresh negatives for every position (the reference's sampler).
+- ``per-position + ...``: fresh negatives for every position (the reference's sampler), with the blocked
+  kernel or the fused one that gathers each block's candidates (mol_core.similarity.gating_gathered).
 
 Each round runs one training step (forward, backward, AdamW step) of every variant in turn; the table
 gives min and median seconds per step over the rounds, training sequences per second, and the speed-up of
@@ -89,6 +90,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "batched + fused": {"sampling": PER_SEQUENCE, "kernel": "fused"},
     "batched + fused + bf16 gating": {"sampling": PER_SEQUENCE, "kernel": "fused", "bf16": True},
     "per-position + blocked + bf16 gating": {"sampling": PER_POSITION, "kernel": "blocked", "bf16": True},
+    "per-position + fused + bf16 gating": {"sampling": PER_POSITION, "kernel": "fused", "bf16": True},
 }
 
 
@@ -114,7 +116,9 @@ def _variant(model: mol_train.model.SequentialRecommender, spec: dict[str, Any])
         yield
 
 
-def measure(quick: bool, rounds: int, scale: list[str], workdir: Path) -> dict[str, Any]:
+def measure(
+    quick: bool, rounds: int, scale: list[str], workdir: Path, variants: list[str] | None = None
+) -> dict[str, Any]:
     preset_overrides = (
         [
             "model.num_blocks=1",
@@ -141,6 +145,8 @@ def measure(quick: bool, rounds: int, scale: list[str], workdir: Path) -> dict[s
         for i in range(rounds + 1)
     ]
     names = [n for n, spec in VARIANTS.items() if not spec.get("bf16") or bf16_is_native(torch.device("cpu"))]
+    if variants is not None:
+        names = [n for n in names if n in variants or n == "loop (before)"]
     times: dict[str, list[float]] = {name: [] for name in names}
     generator = torch.Generator().manual_seed(0)
     for round_index, batch in enumerate(batches):
@@ -192,6 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="TABLE.KEY=VALUE",
         help=f"overrides of the MoL preset (default: {' '.join(SCALE)})",
     )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        metavar="NAME",
+        help="run only these variants besides the loop (default: all); names as in the table",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--workdir", type=Path, help="where ML-1M is prepared (default: a temporary folder)")
     parser.add_argument("--output", type=Path, help="write the result as JSON to this path")
@@ -201,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         measured = measure(
-            args.quick, 2 if args.quick else args.rounds, args.scale, args.workdir or Path(tmp)
+            args.quick, 2 if args.quick else args.rounds, args.scale, args.workdir or Path(tmp), args.variants
         )
     result = {
         "benchmark": "mol_train_speed",

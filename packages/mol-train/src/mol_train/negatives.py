@@ -3,8 +3,9 @@
 Three ways to share ``R`` negatives (:class:`~mol_train.config.NegativeSampling`):
 
 - ``per_position``: ``(M, R)`` fresh ids for every (query, positive) pair, as the reference recipe does.
-  The item side runs once over the ``U`` distinct ids of the batch (``torch.unique``) and is gathered
-  into ``(M, R)``, so no item is projected twice; the scoring is one batched matmul over the M queries.
+  The item side runs once over the ``U`` distinct ids of the batch (``torch.unique``), so no item is
+  projected twice, and each position's rows are gathered from it
+  (:meth:`~mol_core.similarity.Similarity.score_gathered`; MoL's fused kernel gathers block by block).
 - ``per_sequence``: ``(B, R)`` ids per sequence, shared by its positions: each sequence is a group of
   :meth:`~mol_core.similarity.Similarity.score_groups` (one batched matmul, or MoL's fused kernel).
 - ``shared``: ``(R,)`` ids for the whole batch: one group.
@@ -106,22 +107,11 @@ def score_negatives(
         if inverse is None:
             raise ValueError("per-position negatives need the (M, R) inverse index from lookup_ids")
         gating = negatives.gating
-        embeddings = _gather_rows(negatives.embeddings[0], inverse)  # (M, R, Px, d)
-        per_position = ItemSide(embeddings, None if gating is None else _gather_rows(gating[0], inverse))
-        return similarity.score_pairs(query, per_position)
+        table = ItemSide(negatives.embeddings[0], None if gating is None else gating[0])  # (U, Px, d)
+        return similarity.score_gathered(query, table, inverse)
     if sampling is NegativeSampling.SHARED:
         return similarity.score_groups(query, negatives, [query.batch_size])  # one group: (1, R, Px, d)
     return similarity.score_groups(query, negatives, mask.sum(dim=1).tolist())  # a group per sequence
-
-
-def _gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``table[index]`` for a ``(U, ...)`` table and an ``(M, R)`` index: ``(M, R, ...)``.
-
-    Through ``index_select``, whose backward (``index_add_``) sums repeated rows in a fixed order; the
-    backward of ``table[index]`` (``index_put_`` with accumulation) adds them in a thread-dependent order
-    on CPU, so a run with several threads would not repeat itself bit for bit.
-    """
-    return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])
 
 
 def _sequence_of_positions(mask: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from torch import nn
 from mol_core._checks import check_positive_int, shape_str
 from mol_core.errors import ShapeError
 
-__all__ = ["DEFAULT_BLOCK_PAIRS", "ItemSide", "QuerySide", "Similarity"]
+__all__ = ["DEFAULT_BLOCK_PAIRS", "ItemSide", "QuerySide", "Similarity", "gather_rows"]
 
 #: (query, item) pairs per block when :meth:`Similarity.score_corpus` picks the block size itself: the
 #: ``(B, block, P)`` logits and the gating MLP's ``(B, block, hidden)`` activations then stay in cache. On
@@ -221,6 +221,27 @@ class Similarity(nn.Module, ABC):
         item_gating = None if items.gating is None else items.gating[group_of_row]  # (M, X, P)
         return self.mix_scores(logits, query_gating, item_gating)
 
+    def score_gathered(self, query: QuerySide, table: ItemSide, index: torch.Tensor) -> torch.Tensor:
+        """Scores each query row against candidates of its own, rows of a table (per-position negatives).
+
+        Args:
+            query: ``M`` query rows.
+            table: ``(U, Px, d)`` item side of the candidates' items (gating ``(U, P)``).
+            index: ``(M, X)`` int64, row ``m``'s candidates as rows of ``table``.
+
+        Returns:
+            ``(M, X)`` float32 scores, as :meth:`score_pairs` gives them for the gathered
+            ``(M, X, Px, d)`` candidates.
+        """
+        self._check_items(table, query.batch_size, corpus_only=True)
+        if index.dim() != 2 or index.shape[0] != query.batch_size:
+            raise ShapeError(f"index must have shape (M={query.batch_size}, X); got {shape_str(index.shape)}")
+        gathered = ItemSide(
+            gather_rows(table.embeddings, index),
+            None if table.gating is None else gather_rows(table.gating, index),
+        )  # (M, X, Px, d)
+        return self.score_pairs(query, gathered)
+
     def score_pairs_with_weights(
         self, query: QuerySide, items: ItemSide
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,3 +314,13 @@ def _gating_features(query: QuerySide, items: ItemSide) -> tuple[torch.Tensor | 
     if item_gating is not None and item_gating.dim() == 2:
         item_gating = item_gating.unsqueeze(0)  # (1, X, P)
     return query_gating, item_gating
+
+
+def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for a ``(U, ...)`` table and an ``(M, X)`` index: ``(M, X, ...)``.
+
+    Through ``index_select``, whose backward (``index_add_``) sums repeated rows in a fixed order; the
+    backward of ``table[index]`` (``index_put_`` with accumulation) adds them in a thread-dependent order
+    on CPU, so a run with several threads would not repeat itself bit for bit.
+    """
+    return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])

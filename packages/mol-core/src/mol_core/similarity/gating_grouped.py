@@ -64,12 +64,21 @@ def _silu_grad(x: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
 
 
 def _component_logits(queries: torch.Tensor, items: torch.Tensor, inv_tau: float) -> torch.Tensor:
-    """``(n, Pq, d)`` x ``(X, Px, d)`` -> ``(n, X, P)`` logits times ``inv_tau``, component ``a * Px + b``."""
+    """``(n, Pq, d)`` x ``(X, Px, d)`` shared or ``(n, X, Px, d)`` per row -> ``(n, X, P)`` logits times
+    ``inv_tau``, component ``a * Px + b``."""
     rows, num_q, dim = queries.shape
-    num_x, num_i, _ = items.shape
-    flat = queries.reshape(rows * num_q, dim) @ items.reshape(num_x * num_i, dim).t()  # (n Pq, X Px)
+    num_x, num_i = items.shape[-3], items.shape[-2]
+    if items.dim() == 4:  # each row its own candidates: one small GEMM per row
+        flat = torch.bmm(queries, items.reshape(rows, num_x * num_i, dim).transpose(1, 2))  # (n, Pq, X Px)
+    else:
+        flat = queries.reshape(rows * num_q, dim) @ items.reshape(num_x * num_i, dim).t()  # (n Pq, X Px)
     logits = flat.view(rows, num_q, num_x, num_i).permute(0, 2, 1, 3)  # (n, X, Pq, Px)
     return logits.reshape(rows, num_x, num_q * num_i) * inv_tau
+
+
+def _row_item_gating(item_gating: torch.Tensor) -> torch.Tensor:
+    """Item gating features broadcastable against ``(n, X, P)``: ``(1, X, P)`` if shared, else as given."""
+    return item_gating if item_gating.dim() == 3 else item_gating.unsqueeze(0)
 
 
 def _block_forward(
@@ -85,11 +94,14 @@ def _block_forward(
     inv_tau: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One block's ``(n, X)`` scores and the activations backward needs: logits ``(n, X, P)`` float32,
-    hidden pre-activations ``(n, X, H)`` in the MLP's dtype, gate logits ``(n, X, P)`` float32."""
+    hidden pre-activations ``(n, X, H)`` in the MLP's dtype, gate logits ``(n, X, P)`` float32.
+
+    ``items`` is ``(X, Px, d)`` with ``item_gating`` ``(X, P)`` (candidates shared by the block's rows), or
+    ``(n, X, Px, d)`` with ``(n, X, P)`` (each row its own)."""
     logits = _component_logits(queries, items, inv_tau)  # (n, X, P)
     hidden_pre = F.linear(logits.to(w1.dtype), w1, b1)  # (n, X, H)
     pair = F.linear(F.silu(hidden_pre), w2, b2)  # (n, X, P)
-    gate_logits = query_gating.unsqueeze(1) * item_gating.unsqueeze(0) + pair.float()  # (n, X, P)
+    gate_logits = query_gating.unsqueeze(1) * _row_item_gating(item_gating) + pair.float()  # (n, X, P)
     gate = F.silu(gate_logits)
     kept = torch.exp(gate - gate.amax(dim=-1, keepdim=True)) * keep  # (n, X, P)
     scores = (kept * logits).sum(dim=-1) / kept.sum(dim=-1).clamp_min(_TINY)  # (n, X)
@@ -111,19 +123,22 @@ def _block_backward(
     grad_scores: torch.Tensor,
     scores: torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
-    """Gradients of one block: queries, query gating, items, item gating (summed over the block's rows),
-    then ``w1, b1, w2, b2`` in float32."""
+    """Gradients of one block: queries, query gating, items, item gating (summed over the block's rows when
+    shared, per row when each row has its own), then ``w1, b1, w2, b2`` in float32."""
     dtype = w1.dtype
     rows, num_q, dim = queries.shape
-    num_x, num_i, _ = items.shape
+    num_x, num_i = items.shape[-3], items.shape[-2]
+    per_row = items.dim() == 4
     sig_z = torch.sigmoid(gate_logits)
     gate = gate_logits * sig_z
     kept = torch.exp(gate - gate.amax(dim=-1, keepdim=True)) * keep
     weights = kept / kept.sum(dim=-1, keepdim=True).clamp_min(_TINY)  # (n, X, P)
     upstream = grad_scores.unsqueeze(-1)  # (n, X, 1)
     grad_gate = upstream * weights * (logits - scores.unsqueeze(-1)) * _silu_grad(gate_logits, sig_z)
-    grad_query_gating = (grad_gate * item_gating.unsqueeze(0)).sum(dim=1)  # (n, P)
-    grad_item_gating = (grad_gate * query_gating.unsqueeze(1)).sum(dim=0)  # (X, P)
+    grad_query_gating = (grad_gate * _row_item_gating(item_gating)).sum(dim=1)  # (n, P)
+    grad_item_gating = grad_gate * query_gating.unsqueeze(1)  # (n, X, P)
+    if not per_row:
+        grad_item_gating = grad_item_gating.sum(dim=0)  # (X, P)
     flat_grad_gate = grad_gate.reshape(-1, grad_gate.shape[-1])  # (n X, P)
     flat_pre = hidden_pre.reshape(-1, hidden_pre.shape[-1]).float()  # (n X, H)
     sig_pre = torch.sigmoid(flat_pre)
@@ -136,10 +151,16 @@ def _block_backward(
     grad_b1 = grad_pre.sum(dim=0)
     grad_logits = (upstream * weights).reshape_as(flat_logits) + (grad_pre.to(dtype) @ w1).float()  # (n X, P)
     grad_flat = (
-        (grad_logits * inv_tau).view(rows, num_x, num_q, num_i).permute(0, 2, 1, 3).reshape(rows * num_q, -1)
-    )  # (n Pq, X Px)
-    grad_queries = (grad_flat @ items.reshape(num_x * num_i, dim)).view(rows, num_q, dim)
-    grad_items = (grad_flat.t() @ queries.reshape(rows * num_q, dim)).view(num_x, num_i, dim)
+        (grad_logits * inv_tau).view(rows, num_x, num_q, num_i).permute(0, 2, 1, 3).reshape(rows, num_q, -1)
+    )  # (n, Pq, X Px)
+    if per_row:
+        row_items = items.reshape(rows, num_x * num_i, dim)  # (n, X Px, d)
+        grad_queries = torch.bmm(grad_flat, row_items)  # (n, Pq, d)
+        grad_items = torch.bmm(grad_flat.transpose(1, 2), queries).view(rows, num_x, num_i, dim)
+    else:
+        grad_flat = grad_flat.reshape(rows * num_q, -1)  # (n Pq, X Px)
+        grad_queries = (grad_flat @ items.reshape(num_x * num_i, dim)).view(rows, num_q, dim)
+        grad_items = (grad_flat.t() @ queries.reshape(rows * num_q, dim)).view(num_x, num_i, dim)
     return (
         grad_queries,
         grad_query_gating,

@@ -261,6 +261,33 @@ class MoLSimilarity(Similarity):
             mlp_dtype=self.gating.mlp_dtype,
         )
 
+    def score_gathered(self, query: QuerySide, table: ItemSide, index: torch.Tensor) -> torch.Tensor:
+        """:meth:`Similarity.score_gathered`; in training with the gating's ``"fused"`` kernel, through
+        :func:`~mol_core.similarity.gating_gathered.mol_scores_gathered` (never gathering the candidates of
+        all rows at once)."""
+        if not (self.training and self.gating.kernel == "fused"):
+            return super().score_gathered(query, table, index)
+        if query.gating is None or table.gating is None:
+            raise ShapeError("MoLSimilarity needs query and item gating features; build both sides with it")
+        self._check_query(query)
+        from mol_core.similarity.gating_gathered import mol_scores_gathered
+
+        mlp = self.gating.logits_mlp
+        return mol_scores_gathered(
+            query.embeddings,
+            query.gating,
+            table.embeddings,
+            table.gating,
+            index,
+            temperature=self.temperature,
+            hidden_weight=mlp.hidden.weight,
+            hidden_bias=mlp.hidden.bias,
+            out_weight=mlp.out.weight,
+            out_bias=mlp.out.bias,
+            dropout=self.gating.dropout,
+            mlp_dtype=self.gating.mlp_dtype,
+        )
+
 
 def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
     """L2-normalises the last dimension in float32 (bf16-safe) and returns the input dtype."""
