@@ -132,7 +132,7 @@ def test_search_params_resolve_to_each_algorithms_own_class() -> None:
     assert SearchParams(algorithm="adaptive", budget=50, rounds=2).resolve() == AdaptiveParams(
         budget=50, rounds=2
     )
-    with pytest.raises(ConfigError, match=r"RailsParams\.algorithm must be one of topk_per_embd"):
+    with pytest.raises(ConfigError, match=r"RailsParams\.algorithm must be one of 'topk_per_embd'"):
         RailsParams(algorithm="exact")
-    with pytest.raises(ConfigError, match=r"HierarchicalParams\.beam must be a positive integer"):
+    with pytest.raises(ConfigError, match=r"HierarchicalParams\.beam must be >= 1"):
         HierarchicalParams(beam=0)

@@ -116,7 +116,7 @@ def test_bad_input_is_a_clear_error(mol_corpus: Callable[..., tuple]) -> None:
         MolIndex.build(sim, torch.arange(60), ItemSide(corpus.embeddings, corpus.gating[:, :3]))
     with pytest.raises(ConfigError, match="unknown stage"):
         MolIndex.build(sim, torch.arange(60), corpus, stage="lsh")
-    with pytest.raises(ConfigError, match="unknown algorithm"):
+    with pytest.raises(ConfigError, match=r"SearchParams\.algorithm must be one of 'exact', .*; got 'bogus'"):
         SearchParams(algorithm="bogus")
     with pytest.raises(ConfigError, match="k_prime"):
         SearchParams(k_prime=0)
@@ -128,7 +128,7 @@ def test_bad_input_is_a_clear_error(mol_corpus: Callable[..., tuple]) -> None:
 
 
 def test_unknown_kernel_is_refused() -> None:
-    with pytest.raises(ConfigError, match="unknown kernel 'cuda'; expected one of auto, torch, triton"):
+    with pytest.raises(ConfigError, match="kernel must be one of 'auto', 'torch', 'triton'; got 'cuda'"):
         SearchParams(kernel="cuda")
 
 

@@ -11,9 +11,9 @@ into the algorithm's own class.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from mol_core.errors import ConfigError
+from mol_core.settings import check_settings, setting
 from mol_index.search.rails import Algorithm
 
 __all__ = [
@@ -34,13 +34,6 @@ KERNELS = ("auto", "torch", "triton")
 RAILS_ALGORITHMS = (Algorithm.TOP_K_PER_EMBD, Algorithm.TOP_K_AVG, Algorithm.COMB_TOP_K)
 
 
-def _positive(owner: str, name: str, value: Any, *, optional: bool) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{owner}.{name} must be a positive integer; got {value!r}")
-
-
 @dataclass(frozen=True, kw_only=True)
 class ExactParams:
     """Exact top-k: a scan of the whole corpus (any index kind).
@@ -53,13 +46,11 @@ class ExactParams:
             fits the kernel, else ``torch``).
     """
 
-    block_size: int | None = None
-    kernel: str = "auto"
+    block_size: int | None = setting(None, minimum=1)
+    kernel: str = setting("auto", choices=KERNELS)
 
     def __post_init__(self) -> None:
-        if self.kernel not in KERNELS:
-            raise ConfigError(f"unknown kernel {self.kernel!r}; expected one of {', '.join(KERNELS)}")
-        _positive("ExactParams", "block_size", self.block_size, optional=True)
+        check_settings(self)
 
     @property
     def algorithm(self) -> Algorithm:
@@ -81,26 +72,16 @@ class RailsParams:
         block_size: items per block of the exact rerank scan.
     """
 
-    algorithm: Algorithm | str = Algorithm.COMB_TOP_K
-    k_prime: int = 64
-    k_prime_avg: int | None = None
+    algorithm: Algorithm | str = setting(Algorithm.COMB_TOP_K, choices=RAILS_ALGORITHMS)
+    k_prime: int = setting(64, minimum=1)
+    k_prime_avg: int | None = setting(None, minimum=1)
     guarantee_exact: bool = False
-    nprobe: int | None = None
-    ef_search: int | None = None
-    block_size: int | None = None
+    nprobe: int | None = setting(None, minimum=1)
+    ef_search: int | None = setting(None, minimum=1)
+    block_size: int | None = setting(None, minimum=1)
 
     def __post_init__(self) -> None:
-        try:
-            algorithm = Algorithm(self.algorithm)
-        except ValueError as err:
-            raise ConfigError(_unknown(self.algorithm)) from err
-        if algorithm not in RAILS_ALGORITHMS:
-            choices = ", ".join(a.value for a in RAILS_ALGORITHMS)
-            raise ConfigError(f"RailsParams.algorithm must be one of {choices}; got {algorithm.value!r}")
-        object.__setattr__(self, "algorithm", algorithm)
-        _positive("RailsParams", "k_prime", self.k_prime, optional=False)
-        for name in ("k_prime_avg", "nprobe", "ef_search", "block_size"):
-            _positive("RailsParams", name, getattr(self, name), optional=True)
+        check_settings(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,11 +95,11 @@ class PQParams:
             ``k`` of their decoded scores (the ranking the model trained on; ``K'`` unused).
     """
 
-    k_prime: int = 64
+    k_prime: int = setting(64, minimum=1)
     rerank: bool | None = None
 
     def __post_init__(self) -> None:
-        _positive("PQParams", "k_prime", self.k_prime, optional=False)
+        check_settings(self)
 
     @property
     def algorithm(self) -> Algorithm:
@@ -134,10 +115,10 @@ class HierarchicalParams:
         beam: clusters kept per level.
     """
 
-    beam: int = 8
+    beam: int = setting(8, minimum=1)
 
     def __post_init__(self) -> None:
-        _positive("HierarchicalParams", "beam", self.beam, optional=False)
+        check_settings(self)
 
     @property
     def algorithm(self) -> Algorithm:
@@ -154,12 +135,11 @@ class AdaptiveParams:
         rounds: retrieve-score-refit rounds (at most ``budget``).
     """
 
-    budget: int | None = None
-    rounds: int = 5
+    budget: int | None = setting(None, minimum=1)
+    rounds: int = setting(5, minimum=1)
 
     def __post_init__(self) -> None:
-        _positive("AdaptiveParams", "budget", self.budget, optional=True)
-        _positive("AdaptiveParams", "rounds", self.rounds, optional=False)
+        check_settings(self)
         if self.budget is not None and self.budget < self.rounds:
             raise ConfigError(
                 f"budget {self.budget} is below one scorer call per round ({self.rounds} rounds); "
@@ -173,11 +153,6 @@ class AdaptiveParams:
 
 
 AlgorithmParams = ExactParams | RailsParams | PQParams | HierarchicalParams | AdaptiveParams
-
-
-def _unknown(algorithm: object) -> str:
-    choices = ", ".join(a.value for a in Algorithm)
-    return f"unknown algorithm {algorithm!r}; expected one of {choices}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,29 +173,20 @@ class SearchParams:
     """
 
     algorithm: Algorithm | str = Algorithm.COMB_TOP_K
-    k_prime: int = 64
-    k_prime_avg: int | None = None
+    k_prime: int = setting(64, minimum=1)
+    k_prime_avg: int | None = setting(None, minimum=1)
     guarantee_exact: bool = False
-    nprobe: int | None = None
-    ef_search: int | None = None
-    block_size: int | None = None
-    budget: int | None = None
-    rounds: int = 5
-    kernel: str = "auto"
-    beam: int = 8
+    nprobe: int | None = setting(None, minimum=1)
+    ef_search: int | None = setting(None, minimum=1)
+    block_size: int | None = setting(None, minimum=1)
+    budget: int | None = setting(None, minimum=1)
+    rounds: int = setting(5, minimum=1)
+    kernel: str = setting("auto", choices=KERNELS)
+    beam: int = setting(8, minimum=1)
     rerank: bool | None = None
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "algorithm", Algorithm(self.algorithm))
-        except ValueError as err:
-            raise ConfigError(_unknown(self.algorithm)) from err
-        if self.kernel not in KERNELS:
-            raise ConfigError(f"unknown kernel {self.kernel!r}; expected one of {', '.join(KERNELS)}")
-        for name in ("k_prime", "rounds", "beam"):
-            _positive("SearchParams", name, getattr(self, name), optional=False)
-        for name in ("k_prime_avg", "nprobe", "ef_search", "block_size", "budget"):
-            _positive("SearchParams", name, getattr(self, name), optional=True)
+        check_settings(self)
         self.resolve()  # the algorithm's own checks, now rather than at search time
 
     def resolve(self) -> AlgorithmParams:

@@ -18,13 +18,13 @@ Relative paths in a file are resolved against the file's directory.
 from __future__ import annotations
 
 import ipaddress
-import re
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from mol_core.errors import ConfigError
+from mol_core.settings import check_settings, setting
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -99,54 +99,37 @@ class ServeConfig:
     """
 
     host: str = "127.0.0.1"
-    port: int = 0
-    metrics_port: int | None = None
+    port: int = setting(0, minimum=0, maximum=65535)
+    metrics_port: int | None = setting(None, minimum=0, maximum=65535)
     metrics_host: str | None = None
     metrics_token: str | None = None
     bundle: Path | None = None
     indexes: dict[str, Path] = field(default_factory=dict)
     default_alias: str | None = None
-    max_batch: int = 64
-    max_wait_ms: float = 2.0
+    max_batch: int = setting(64, minimum=1)
+    max_wait_ms: float = setting(2.0, minimum=0)
     fixed_wait: bool = False
-    max_concurrent: int = 256
-    max_top_k: int = 1000
-    max_queries: int = 1024
-    max_message_bytes: int = 16 * 1024 * 1024
-    default_algorithm: str = "exact"
-    default_k_prime: int = 64
+    max_concurrent: int = setting(256, minimum=1)
+    max_top_k: int = setting(1000, minimum=1)
+    max_queries: int = setting(1024, minimum=1)
+    max_message_bytes: int = setting(16 * 1024 * 1024, minimum=1024)
+    default_algorithm: str = setting("exact", choices=ALGORITHMS)
+    default_k_prime: int = setting(64, minimum=1)
     token: str | None = None
     admin_token: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     insecure: bool = False
-    torch_threads: int | None = None
-    device: str = "auto"
-    kernel: str = "auto"
-    shutdown_grace_s: float = 5.0
+    torch_threads: int | None = setting(None, minimum=1)
+    device: str = setting(
+        "auto", choices=("auto", "cpu", "cuda"), pattern=r"cuda:\d+", expected="auto, cpu, cuda or cuda:N"
+    )
+    kernel: str = setting("auto", choices=KERNELS)
+    shutdown_grace_s: float = setting(5.0, minimum=0)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_concurrent", "max_top_k", "max_queries", "default_k_prime"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer; got {value!r}")
-        if not 0 <= self.port <= 65535 or (
-            self.metrics_port is not None and not 0 <= self.metrics_port <= 65535
-        ):
-            raise ConfigError(f"ports must be in [0, 65535]; got {self.port} / {self.metrics_port}")
-        if self.max_wait_ms < 0 or self.shutdown_grace_s < 0:
-            raise ConfigError("max_wait_ms and shutdown_grace_s must be >= 0")
-        if self.max_message_bytes < 1024:
-            raise ConfigError(f"max_message_bytes must be >= 1024; got {self.max_message_bytes}")
-        if self.default_algorithm not in ALGORITHMS:
-            raise ConfigError(
-                f"default_algorithm must be one of {', '.join(ALGORITHMS)}; got {self.default_algorithm!r}"
-            )
-        if self.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", self.device):
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
-        if self.kernel not in KERNELS:
-            raise ConfigError(f"kernel must be one of {', '.join(KERNELS)}; got {self.kernel!r}")
+        check_settings(self, prefix="")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both tls_cert and tls_key (PEM files); got only one")
         if self.tls_client_ca is not None and self.tls_cert is None:

@@ -9,17 +9,15 @@ or key is an error that lists the valid ones.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import sys
-import types
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from mol_core.errors import ConfigError
+from mol_core.settings import check_settings, setting, settings_from_mapping
 from mol_core.similarity.gating import SCORE_KERNELS
 
 if sys.version_info >= (3, 11):
@@ -78,7 +76,10 @@ class DataConfig:
     """Where the prepared data set lives and how sequences are cut."""
 
     path: str = ""  # a prepared data directory (mol-train data prepare), or "synthetic"
-    max_len: int = 200  # most recent items kept per user (200 MovieLens, 50 Books)
+    max_len: int = setting(200, minimum=1)  # most recent items kept per user (200 MovieLens, 50 Books)
+
+    def __post_init__(self) -> None:
+        check_settings(self, prefix="data")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,13 +87,16 @@ class ModelConfig:
     """The sequence encoder and the item embedding table."""
 
     encoder: EncoderKind = EncoderKind.HSTU
-    item_dim: int = 50  # D: item embedding width = encoder width
-    num_blocks: int = 8
-    num_heads: int = 2
-    attention_dim: int = 25  # per-head width of Q and K (HSTU)
-    linear_dim: int = 25  # per-head width of V and U (HSTU)
-    dropout: float = 0.2
-    user_buckets: int = 0  # rows of the hashed user-id table; 0 = no user-id embedding
+    item_dim: int = setting(50, minimum=1)  # D: item embedding width = encoder width
+    num_blocks: int = setting(8, minimum=1)
+    num_heads: int = setting(2, minimum=1)
+    attention_dim: int = setting(25, minimum=1)  # per-head width of Q and K (HSTU)
+    linear_dim: int = setting(25, minimum=1)  # per-head width of V and U (HSTU)
+    dropout: float = setting(0.2, minimum=0, below=1)
+    user_buckets: int = setting(0, minimum=0)  # rows of the hashed user-id table; 0 = no user-id embedding
+
+    def __post_init__(self) -> None:
+        check_settings(self, prefix="model")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,50 +104,66 @@ class SimilaritySettings:
     """The similarity head (mol_core.DotProductSimilarity or mol_core.MoLSimilarity)."""
 
     kind: SimilarityKind = SimilarityKind.MOL
-    query_components: int = 8  # Pq, including user-id components
-    item_components: int = 4  # Px
-    component_dim: int = 64  # d
-    temperature: float = 0.05
-    gating_hidden_dim: int = 128
-    gating_dropout: float = 0.2
-    user_components: int = 0  # how many of Pq come from the hashed user id (needs model.user_buckets > 0)
-    user_dropout: float = 0.0
+    query_components: int = setting(8, minimum=1)  # Pq, including user-id components
+    item_components: int = setting(4, minimum=1)  # Px
+    component_dim: int = setting(64, minimum=1)  # d
+    temperature: float = setting(0.05, above=0)
+    gating_hidden_dim: int = setting(128, minimum=1)
+    gating_dropout: float = setting(0.2, minimum=0, below=1)
+    # how many of Pq come from the hashed user id (needs model.user_buckets > 0)
+    user_components: int = setting(0, minimum=0)
+    user_dropout: float = setting(0.0, minimum=0, below=1)
     l2_normalize: bool = True  # dot product only: cosine / temperature
     # MoL only, the reference recipe's elements (docs/mol-train-models.md, "The MoL head"):
     query_layer_norm: bool = False  # LayerNorm (no affine) on the encoder output before the query side
-    query_hidden_dim: int = 0  # SwiGLU hidden width of the query projection; 0 = one linear map
-    item_dropout: float = 0.0  # dropout on item embeddings before the item projection
+    query_hidden_dim: int = setting(0, minimum=0)  # SwiGLU hidden width of the query projection; 0 = linear
+    item_dropout: float = setting(0.0, minimum=0, below=1)  # dropout on item embeddings before the projection
     user_direct: bool = False  # the user-id embedding (width Pu * d) is the user component, no projection
-    init: str = "torch"  # "torch" (PyTorch defaults) | "xavier" (Xavier-normal weights, zero biases)
+    # "torch" (PyTorch defaults) | "xavier" (Xavier-normal weights, zero biases)
+    init: str = setting("torch", choices=("torch", "xavier"))
+
+    def __post_init__(self) -> None:
+        check_settings(self, prefix="similarity")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainSettings:
     """The optimisation recipe."""
 
-    epochs: int = 100
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0  # decoupled (AdamW) weight decay of every parameter, tables included
-    adam_beta2: float = 0.999  # AdamW's second-moment decay (the reference recipe uses 0.98)
+    epochs: int = setting(100, minimum=1)
+    batch_size: int = setting(128, minimum=1)
+    learning_rate: float = setting(1e-3, above=0)
+    # decoupled (AdamW) weight decay of every parameter, tables included
+    weight_decay: float = setting(0.0, minimum=0)
+    # AdamW's second-moment decay (the reference recipe uses 0.98)
+    adam_beta2: float = setting(0.999, minimum=0, below=1)
     loss: LossKind = LossKind.SAMPLED
-    num_negatives: int = 128
+    num_negatives: int = setting(128, minimum=1)
     negatives: NegativeSampling = NegativeSampling.PER_SEQUENCE
     shared_negatives: bool = False  # older spelling of negatives = "shared"; true overrides negatives
     mi_weight: float = 0.001  # MI load-balancing loss weight (MoL only)
-    user_l2_weight: float = 0.0  # weight of the mean squared norm of the user-id embeddings (MoL only)
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    eval_every: int = 1  # epochs between validation runs
-    early_stopping_patience: int = 10  # validation runs without NDCG@10 improvement before stopping; 0 = off
+    # weight of the mean squared norm of the user-id embeddings (MoL only)
+    user_l2_weight: float = setting(0.0, minimum=0)
+    grad_clip: float = setting(1.0, minimum=0)  # max global gradient norm; 0 disables clipping
+    eval_every: int = setting(1, minimum=1)  # epochs between validation runs
+    # validation runs without NDCG@10 improvement before stopping; 0 = off
+    early_stopping_patience: int = setting(10, minimum=0)
     bf16: bool = True  # bf16 autocast on GPU (ignored on CPU)
     gating_bf16: bool = False  # MoL: the pair-wise gating MLP in bf16 (CPU with native bf16, or GPU)
-    gating_kernel: str = "eager"  # MoL training: "eager" | "compiled" | "blocked" | "fused"
+    # MoL training: "eager" | "compiled" | "blocked" | "fused"
+    gating_kernel: str = setting("eager", choices=SCORE_KERNELS)
     seed: int = 42
-    max_steps_per_epoch: int = 0  # 0 = a full pass over the training users
-    time_budget_seconds: float = 0.0  # stop after the epoch that crosses this much training time; 0 = none
-    sharding: str = "data_parallel"  # "data_parallel" | "row_wise" | "table_wise" (mol_train.distributed)
-    table_optimizer: str = "adam"  # "adam" | "rowwise_adagrad" | "adagrad" | "sgd"; fused Adam needs CUDA
-    table_learning_rate: float = 0.0  # 0 = the same as learning_rate
+    max_steps_per_epoch: int = setting(0, minimum=0)  # 0 = a full pass over the training users
+    # stop after the epoch that crosses this much training time; 0 = none
+    time_budget_seconds: float = setting(0.0, minimum=0)
+    # "data_parallel" | "row_wise" | "table_wise" (mol_train.distributed)
+    sharding: str = setting("data_parallel", choices=("data_parallel", "row_wise", "table_wise"))
+    # "adam" | "rowwise_adagrad" | "adagrad" | "sgd"; fused Adam needs CUDA
+    table_optimizer: str = setting("adam", choices=("adam", "rowwise_adagrad", "adagrad", "sgd"))
+    table_learning_rate: float = setting(0.0, minimum=0)  # 0 = the same as learning_rate
+
+    def __post_init__(self) -> None:
+        check_settings(self, prefix="train")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,9 +176,10 @@ class IndexSettings:
     ``mol-index build --kind pq|hierarchical --bundle`` writes the index without another k-means pass.
     """
 
-    kind: str = "none"  # "none" | "pq" (Poeem) | "hierarchical" (HSNN)
-    warmup_steps: int = 100  # optimizer steps before the layer is warm-started and switched on
-    weight: float = 1.0  # weight of the layer's own loss in the training loss
+    kind: str = setting("none", choices=("none", "pq", "hierarchical"))  # "pq" Poeem, "hierarchical" HSNN
+    # optimizer steps before the layer is warm-started and switched on
+    warmup_steps: int = setting(100, minimum=0)
+    weight: float = setting(1.0, minimum=0)  # weight of the layer's own loss in the training loss
     # pq: an item component embedding is stored as a coarse id + `subspaces` codes of `codebook_size`
     coarse: int = 1
     subspaces: int = 8
@@ -171,6 +192,9 @@ class IndexSettings:
     routing_weight: float = 1.0
     clustering_weight: float = 1.0
     assignment_temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_settings(self, prefix="index")
 
     def layer_options(self) -> dict[str, Any]:
         """The constructor arguments of the layer ``kind`` names."""
@@ -202,68 +226,11 @@ class TrainConfig:
     index: IndexSettings = field(default_factory=IndexSettings)
 
     def validate(self) -> TrainConfig:
-        """Checks cross-field consistency; returns self. Raises ConfigError naming the fields."""
-        positive = {
-            "data.max_len": self.data.max_len,
-            "model.item_dim": self.model.item_dim,
-            "model.num_blocks": self.model.num_blocks,
-            "model.num_heads": self.model.num_heads,
-            "model.attention_dim": self.model.attention_dim,
-            "model.linear_dim": self.model.linear_dim,
-            "similarity.query_components": self.similarity.query_components,
-            "similarity.item_components": self.similarity.item_components,
-            "similarity.component_dim": self.similarity.component_dim,
-            "train.epochs": self.train.epochs,
-            "train.batch_size": self.train.batch_size,
-            "train.num_negatives": self.train.num_negatives,
-            "train.eval_every": self.train.eval_every,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{name} must be >= 1; got {value}")
-        if not 0.0 <= self.model.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1); got {self.model.dropout}")
-        if self.train.learning_rate <= 0:
-            raise ConfigError(f"train.learning_rate must be > 0; got {self.train.learning_rate}")
+        """Checks the rules between fields (each field checks its own type and range when its table is
+        built); returns self. Raises ConfigError naming the fields."""
         if self.similarity.user_components > 0 and self.model.user_buckets < 1:
             raise ConfigError(
                 "similarity.user_components > 0 needs a user-id table: set model.user_buckets >= 1"
-            )
-        if self.train.sharding not in ("data_parallel", "row_wise", "table_wise"):
-            raise ConfigError(
-                "train.sharding must be 'data_parallel', 'row_wise' or 'table_wise'; "
-                f"got {self.train.sharding!r}"
-            )
-        if self.train.table_optimizer not in ("adam", "rowwise_adagrad", "adagrad", "sgd"):
-            raise ConfigError(
-                "train.table_optimizer must be 'adam', 'rowwise_adagrad', 'adagrad' or 'sgd'; "
-                f"got {self.train.table_optimizer!r}"
-            )
-        sim = self.similarity
-        for name, fraction in (
-            ("similarity.item_dropout", sim.item_dropout),
-            ("similarity.user_dropout", sim.user_dropout),
-            ("similarity.gating_dropout", sim.gating_dropout),
-        ):
-            if not 0.0 <= fraction < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1); got {fraction}")
-        if sim.query_hidden_dim < 0:
-            raise ConfigError(
-                f"similarity.query_hidden_dim must be >= 0 (0 = linear); got {sim.query_hidden_dim}"
-            )
-        if sim.init not in ("torch", "xavier"):
-            raise ConfigError(f"similarity.init must be 'torch' or 'xavier'; got {sim.init!r}")
-        if self.train.gating_kernel not in SCORE_KERNELS:
-            raise ConfigError(
-                f"train.gating_kernel must be one of {', '.join(map(repr, SCORE_KERNELS))}; "
-                f"got {self.train.gating_kernel!r}"
-            )
-        if not 0.0 <= self.train.adam_beta2 < 1.0:
-            raise ConfigError(f"train.adam_beta2 must be in [0, 1); got {self.train.adam_beta2}")
-        if self.train.weight_decay < 0 or self.train.user_l2_weight < 0:
-            raise ConfigError(
-                "train.weight_decay and train.user_l2_weight must be >= 0; "
-                f"got {self.train.weight_decay}, {self.train.user_l2_weight}"
             )
         if self.similarity.kind is SimilarityKind.DOT and self.similarity.user_components > 0:
             raise ConfigError("similarity.user_components is only supported with similarity.kind = 'mol'")
@@ -283,14 +250,8 @@ class TrainConfig:
 
     def _validate_index(self) -> None:
         index = self.index
-        if index.kind not in ("none", "pq", "hierarchical"):
-            raise ConfigError(f"index.kind must be 'none', 'pq' or 'hierarchical'; got {index.kind!r}")
         if index.kind == "none":
             return
-        if index.warmup_steps < 0 or index.weight < 0:
-            raise ConfigError(
-                f"index.warmup_steps and index.weight must be >= 0; got {index.warmup_steps}, {index.weight}"
-            )
         width = (
             self.model.item_dim
             if self.similarity.kind is SimilarityKind.DOT
@@ -390,44 +351,7 @@ def _build(raw: dict[str, Any], origin: str) -> TrainConfig:
             f"{origin}: unknown table(s) {sorted(unknown_tables)}; valid tables: {sorted(_TABLES)}"
         )
     parts = {
-        name: _build_table(cls, raw.get(name, {}), f"{origin} [{name}]") for name, cls in _TABLES.items()
+        name: settings_from_mapping(cls, raw.get(name, {}), f"{origin} [{name}]")
+        for name, cls in _TABLES.items()
     }
     return TrainConfig(**parts)
-
-
-def _build_table(cls: type[Any], values: dict[str, Any], where: str) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where} must be a table of key = value pairs")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(values) - set(fields)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    return cls(**{name: _coerce(hints[name], value, f"{where} {name}") for name, value in values.items()})
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    if typing.get_origin(hint) is tuple:
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
-        ):
-            raise ConfigError(f"{where} must be a list of integers; got {value!r}")
-        return tuple(value)
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        try:
-            return hint(value)
-        except ValueError:
-            choices = ", ".join(repr(m.value) for m in hint)
-            raise ConfigError(f"{where} must be one of {choices}; got {value!r}") from None
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    expected = hint if isinstance(hint, type) else None
-    if isinstance(hint, types.UnionType):
-        expected = None
-    if expected is not None and (
-        not isinstance(value, expected) or (expected is int and isinstance(value, bool))
-    ):
-        raise ConfigError(f"{where} must be of type {expected.__name__}; got {value!r}")
-    return value
