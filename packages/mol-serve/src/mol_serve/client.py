@@ -174,6 +174,15 @@ class RetrievalClient(_Base):
         root_cert: PEM CA to verify a TLS server (enables TLS); ``client_cert`` / ``client_key`` for mTLS.
         server_name: TLS name override (e.g. the certificate's host name when dialing an IP).
         max_message_bytes: the channel's message size limit.
+
+    Raises (from each call): the :mod:`mol_serve.errors` class of the gRPC status (``InvalidRequest``,
+    ``NotFound``, ``Unauthenticated``, ``Overloaded``, ``DeadlineExceeded``, ``Unavailable``, ...).
+
+    Example::
+
+        with RetrievalClient("127.0.0.1:50051", token="s3cret") as client:
+            result = client.retrieve(histories=[[12, 7, 301]], top_k=10, exclude_history=True)
+            result.ids[0], result.scores[0]
     """
 
     def __init__(

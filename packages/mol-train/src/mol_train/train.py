@@ -107,6 +107,12 @@ def fit(
     Raises:
         ConfigError: an inconsistent configuration or a data set with too few users to train.
         ArtifactError: on resume, no checkpoint intact on every rank.
+
+    Example::
+
+        config = load_config("tiny_cpu", ["train.epochs=2"])
+        result = fit(config, make_synthetic(num_users=300, num_items=200), "runs/tiny")
+        result.test["ndcg@10"], result.best_epoch
     """
     config.validate()
     if config.data.max_len > dataset.max_len:

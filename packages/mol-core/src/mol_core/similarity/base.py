@@ -31,9 +31,8 @@ from mol_core.errors import ShapeError
 __all__ = ["DEFAULT_BLOCK_PAIRS", "ItemSide", "QuerySide", "Similarity", "gather_rows"]
 
 #: (query, item) pairs per block when :meth:`Similarity.score_corpus` picks the block size itself: the
-#: ``(B, block, P)`` logits and the gating MLP's ``(B, block, hidden)`` activations then stay in cache. On
-#: 2 CPU cores 4,096 pairs was about the fastest of 1,024 to 32,768 (the block sweep of
-#: packages/mol-core/benchmarks/bench_mol_scoring.py, recorded in docs/benchmarks.md).
+#: ``(B, block, P)`` logits and the gating MLP's ``(B, block, hidden)`` activations then stay in cache
+#: (chosen by the block sweep of packages/mol-core/benchmarks/bench_mol_scoring.py; docs/benchmarks.md).
 DEFAULT_BLOCK_PAIRS = 4096
 
 
