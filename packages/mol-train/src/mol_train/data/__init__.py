@@ -23,6 +23,7 @@ from mol_train.data.batching import (
     train_batch,
     train_rows,
 )
+from mol_train.data.beir import BeirDataset, load_beir
 from mol_train.data.dataset import DATASET_FILE, FORMAT_VERSION, MIN_SEQUENCE_LENGTH, SequenceDataset
 from mol_train.data.download import DATASETS, PublicDataset, download
 from mol_train.data.errors import DataError, DataFormatError, DownloadError
@@ -50,6 +51,7 @@ __all__ = [
     "FORMAT_VERSION",
     "INFO_FILE",
     "MIN_SEQUENCE_LENGTH",
+    "BeirDataset",
     "DataError",
     "DataFormatError",
     "DownloadError",
@@ -66,6 +68,7 @@ __all__ = [
     "iter_train_batches",
     "k_core_filter",
     "load_amazon_ratings",
+    "load_beir",
     "load_interactions",
     "load_movielens_100k",
     "load_movielens_csv",
