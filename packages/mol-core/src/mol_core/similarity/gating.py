@@ -142,8 +142,9 @@ class GluSiluGating(nn.Module):
                 of rows that stay in cache, activations recomputed in backward) or ``"fused"``: grouped
                 scoring (:meth:`MoLSimilarity.score_groups`, per-sequence and shared negatives) computes the
                 component logits and the gated mixture in one compiled function per block
-                (:mod:`~mol_core.similarity.gating_grouped`), and :meth:`scores` (per-row candidates) runs
-                ``"blocked"``.
+                (:mod:`~mol_core.similarity.gating_grouped`), as does per-position scoring
+                (:meth:`MoLSimilarity.score_gathered`, :mod:`~mol_core.similarity.gating_gathered`);
+                :meth:`scores` itself runs ``"blocked"``.
             mlp_dtype: see :func:`glu_silu_scores`; ``None`` keeps the parameters' dtype.
 
         In eval mode :meth:`scores` always runs eagerly in the parameters' dtype, so evaluation does not
