@@ -188,7 +188,12 @@ def test_update_ranks_reset_and_empty_batches() -> None:
 def test_all_names_are_exported() -> None:
     for name in mol_core.metrics.__all__:
         assert hasattr(mol_core.metrics, name)
-    assert set(mol_core.metrics.__all__) == {"RankingMetrics", "TargetRankAccumulator", "target_ranks"}
+    assert set(mol_core.metrics.__all__) == {
+        "RankingMetrics",
+        "TargetRankAccumulator",
+        "relevance_metrics",
+        "target_ranks",
+    }
 
 
 SCORES = torch.zeros(2, 4)
