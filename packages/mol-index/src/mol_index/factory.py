@@ -147,8 +147,17 @@ def index_factory(
 def load_index(path: str | Path) -> MolIndex:
     """Loads any index artifact as its kind's class (the same as :meth:`MolIndex.load`).
 
+    Returns:
+        an :class:`IndexExact`, :class:`IndexFaiss`, :class:`IndexPQ`, :class:`IndexHierarchical` or
+        :class:`IndexAdaptive`, as the artifact's kind says.
+
     Raises:
         ArtifactError: missing, corrupt, or of another format version or kind.
+
+    Example::
+
+        index = load_index("indexes/prod")
+        scores, ids = index.search(query_side, k=10)
     """
     return MolIndex.load(path)
 
@@ -175,6 +184,13 @@ def build_from_bundle(
     Raises:
         ArtifactError: the bundle is missing, corrupt or of another format version.
         ConfigError: the vocabulary holds ids that are not integers.
+
+    Returns:
+        an :class:`IndexExact` (``stage="torch"``) or :class:`IndexFaiss`.
+
+    Example::
+
+        build_from_bundle("bundles/ml1m", stage="hnsw").save("indexes/ml1m-hnsw")
     """
     from mol_core.bundle import load_bundle
 
@@ -206,7 +222,11 @@ def build_pq(
     codebook_size: int = 256,
     iterations: int = 20,
 ) -> IndexPQ:
-    """A ``pq`` index over the items and similarity of ``index``: :meth:`IndexPQ.from_index`."""
+    """A ``pq`` index over the items and similarity of ``index``: :meth:`IndexPQ.from_index`.
+
+    Returns and raises as :meth:`IndexPQ.from_index` (which documents its arguments); the earlier
+    spelling of ``index_factory(..., "pq...")`` for an index already built.
+    """
     return IndexPQ.from_index(
         index,
         layer=layer,
@@ -225,7 +245,11 @@ def build_hierarchical(
     iterations: int = 20,
     seed: int = 0,
 ) -> IndexHierarchical:
-    """A ``hierarchical`` index over the items of ``index``: :meth:`IndexHierarchical.from_index`."""
+    """A ``hierarchical`` index over the items of ``index``: :meth:`IndexHierarchical.from_index`.
+
+    Returns and raises as :meth:`IndexHierarchical.from_index` (which documents its arguments); the earlier
+    spelling of ``index_factory(..., "hierarchical...")`` for an index already built.
+    """
     return IndexHierarchical.from_index(
         index, layer=layer, branching=branching, iterations=iterations, seed=seed
     )
@@ -239,5 +263,9 @@ def build_adaptive(
     reg: float = 1000.0,
     iterations: int = 10,
 ) -> IndexAdaptive:
-    """An ``adaptive`` index over the items and similarity of ``index``: :meth:`IndexAdaptive.from_index`."""
+    """An ``adaptive`` index over the items and similarity of ``index``: :meth:`IndexAdaptive.from_index`.
+
+    Returns and raises as :meth:`IndexAdaptive.from_index` (which documents its arguments); the earlier
+    spelling of ``index_factory(..., "adaptive...")`` for an index already built.
+    """
     return IndexAdaptive.from_index(index, train_queries, per_query=per_query, reg=reg, iterations=iterations)

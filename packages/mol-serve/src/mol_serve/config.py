@@ -61,6 +61,13 @@ _PATH_KEYS = (
 class ServeConfig:
     """How a server is started (see docs/mol-serve.md, "Configuration").
 
+    Every field is checked when the object is built (:mod:`mol_core.settings`); a wrong value raises
+    ``ConfigError`` naming the field, e.g. ``max_batch must be >= 1; got 0``.
+
+    Example::
+
+        ServeConfig(port=50051, bundle=Path("bundles/ml1m"), indexes={"prod": Path("indexes/prod")})
+
     Attributes:
         host: listen address; anything but loopback needs a token (or ``insecure``).
         port: gRPC port; 0 picks a free one (returned by ``create_server``).
@@ -190,8 +197,15 @@ def load_config(path: str | Path, **overrides: Any) -> ServeConfig:
     ``token_file`` / ``admin_token_file`` / ``metrics_token_file`` keys read the token from a file
     (stripped).
 
+    Returns:
+        the configuration; relative paths in the file are resolved against the file's folder.
+
     Raises:
         ConfigError: unreadable file, unknown keys or invalid values.
+
+    Example::
+
+        config = load_config("serve.toml", port=50052)  # a flag overrides the file
     """
     file = Path(path)
     try:

@@ -284,7 +284,8 @@ _TABLES: dict[str, type[Any]] = {
 
 
 def list_presets() -> list[str]:
-    """Names of the presets shipped with mol-train."""
+    """Names of the presets shipped with mol-train (the file stems of ``mol_train/configs/*.toml``), sorted,
+    e.g. ``["ml1m_hstu_large_dot", "ml1m_hstu_large_mol", ..., "tiny_cpu"]``."""
     folder = resources.files("mol_train") / "configs"
     return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
 
@@ -297,9 +298,17 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> Train
         overrides: e.g. ``["train.epochs=3", "data.path=prepared/ml-1m"]``; values are parsed as TOML
             (bare words become strings).
 
+    Returns:
+        the validated configuration.
+
     Raises:
         ConfigError: unknown preset, table or key (the message lists the valid ones), a value of the
             wrong type, or an inconsistent configuration.
+
+    Example::
+
+        config = load_config("ml1m_hstu_large_mol", ["model.num_blocks=2", "data.max_len=50"])
+        config.similarity.query_components  # 8
     """
     path = Path(source)
     if path.suffix == ".toml" or path.exists():
@@ -325,6 +334,9 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> Train
 
 def config_from_dict(raw: dict[str, Any], origin: str = "config") -> TrainConfig:
     """Builds and validates a config from ``{"table": {"key": value}}`` (e.g. a run's config.json).
+
+    Returns:
+        the configuration; missing keys take their defaults.
 
     Raises:
         ConfigError: as :func:`load_config`; ``origin`` names the source in messages.

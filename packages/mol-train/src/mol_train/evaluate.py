@@ -42,6 +42,14 @@ def evaluate_encoder(
 
     Returns:
         ``{"hr@1": ..., "ndcg@10": ..., "mrr": ..., "count": U}`` over all users (all processes).
+
+    Raises:
+        ConfigError: an unknown split, or ``max_len`` < 1.
+
+    Example::
+
+        config, encoder = mol_train.train.restore_encoder("runs/ml1m", dataset.num_items)
+        evaluate_encoder(encoder, dataset, "test", max_len=config.data.max_len)["ndcg@10"]
     """
     device = device or torch.device("cpu")
     was_training = encoder.training
@@ -74,7 +82,18 @@ def evaluate(
     batch_size: int = 256,
     device: torch.device | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Evaluates ``model`` (possibly sharded: gathering its tables is collective) on each split."""
+    """Evaluates ``model`` (possibly sharded: gathering its tables is collective) on each split.
+
+    Returns:
+        ``{split: metrics}``, the metrics of :func:`evaluate_encoder` for each of ``splits``.
+
+    Raises:
+        ConfigError: an unknown split.
+
+    Example::
+
+        evaluate(model, dataset, ("valid", "test"))["test"]["hr@10"]
+    """
     encoder = model.query_encoder()
     return {
         split: evaluate_encoder(encoder, dataset, split, batch_size=batch_size, device=device)

@@ -93,6 +93,12 @@ def export_bundle(
     Raises:
         ArtifactError: the destination exists (without ``overwrite``), the vocabulary does not match the
             item table, or the model's index layer was never warm-started (warmup_steps not reached).
+
+    Example::
+
+        config, encoder = mol_train.train.restore_encoder("runs/ml1m", dataset.num_items)
+        export_bundle(encoder, list(dataset.item_vocab), "bundles/ml1m", max_len=config.data.max_len,
+                      use_timestamps=dataset.timestamps is not None, architecture="hstu")
     """
     target = Path(destination)
     if target.exists() and not overwrite:

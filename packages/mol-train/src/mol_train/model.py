@@ -355,7 +355,24 @@ def build_model(
     item_log_q: torch.Tensor | None = None,
     device: torch.device | None = None,
 ) -> SequentialRecommender:
-    """The whole model for ``num_items`` items (ids ``1..N``) as a config describes it."""
+    """The whole model for ``num_items`` items (ids ``1..N``) as a config describes it.
+
+    Args:
+        config: a validated configuration.
+        num_items: N.
+        item_log_q: ``(N + 1,)`` log sampling probabilities for the in-batch loss's logQ correction.
+        device: where the tables are created (``None``: the CPU).
+
+    Returns:
+        the model, in training mode.
+
+    Raises:
+        ConfigError: an index layer is asked for and mol-index is missing, or its options are invalid.
+
+    Example::
+
+        model = build_model(load_config("tiny_cpu"), num_items=dataset.num_items)
+    """
     user_buckets = config.model.user_buckets if config.similarity.user_components > 0 else None
     tables = EmbeddingTables(
         num_items,

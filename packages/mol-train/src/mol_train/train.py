@@ -340,6 +340,19 @@ def encoder_from_weights(model: SequentialRecommender, weights: dict[str, torch.
     """A :class:`QueryEncoder` holding ``weights`` (``best.pt`` / checkpoint ``weights``).
 
     It shares (and overwrites) ``model``'s encoder and similarity modules.
+
+    Returns:
+        the query encoder, with ``weights`` loaded (its item and user tables are copies of theirs).
+
+    Raises:
+        KeyError: ``weights`` has no ``item_table``.
+        RuntimeError: ``weights`` does not fit ``model`` (``load_state_dict``: missing or unexpected keys,
+            other shapes).
+
+    Example::
+
+        model = build_model(config, dataset.num_items)
+        encoder = encoder_from_weights(model, torch.load("runs/ml1m/best.pt")["weights"])
     """
     encoder = QueryEncoder(
         weights["item_table"], weights.get("user_table"), model.encoder, model.similarity, model.index_layer

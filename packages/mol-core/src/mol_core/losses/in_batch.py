@@ -38,7 +38,16 @@ def in_batch_softmax_loss(
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
     Returns:
-        The loss, computed in float32.
+        The loss, computed in float32: a scalar, or ``(M,)`` with ``reduction="none"``.
+
+    Raises:
+        ShapeError: ``scores`` not square, or ``item_ids`` / ``log_q`` not ``(M,)``.
+        ConfigError: an unknown ``reduction``.
+
+    Example::
+
+        scores = query_side_scores_against_batch_positives  # (M, M)
+        loss = in_batch_softmax_loss(scores, positive_ids, log_q=log_frequency[positive_ids])
     """
     if scores.dim() != 2 or scores.shape[0] != scores.shape[1]:
         raise ShapeError(f"scores must be a square (M, M) matrix; got {shape_str(scores.shape)}")

@@ -29,6 +29,14 @@ def mutual_information_loss(weights: torch.Tensor) -> torch.Tensor:
     Returns:
         A float32 scalar in ``[-log P, 0]``: ``-log P`` for perfectly balanced one-hot routing, ``0`` when
         every pair uses the same weights.
+
+    Raises:
+        ShapeError: ``weights`` with fewer than two dimensions or no elements.
+
+    Example::
+
+        mutual_information_loss(torch.eye(4))  # -log 4: each pair uses its own component
+        mutual_information_loss(torch.full((4, 4), 0.25))  # 0: every pair mixes alike
     """
     if weights.dim() < 2 or weights.numel() == 0:
         raise ShapeError(f"weights must have shape (M, P) with M, P >= 1; got {shape_str(weights.shape)}")

@@ -39,6 +39,13 @@ def sample_uniform_negatives(
 
     Returns:
         ``(M, R)`` int64 item ids.
+
+    Raises:
+        ConfigError: ``num_negatives`` or ``num_items`` below 1, or ``num_rows`` below 0.
+
+    Example::
+
+        negatives = sample_uniform_negatives(6400, 128, num_items=3706, low=1, generator=generator)
     """
     check_positive_int("num_negatives", num_negatives)
     check_positive_int("num_items", num_items)
@@ -69,7 +76,17 @@ def sampled_softmax_loss(
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-row ``(M,)`` losses).
 
     Returns:
-        The loss, computed in float32.
+        The loss, computed in float32: a scalar, or ``(M,)`` with ``reduction="none"``.
+
+    Raises:
+        ShapeError: shapes that do not fit together.
+        ConfigError: an unknown ``reduction``.
+
+    Example::
+
+        loss = sampled_softmax_loss(
+            pos_scores, neg_scores, positive_ids=targets, negative_ids=negatives
+        )  # (M,), (M, R), (M,), (M, R)
     """
     check_rank("positive_scores", positive_scores, ("M",))
     rows = positive_scores.shape[0]

@@ -52,8 +52,16 @@ def make_synthetic(
         with_timestamps: also generate timestamps.
         seed: the random seed.
 
+    Returns:
+        the data set, ready for :func:`~mol_train.fit` (or ``save``).
+
     Raises:
         ConfigError: an argument is out of range.
+
+    Example::
+
+        dataset = make_synthetic(num_users=300, num_items=200, seed=1)
+        dataset.num_users, dataset.num_items  # (300, 200)
     """
     for label, value, low in (
         ("num_users", num_users, 1),
