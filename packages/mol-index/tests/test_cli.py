@@ -166,3 +166,23 @@ def test_build_creates_missing_parent_directories(arrays: tuple, tmp_path: Path)
     build = ["build", str(target), "--items", str(items), "--similarity-config", str(config)]
     assert main([*build, "--similarity-state", str(state)]) == 0
     assert (target / "manifest.json").is_file()
+
+
+def test_build_shards_then_search_and_info(
+    arrays: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    items, config, state, queries, (sim, query, corpus) = arrays
+    out = tmp_path / "set"
+    arrays_in = ["--items", str(items), "--similarity-config", str(config), "--similarity-state", str(state)]
+    assert main(["build", str(out), *arrays_in, "--kind", "exact", "--shards", "3"]) == 0
+    assert "built 3 exact shards" in capsys.readouterr().out
+    assert main(["info", str(out), "--verify"]) == 0
+    assert '"num_shards": 3' in capsys.readouterr().out
+    assert main(["search", str(out), "--queries", str(queries), "-k", "5", "--algorithm", "exact"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    want = MolIndex.build(sim, torch.arange(200) + 500, corpus).search(
+        query, 5, params=SearchParams(algorithm="exact")
+    )[1]
+    assert [line["ids"] for line in lines] == want.tolist()
+    assert main(["build", str(tmp_path / "pq"), *arrays_in, "--kind", "pq", "--shards", "2"]) == 2
+    assert "cannot be sharded" in capsys.readouterr().err

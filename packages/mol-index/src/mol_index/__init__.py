@@ -44,6 +44,7 @@ from mol_index.search.candidates import FaissStage, StageParams, TorchStage
 from mol_index.search.exact import exact_search
 from mol_index.search.hierarchy import HierarchicalIndex
 from mol_index.search.rails import Algorithm, SearchResult, rails_search
+from mol_index.sharding import ShardedIndex, merge_top_k, shard_of
 
 __version__ = "0.1.0"
 
@@ -65,6 +66,7 @@ __all__ = [
     "RailsParams",
     "SearchParams",
     "SearchResult",
+    "ShardedIndex",
     "StageParams",
     "TorchStage",
     "__version__",
@@ -76,5 +78,7 @@ __all__ = [
     "exact_search",
     "index_factory",
     "load_index",
+    "merge_top_k",
     "rails_search",
+    "shard_of",
 ]

@@ -36,6 +36,7 @@ from mol_index.index import MolIndex
 from mol_index.params import SearchParams
 from mol_index.search.candidates import STAGE_KINDS
 from mol_index.search.rails import Algorithm
+from mol_index.sharding import SHARD_SET_FILE, ShardedIndex
 
 __all__ = ["main"]
 
@@ -65,6 +66,12 @@ def _build(args: argparse.Namespace) -> int:
         raise ConfigError("give --kind or its older spelling --stage, not both")
     kind = args.kind or _STAGE_KINDS[args.stage or "torch"]
     stage = _KIND_STAGES[kind]
+    whole_stage = "torch" if args.shards != 1 else stage  # shards build their own stage
+    if args.shards != 1 and kind in ("pq", "hierarchical", "adaptive"):
+        raise ConfigError(
+            f"a {kind!r} index is fitted on its whole corpus and cannot be sharded; --shards takes exact "
+            "and faiss-* kinds"
+        )
     if kind == "adaptive" and (args.bundle is None or args.train_histories is None):
         raise ConfigError(
             "--kind adaptive needs --bundle and --train-histories (the training queries run through the "
@@ -75,7 +82,7 @@ def _build(args: argparse.Namespace) -> int:
             raise ConfigError("--bundle replaces --items and --similarity-config; give one or the other")
         index = build_from_bundle(
             args.bundle,
-            stage=stage,
+            stage=whole_stage,
             nlist=args.nlist,
             hnsw_m=args.hnsw_m,
             ef_construction=args.ef_construction,
@@ -85,6 +92,8 @@ def _build(args: argparse.Namespace) -> int:
             index = _adaptive_from_bundle(index, args)
         elif kind in ("pq", "hierarchical"):
             index = _learned(index, kind, args)
+        if args.shards != 1:
+            return _save_shards(index, stage, args)
         path = index.save(args.output, overwrite=args.overwrite)
         print(f"built {index.kind} index of {index.num_items} items from bundle {args.bundle} at {path}")
         return 0
@@ -118,7 +127,7 @@ def _build(args: argparse.Namespace) -> int:
         similarity,
         ids,
         items,
-        stage=stage,
+        stage=whole_stage,
         nlist=args.nlist,
         hnsw_m=args.hnsw_m,
         ef_construction=args.ef_construction,
@@ -126,8 +135,25 @@ def _build(args: argparse.Namespace) -> int:
     )
     if kind in ("pq", "hierarchical"):
         index = _learned(index, kind, args)
+    if args.shards != 1:
+        return _save_shards(index, stage, args)
     path = index.save(args.output, overwrite=args.overwrite)
     print(f"built {index.kind} index of {index.num_items} items at {path}")
+    return 0
+
+
+def _save_shards(index: MolIndex, stage: str, args: argparse.Namespace) -> int:
+    """Splits ``index`` into ``--shards`` shards of the same kind and writes the shard set."""
+    options = {"nlist": args.nlist, "hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction}
+    sharded = ShardedIndex.from_index(
+        index, args.shards, stage=stage, exact_mean=not args.approximate_mean, **options
+    )
+    path = sharded.save(args.output, overwrite=args.overwrite)
+    sizes = ", ".join(str(shard.num_items) for shard in sharded.shards)
+    print(
+        f"built {len(sharded.shards)} {index.kind} shards ({sizes} items) at {path}, "
+        f"version {sharded.version}"
+    )
     return 0
 
 
@@ -185,7 +211,8 @@ def _adaptive_from_bundle(index: MolIndex, args: argparse.Namespace) -> MolIndex
 
 
 def _search(args: argparse.Namespace) -> int:
-    index = MolIndex.load(args.index)
+    sharded = ShardedIndex.load(args.index) if (args.index / SHARD_SET_FILE).is_file() else None
+    index = None if sharded is not None else MolIndex.load(args.index)
     found = read_tensors(args.queries)
     embeddings = found.get("", found.get("query_embeddings"))
     if embeddings is None:
@@ -209,6 +236,17 @@ def _search(args: argparse.Namespace) -> int:
         beam=args.beam,
         rerank=args.rerank,
     )
+    if sharded is not None:
+        scores, ids = sharded.search(queries, args.k, exclude=exclude, params=params)
+        for row in range(ids.shape[0]):
+            line = {
+                "query": row,
+                "ids": ids[row].tolist(),
+                "scores": [round(float(s), 6) for s in scores[row]],
+            }
+            print(json.dumps(line))
+        return 0
+    assert index is not None
     res = index.search_with_info(queries, args.k, exclude=exclude, params=params)
     for row in range(res.ids.shape[0]):
         print(
@@ -226,6 +264,12 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    if (args.index / SHARD_SET_FILE).is_file():
+        print((args.index / SHARD_SET_FILE).read_text())
+        if args.verify:
+            ShardedIndex.load(args.index)
+            print("verified: every shard matches the shard set and loads")
+        return 0
     manifest = read_manifest(args.index / MANIFEST_FILENAME, manifest_pb2.IndexManifest, INDEX_FORMAT_VERSION)
     print(json_format.MessageToJson(manifest, preserving_proto_field_name=True, indent=2, sort_keys=True))
     if args.verify:
@@ -310,6 +354,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="faiss-ivf / faiss-hnsw: index the mean item embeddings (the TopKAvg search) with the same "
         "kind instead of an exact IndexFlatIP",
+    )
+    build.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="split the corpus into S shard artifacts by splitmix64(id) mod S (exact and faiss kinds; "
+        "writes a shard-set folder with shards.json)",
     )
     build.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
     build.set_defaults(run=_build)
