@@ -13,7 +13,7 @@ import torch
 from mol_core import ArtifactError, ConfigError
 from mol_core.similarity import DotProductSimilarity
 from mol_index import MolIndex
-from mol_index.params import ExactParams
+from mol_index.params import ExactParams, RailsParams
 from mol_index.sharding import SHARD_SET_FILE, ShardedIndex, build_shards, merge_top_k, shard_of
 
 
@@ -60,6 +60,12 @@ def test_exact_sharded_search_equals_the_unsharded_index(
         got = sharded.search(query, k, params=ExactParams(), exclude=exclude)
         assert torch.equal(got[1], want[1])
         torch.testing.assert_close(got[0], want[0])
+    info = sharded.search_with_info(query, 10, params=ExactParams())
+    assert bool(info.exact.all())
+    assert info.num_candidates.tolist() == [500] * 6  # every shard scanned whole
+    rails = sharded.search_with_info(query, 10, params=RailsParams(k_prime=64, guarantee_exact=True))
+    assert bool(rails.exact.all())
+    assert torch.equal(rails.ids, whole.search(query, 10, params=ExactParams())[1])
     path = sharded.save(tmp_path / "set")
     loaded = ShardedIndex.load(path)
     assert loaded.version == sharded.version != ""

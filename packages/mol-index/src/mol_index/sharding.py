@@ -34,6 +34,7 @@ from mol_core.errors import ArtifactError, ConfigError
 from mol_core.manifest import MANIFEST_FILENAME, sha256_file
 from mol_core.similarity import ItemSide, QuerySide, Similarity
 from mol_index.index import MolIndex
+from mol_index.search.rails import SearchResult
 
 __all__ = [
     "SHARD_SET_FILE",
@@ -170,10 +171,29 @@ class ShardedIndex:
         Raises:
             ConfigError: ``k`` not in ``[1, N]``, or what a shard's search raises.
         """
+        result = self.search_with_info(queries, k, **search_options)
+        return result.scores, result.ids
+
+    def search_with_info(
+        self, queries: QuerySide | torch.Tensor, k: int, **search_options: Any
+    ) -> SearchResult:
+        """Like :meth:`search`, with RAILS diagnostics over the shards: a query's result is ``exact`` when
+        every shard's is (the merged top-k then holds the unsharded one), ``num_candidates`` is the sum
+        over the shards and ``k_prime`` the largest ``K'`` a shard used."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_items:
             raise ConfigError(f"k must be in [1, N={self.num_items}]; got {k!r}")
-        parts = [shard.search(queries, min(k, shard.num_items), **search_options) for shard in self.shards]
-        return merge_top_k(parts, k)
+        parts = [
+            shard.search_with_info(queries, min(k, shard.num_items), **search_options)
+            for shard in self.shards
+        ]
+        scores, ids = merge_top_k([(part.scores, part.ids) for part in parts], k)
+        return SearchResult(
+            scores=scores,
+            ids=ids,
+            exact=torch.stack([part.exact for part in parts]).all(dim=0),
+            num_candidates=torch.stack([part.num_candidates for part in parts]).sum(dim=0),
+            k_prime=torch.stack([part.k_prime for part in parts]).amax(dim=0),
+        )
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Writes the shard set folder (every shard, then ``shards.json``), atomically as a whole.
