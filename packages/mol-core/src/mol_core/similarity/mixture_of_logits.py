@@ -10,6 +10,7 @@ Defaults are the paper's ML-1M configuration (8 x 4 x 64, tau 0.05, gating hidde
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -245,20 +246,13 @@ class MoLSimilarity(Similarity):
         self._check_query(query)
         from mol_core.similarity.gating_grouped import mol_scores_grouped
 
-        mlp = self.gating.logits_mlp
         return mol_scores_grouped(
             query.embeddings,
             query.gating,
             items.embeddings,
             items.gating,
             group_sizes,
-            temperature=self.temperature,
-            hidden_weight=mlp.hidden.weight,
-            hidden_bias=mlp.hidden.bias,
-            out_weight=mlp.out.weight,
-            out_bias=mlp.out.bias,
-            dropout=self.gating.dropout,
-            mlp_dtype=self.gating.mlp_dtype,
+            **self._fused_options(),
         )
 
     def score_gathered(self, query: QuerySide, table: ItemSide, index: torch.Tensor) -> torch.Tensor:
@@ -272,21 +266,28 @@ class MoLSimilarity(Similarity):
         self._check_query(query)
         from mol_core.similarity.gating_gathered import mol_scores_gathered
 
-        mlp = self.gating.logits_mlp
         return mol_scores_gathered(
             query.embeddings,
             query.gating,
             table.embeddings,
             table.gating,
             index,
-            temperature=self.temperature,
-            hidden_weight=mlp.hidden.weight,
-            hidden_bias=mlp.hidden.bias,
-            out_weight=mlp.out.weight,
-            out_bias=mlp.out.bias,
-            dropout=self.gating.dropout,
-            mlp_dtype=self.gating.mlp_dtype,
+            **self._fused_options(),
         )
+
+    def _fused_options(self) -> dict[str, Any]:
+        """The keyword arguments the fused training kernels take from this head: temperature, the pair-wise
+        gating MLP's weights, the softmax dropout and the MLP's dtype."""
+        mlp = self.gating.logits_mlp
+        return {
+            "temperature": self.temperature,
+            "hidden_weight": mlp.hidden.weight,
+            "hidden_bias": mlp.hidden.bias,
+            "out_weight": mlp.out.weight,
+            "out_bias": mlp.out.bias,
+            "dropout": self.gating.dropout,
+            "mlp_dtype": self.gating.mlp_dtype,
+        }
 
 
 def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
