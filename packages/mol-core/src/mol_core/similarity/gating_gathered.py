@@ -66,10 +66,7 @@ class _GatheredMoL(torch.autograd.Function):
         forward_fn, _ = _compiled()
         rows, num_x = index.shape
         num_p = query_gating.shape[1]
-        if dropout > 0.0:
-            keep = keep_mask((rows, num_x, num_p), dropout, queries.device)
-        else:
-            keep = torch.ones(rows, num_x, num_p, dtype=torch.bool, device=queries.device)
+        keep = keep_mask((rows, num_x, num_p), dropout, queries.device)
         weights = [w.to(mlp_dtype) for w in (w1, b1, w2, b2)]
         scores = torch.empty(rows, num_x, dtype=torch.float32, device=queries.device)
         activations = []

@@ -43,11 +43,14 @@ BLOCK_PAIRS = 8192
 def keep_mask(shape: Sequence[int], dropout: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """A bool mask that keeps each element with probability ``1 - dropout`` (to a multiple of ``1 / 65536``).
 
-    Draws 64 random bits per four elements from torch's default generator (seeded by ``torch.manual_seed``).
+    Draws 64 random bits per four elements from torch's default generator (seeded by ``torch.manual_seed``);
+    with ``dropout <= 0`` it keeps everything and draws nothing.
 
     Returns:
         a bool tensor of ``shape``.
     """
+    if dropout <= 0.0:  # everything kept: nothing drawn
+        return torch.ones(*shape, dtype=torch.bool, device=device)
     count = 1
     for size in shape:
         count *= int(size)
@@ -221,10 +224,7 @@ class _GroupedMoL(torch.autograd.Function):
         forward_fn, _ = _compiled()
         rows, num_x = queries.shape[0], items.shape[1]
         num_p = query_gating.shape[1]
-        if dropout > 0.0:
-            keep = keep_mask((rows, num_x, num_p), dropout, queries.device)
-        else:
-            keep = torch.ones(rows, num_x, num_p, dtype=torch.bool, device=queries.device)
+        keep = keep_mask((rows, num_x, num_p), dropout, queries.device)
         weights = [w.to(mlp_dtype) for w in (w1, b1, w2, b2)]
         scores = torch.empty(rows, num_x, dtype=torch.float32, device=queries.device)
         activations = []
