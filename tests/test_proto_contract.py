@@ -1,4 +1,5 @@
-"""The proto contract: a client generated from protos/ alone (no mol code) talks to a real mol-serve.
+"""The proto contract: a client generated from protos/ alone (no mol code) talks to a real mol-serve,
+one server or a front tier over three shard servers.
 
 The Python code is generated into a temporary folder with grpcio-tools' protoc, and the client runs in a
 subprocess whose import path holds only that folder and the third-party packages; it asserts that no
@@ -23,7 +24,8 @@ pytest.importorskip("mol_serve", reason="the server side needs mol-serve")
 import torch
 
 from mol_core.similarity import ItemSide, MoLSimilarity
-from mol_index import MolIndex, SearchParams
+from mol_index import MolIndex, SearchParams, ShardedIndex
+from mol_index.sharding import read_shard_set
 
 PROTOS = Path(__file__).resolve().parent.parent / "protos"
 
@@ -82,7 +84,28 @@ def generate_client(out: Path) -> None:
         (folder / "__init__.py").touch()
 
 
-def test_client_generated_from_protos_alone_talks_to_the_server(tmp_path: Path) -> None:
+def start(tmp_path: Path, name: str, *args: str) -> tuple[subprocess.Popen[bytes], int]:
+    """``python -m mol_serve serve ARGS`` on a free loopback port; returns the process and its port."""
+    port_file = tmp_path / f"{name}.port.json"
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "mol_serve", "serve", "--port", "0", "--port-file", str(port_file)),
+            *("--torch-threads", "1", *args),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 90
+    while not port_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"mol-serve {name} did not start within 90 s")
+        time.sleep(0.1)
+    return process, int(json.loads(port_file.read_text())["port"])
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["one-server", "front-tier-over-3-shards"])
+def test_client_generated_from_protos_alone_talks_to_the_server(tmp_path: Path, sharded: bool) -> None:
     generated = tmp_path / "generated"
     generated.mkdir()
     generate_client(generated)
@@ -101,22 +124,19 @@ def test_client_generated_from_protos_alone_talks_to_the_server(tmp_path: Path) 
         query, 5, exclude=[[13]] * 3, params=SearchParams(algorithm="exact")
     )
 
-    port_file = tmp_path / "port.json"
-    server = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "mol_serve", "serve", "--port", "0", "--port-file", str(port_file)),
-            *("--index", f"main={index_dir}", "--torch-threads", "1"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
+    servers: list[subprocess.Popen[bytes]] = []
     try:
-        deadline = time.monotonic() + 90
-        while not port_file.exists():
-            assert server.poll() is None, "mol-serve exited before serving"
-            assert time.monotonic() < deadline, "mol-serve did not start in 90 s"
-            time.sleep(0.1)
-        port = json.loads(port_file.read_text())["port"]
+        if sharded:  # a front tier over 3 shard servers, each serving one shard of the same items
+            shard_set = ShardedIndex.from_index(MolIndex.load(index_dir), 3).save(tmp_path / "set")
+            targets = []
+            for shard in read_shard_set(shard_set).shards:
+                process, port = start(tmp_path, f"shard{shard.number}", "--index", f"main={shard.path}")
+                servers.append(process)
+                targets.append(f"--shard=127.0.0.1:{port}")
+            process, port = start(tmp_path, "front", "--index", f"main={shard_set}", *targets)
+        else:
+            process, port = start(tmp_path, "server", "--index", f"main={index_dir}")
+        servers.append(process)
         values = {
             "embeddings": query.embeddings.reshape(3, -1).tolist(),
             "gating": query.gating.tolist(),
@@ -135,13 +155,18 @@ def test_client_generated_from_protos_alone_talks_to_the_server(tmp_path: Path) 
             check=False,
         )
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        for server in servers:
+            server.send_signal(signal.SIGTERM)
+        for server in servers:
+            server.wait(timeout=30)
     assert run.returncode == 0, run.stderr[-3000:]
     answer = json.loads(run.stdout)
     assert answer["mol_modules"] == []
     assert answer["ids"] == want_ids.tolist()
     torch.testing.assert_close(torch.tensor(answer["scores"]), want_scores, rtol=1e-5, atol=1e-6)
-    assert answer["version"].startswith("exact-")
+    if sharded:
+        assert answer["version"] == read_shard_set(tmp_path / "set").version
+    else:
+        assert answer["version"].startswith("exact-")
     assert answer["refusal"][0] == "INVALID_ARGUMENT"
     assert "queries is empty" in answer["refusal"][1]

@@ -30,6 +30,7 @@ class Example:
     flag: bool = False
     where: Path | None = None
     sizes: tuple[int, ...] = (2, 2)
+    names: tuple[str, ...] = ()
     paths: dict[str, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -48,6 +49,8 @@ def test_values_are_converted_where_nothing_is_lost() -> None:
     assert example.sizes == (3, 4)
     assert example.paths == {"x": Path("p")}
     assert Example(sizes=5).sizes == (5,)  # type: ignore[arg-type]
+    assert Example(names=["a", "b"]).names == ("a", "b")  # type: ignore[arg-type]
+    assert Example(names="a").names == ("a",)  # type: ignore[arg-type]
     assert Example(limit=None).limit is None
 
 
@@ -71,6 +74,7 @@ def test_values_are_converted_where_nothing_is_lost() -> None:
         ),
         ({"flag": "yes"}, r"Example\.flag must be of type bool; got 'yes'"),
         ({"sizes": [1, "2"]}, r"Example\.sizes must be a list of integers"),
+        ({"names": ["a", 2]}, r"Example\.names must be a list of strings; got \['a', 2\]"),
         ({"paths": {"x": 3}}, r"Example\.paths\.x must be of type Path; got 3"),
     ],
 )

@@ -13,8 +13,16 @@ import torch
 from mol_core import ArtifactError, ConfigError
 from mol_core.similarity import DotProductSimilarity
 from mol_index import MolIndex
+from mol_index.artifact import read_artifact
 from mol_index.params import ExactParams, RailsParams
-from mol_index.sharding import SHARD_SET_FILE, ShardedIndex, build_shards, merge_top_k, shard_of
+from mol_index.sharding import (
+    SHARD_SET_FILE,
+    ShardedIndex,
+    build_shards,
+    merge_top_k,
+    read_shard_set,
+    shard_of,
+)
 
 
 def splitmix64(value: int) -> int:
@@ -77,6 +85,16 @@ def test_exact_sharded_search_equals_the_unsharded_index(
     )
     alone = MolIndex.load(path / manifest["shards"][1]["path"])  # a shard is an ordinary artifact
     assert alone.num_items == manifest["shards"][1]["items"]
+    info = read_shard_set(path)  # manifests only: what a front tier reads
+    assert info.version == loaded.version
+    assert info.num_items == 500
+    assert [s.number for s in info.shards] == [0, 1, 2]
+    assert [s.num_items for s in info.shards] == [s.num_items for s in sharded.shards]
+    assert [s.index_version for s in info.shards] == [
+        read_artifact(path / e["path"]).manifest.index_version for e in manifest["shards"]
+    ]
+    assert {s.kind for s in info.shards} == {"exact"}
+    assert info.similarity.mixture_of_logits.query_components == sim.num_query_components
 
 
 def test_dot_product_and_faiss_stage_shards(tmp_path: Path) -> None:
@@ -111,6 +129,8 @@ def test_bad_shard_sets_are_refused(mol_corpus: Callable[..., tuple], tmp_path: 
     (path / shard / "manifest.json").write_bytes((other / shard / "manifest.json").read_bytes())
     with pytest.raises(ArtifactError, match="not the shard the shard set names"):
         ShardedIndex.load(path)
+    with pytest.raises(ArtifactError, match="not the shard the shard set names"):
+        read_shard_set(path)
     (path / SHARD_SET_FILE).write_text("{}")
     with pytest.raises(ArtifactError, match="not a readable shard-set manifest"):
         ShardedIndex.load(path)

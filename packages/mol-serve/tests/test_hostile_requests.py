@@ -88,18 +88,18 @@ def test_degenerate_inputs_get_invalid_argument(
 def test_the_last_guard_refuses_non_finite_scores_and_missing_exact_results() -> None:
     """The service's final check, fed outcomes the validation should make impossible."""
     from mol_serve.errors import ServeError
-    from mol_serve.service import _check_outcome
+    from mol_serve.service import check_outcome
 
     parsed = SimpleNamespace(params=SearchParams(algorithm="exact"), k=3, exclude=[[7, 7, 8]])
-    _check_outcome([[1, 2, 3]], [[3.0, 2.0, 1.0]], parsed, 10, "v1")  # type: ignore[arg-type]
-    _check_outcome([[1, 2]], [[3.0, 2.0]], parsed, 4, "v1")  # type: ignore[arg-type]  # 4 - 2 excluded
+    check_outcome([[1, 2, 3]], [[3.0, 2.0, 1.0]], parsed, 10, "v1")  # type: ignore[arg-type]
+    check_outcome([[1, 2]], [[3.0, 2.0]], parsed, 4, "v1")  # type: ignore[arg-type]  # 4 - 2 excluded
     with pytest.raises(ServeError, match="non-finite score") as info:
-        _check_outcome([[1, 2, 3]], [[3.0, float("nan"), 1.0]], parsed, 10, "v1")  # type: ignore[arg-type]
+        check_outcome([[1, 2, 3]], [[3.0, float("nan"), 1.0]], parsed, 10, "v1")  # type: ignore[arg-type]
     assert info.value.code == "INTERNAL"
     with pytest.raises(ServeError, match="2 exact results where 3 were asked"):
-        _check_outcome([[1, 2]], [[3.0, 2.0]], parsed, 10, "v1")  # type: ignore[arg-type]
+        check_outcome([[1, 2]], [[3.0, 2.0]], parsed, 10, "v1")  # type: ignore[arg-type]
     approximate = SimpleNamespace(params=SearchParams(algorithm="comb_topk"), k=3, exclude=[[]])
-    _check_outcome([[1, 2]], [[3.0, 2.0]], approximate, 10, "v1")  # type: ignore[arg-type]
+    check_outcome([[1, 2]], [[3.0, 2.0]], approximate, 10, "v1")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

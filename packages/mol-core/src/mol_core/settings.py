@@ -17,8 +17,8 @@ from a mapping (a TOML table or a JSON object) and refuses keys the class does n
 
 Types understood: ``int`` (not ``bool``), ``float`` (an ``int`` is converted), ``bool``, ``str``, ``Path``
 (a ``str`` is converted), an ``Enum`` (its value is converted), ``X | None``, a union with an ``Enum``
-(``Algorithm | str``: converted to the enum), ``tuple[int, ...]`` (a list, or one int, is converted) and
-``dict[str, X]``. Other annotations are not checked.
+(``Algorithm | str``: converted to the enum), ``tuple[int, ...]`` and ``tuple[str, ...]`` (a list, or
+one value, is converted) and ``dict[str, X]``. Other annotations are not checked.
 """
 
 from __future__ import annotations
@@ -185,6 +185,13 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     if isinstance(hint, types.UnionType) or origin is typing.Union:
         return _convert_union(typing.get_args(hint), value, where)
     if origin is tuple:
+        element = (typing.get_args(hint) or (int,))[0]
+        if element is str:
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where} must be a list of strings; got {value!r}")
+            return tuple(value)
         if isinstance(value, int) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)) or not all(_is_int(v) for v in value):

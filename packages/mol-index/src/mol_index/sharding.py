@@ -31,16 +31,20 @@ import torch
 
 from mol_core.atomic import replace_directory, write_text_atomically
 from mol_core.errors import ArtifactError, ConfigError
-from mol_core.manifest import MANIFEST_FILENAME, sha256_file
+from mol_core.manifest import INDEX_FORMAT_VERSION, MANIFEST_FILENAME, read_manifest, sha256_file
+from mol_core.proto.mol.v1 import manifest_pb2, similarity_pb2
 from mol_core.similarity import ItemSide, QuerySide, Similarity
 from mol_index.index import MolIndex
 from mol_index.search.rails import SearchResult
 
 __all__ = [
     "SHARD_SET_FILE",
+    "ShardInfo",
+    "ShardSetInfo",
     "ShardedIndex",
     "build_shards",
     "merge_top_k",
+    "read_shard_set",
     "shard_of",
 ]
 
@@ -236,34 +240,12 @@ class ShardedIndex:
                 is missing, corrupt or not the one the manifest names (its manifest digest differs).
         """
         root = Path(path)
-        try:
-            manifest = json.loads((root / SHARD_SET_FILE).read_text())
-            entries = [
-                {"path": str(e["path"]), "manifest_sha256": str(e["manifest_sha256"])}
-                for e in manifest["shards"]
-            ]
-            fmt, rule, count = manifest["format"], manifest["rule"], manifest["num_shards"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ArtifactError(
-                f"{root / SHARD_SET_FILE}: not a readable shard-set manifest ({err})"
-            ) from err
-        if fmt != _FORMAT or rule != _RULE or count != len(entries):
-            raise ArtifactError(
-                f"{root / SHARD_SET_FILE}: format {fmt!r}, rule {rule!r}, {count!r} shards for "
-                f"{len(entries)} entries; this mol-index reads format {_FORMAT} with the rule {_RULE!r}"
-            )
+        version, entries = _read_entries(root)
         shards = []
         for entry in entries:
-            folder = root / str(entry["path"])
-            digest = (
-                sha256_file(folder / MANIFEST_FILENAME)
-                if (folder / MANIFEST_FILENAME).is_file()
-                else "missing"
-            )
-            if digest != entry["manifest_sha256"]:
-                raise ArtifactError(f"{folder}: its manifest is {digest}, not the shard the shard set names")
-            shards.append(MolIndex.load(folder))
-        return cls(shards, version=str(manifest.get("version", "")))
+            _check_shard_manifest(root, entry)
+            shards.append(MolIndex.load(root / entry["path"]))
+        return cls(shards, version=version)
 
     @classmethod
     def from_index(cls, index: MolIndex, num_shards: int, **build_options: Any) -> ShardedIndex:
@@ -282,6 +264,100 @@ class ShardedIndex:
         for shard in shards:
             shard.source_bundle_sha256 = index.source_bundle_sha256
         return cls(shards)
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard of a shard set, as its manifest describes it.
+
+    Attributes:
+        number: the shard's position s in ``[0, S)``.
+        path: its artifact folder.
+        num_items: N_s, the items it holds.
+        index_version: its ``IndexManifest.index_version`` (what a shard server reports and is asked for).
+        kind: its artifact kind.
+    """
+
+    number: int
+    path: Path
+    num_items: int
+    index_version: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class ShardSetInfo:
+    """A shard set read from its manifests only (no item tensors): what a front tier needs.
+
+    Attributes:
+        path: the shard-set folder.
+        version: the set's version (from ``shards.json``).
+        shards: the S shards in shard order.
+        similarity: the similarity config every shard shares.
+    """
+
+    path: Path
+    version: str
+    shards: list[ShardInfo]
+    similarity: similarity_pb2.SimilarityConfig
+
+    @property
+    def num_items(self) -> int:
+        """N, the items of all shards."""
+        return sum(shard.num_items for shard in self.shards)
+
+
+def read_shard_set(path: str | Path) -> ShardSetInfo:
+    """Reads ``shards.json`` and every shard's ``manifest.json`` (not the tensors), checking each manifest
+    against the digest the set records and that all shards share one similarity.
+
+    Raises:
+        ArtifactError: as :meth:`ShardedIndex.load` for the manifests, or shards with different
+            similarities.
+    """
+    root = Path(path)
+    version, entries = _read_entries(root)
+    shards, similarity = [], None
+    for number, entry in enumerate(entries):
+        _check_shard_manifest(root, entry)
+        folder = root / entry["path"]
+        manifest = read_manifest(folder / MANIFEST_FILENAME, manifest_pb2.IndexManifest, INDEX_FORMAT_VERSION)
+        if similarity is None:
+            similarity = manifest.similarity
+        elif manifest.similarity != similarity:
+            raise ArtifactError(f"{folder}: its similarity differs from shard 0's; a shard set shares one")
+        items, version_s = int(manifest.num_items), manifest.index_version
+        shards.append(ShardInfo(number, folder, items, version_s, manifest.kind))
+    assert similarity is not None  # _read_entries refuses a set without shards
+    return ShardSetInfo(root, version, shards, similarity)
+
+
+def _read_entries(root: Path) -> tuple[str, list[dict[str, str]]]:
+    """``(version, [{"path", "manifest_sha256"}, ...])`` of ``root/shards.json``, format and rule checked."""
+    try:
+        manifest = json.loads((root / SHARD_SET_FILE).read_text())
+        entries = [
+            {"path": str(e["path"]), "manifest_sha256": str(e["manifest_sha256"])} for e in manifest["shards"]
+        ]
+        fmt, rule, count = manifest["format"], manifest["rule"], manifest["num_shards"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ArtifactError(f"{root / SHARD_SET_FILE}: not a readable shard-set manifest ({err})") from err
+    if fmt != _FORMAT or rule != _RULE or count != len(entries) or not entries:
+        raise ArtifactError(
+            f"{root / SHARD_SET_FILE}: format {fmt!r}, rule {rule!r}, {count!r} shards for "
+            f"{len(entries)} entries; this mol-index reads format {_FORMAT} with the rule {_RULE!r} "
+            "and at least one shard"
+        )
+    return str(manifest.get("version", "")), entries
+
+
+def _check_shard_manifest(root: Path, entry: dict[str, str]) -> None:
+    """Refuses a shard whose manifest is missing or is not the one the set names."""
+    folder = root / entry["path"]
+    file = folder / MANIFEST_FILENAME
+    digest = sha256_file(file) if file.is_file() else "missing"
+    if digest != entry["manifest_sha256"]:
+        raise ArtifactError(f"{folder}: its manifest is {digest}, not the shard the shard set names")
 
 
 def _version(entries: list[dict[str, Any]]) -> str:

@@ -2,8 +2,10 @@
 
     mol-serve serve --index prod=artifacts/index --bundle artifacts/bundle --port 50051 --metrics-port 9464
     mol-serve serve --config serve.toml
+    mol-serve serve --shard shard-0:50051 --shard shard-1:50051 --index prod=sets/prod --bundle b  # front
     mol-serve query --target 127.0.0.1:50051 --history 12,7,3 --top-k 10
     mol-serve indexes|load|unload --target ... --admin-token-file ...
+    mol-serve health --target 127.0.0.1:50051        # exit 0 when SERVING (container health checks)
 
 Exit codes: 0 success, 2 bad arguments or configuration, 3 the RPC failed (message on stderr).
 """
@@ -105,12 +107,35 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--port-file", type=Path, help="write {port, metrics_port, pid} JSON here once serving"
     )
+    front = serve.add_argument_group(
+        "front tier", "serve shard sets (mol-index build --shards) by fanning requests out to shard servers"
+    )
+    front.add_argument(
+        "--shard",
+        action="append",
+        default=[],
+        metavar="TARGET",
+        help="gRPC target of shard s, in shard order (host:port, dns:///name:port for the replicas behind "
+        "a DNS name, ipv4:a:p,b:p); repeatable; makes this server a front tier",
+    )
+    front.add_argument("--shard-policy", help="when a shard does not answer: fail (UNAVAILABLE) or partial")
+    front.add_argument(
+        "--shard-timeout-s", type=float, help="a shard call's deadline when the caller sets none (default 10)"
+    )
+    front.add_argument(
+        "--shard-margin-ms", type=float, help="time kept from the caller's deadline to merge (default 20)"
+    )
+    front.add_argument("--shard-token-file", type=Path, help="file holding the bearer token sent to shards")
+    front.add_argument("--shard-root-cert", type=Path, help="PEM CA of the shard servers (enables TLS)")
+    front.add_argument("--shard-client-cert", type=Path, help="PEM client certificate for the shards (mTLS)")
+    front.add_argument("--shard-client-key", type=Path, help="PEM client key for the shards (mTLS)")
 
     for name, help_text in (
         ("query", "send one Retrieve call and print the results as JSON"),
         ("indexes", "list loaded indexes and aliases (admin)"),
         ("load", "load an index artifact and flip an alias to it (admin)"),
         ("unload", "remove an alias or an index version (admin)"),
+        ("health", "print the server's gRPC health status; exit 0 when SERVING, 3 otherwise"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument(
@@ -181,6 +206,14 @@ def _serve(args: argparse.Namespace) -> int:
         "device": args.device,
         "kernel": args.kernel,
         "shutdown_grace_s": args.shutdown_grace_s,
+        "shards": tuple(args.shard) or None,
+        "shard_policy": args.shard_policy,
+        "shard_timeout_s": args.shard_timeout_s,
+        "shard_margin_ms": args.shard_margin_ms,
+        "shard_token": _read_token(None, args.shard_token_file),
+        "shard_root_cert": args.shard_root_cert,
+        "shard_client_cert": args.shard_client_cert,
+        "shard_client_key": args.shard_client_key,
     }
     config = (
         load_config(args.config, **overrides) if args.config else with_overrides(ServeConfig(), **overrides)
@@ -247,10 +280,16 @@ def _call(args: argparse.Namespace) -> int:
                         "ids": result.ids,
                         "scores": result.scores,
                         "timings": result.timings,
+                        "partial": result.partial,
+                        "missing_shards": result.missing_shards,
                     }
                 )
             )
             return 0
+        if args.command == "health":
+            status = client.health()
+            print(status)
+            return 0 if status == "SERVING" else 3
         if args.command == "indexes":
             response: object = client.list_indexes()
         elif args.command == "load":

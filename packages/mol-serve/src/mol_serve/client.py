@@ -13,7 +13,7 @@ Every ``grpc.RpcError`` becomes a :mod:`mol_serve.errors` error in one place, :f
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -46,12 +46,16 @@ class RetrieveResult:
         scores: B lists of scores aligned with ``ids``.
         index_version: the index version that answered.
         timings: server timings in microseconds (``queue_us``, ``encode_us``, ``search_us``, ``total_us``).
+        partial: True when a front tier answered without some shards (its shard policy is ``partial``).
+        missing_shards: the shards that did not answer (empty unless ``partial``).
     """
 
     ids: list[list[int]]
     scores: list[list[float]]
     index_version: str
     timings: dict[str, int]
+    partial: bool = False
+    missing_shards: list[int] = field(default_factory=list)
 
     @classmethod
     def from_proto(cls, response: retrieval_pb2.RetrieveResponse) -> RetrieveResult:
@@ -67,6 +71,8 @@ class RetrieveResult:
                 "search_us": t.search_us,
                 "total_us": t.total_us,
             },
+            partial=response.partial,
+            missing_shards=list(response.missing_shards),
         )
 
 

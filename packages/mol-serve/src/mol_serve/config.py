@@ -31,7 +31,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ALGORITHMS", "KERNELS", "ServeConfig", "is_loopback", "load_config"]
+__all__ = ["ALGORITHMS", "KERNELS", "SHARD_POLICIES", "ServeConfig", "is_loopback", "load_config"]
 
 #: Retrieval algorithms a request may name (mol-index ``Algorithm`` values).
 ALGORITHMS = (
@@ -45,6 +45,9 @@ ALGORITHMS = (
 )
 #: ``mol_index.SearchParams.kernel`` values (kept here so that the client imports without torch).
 KERNELS = ("auto", "torch", "triton")
+#: What a front tier answers when a shard does not: ``fail`` (UNAVAILABLE) or ``partial`` (the other
+#: shards' merged results, marked ``partial`` in the response).
+SHARD_POLICIES = ("fail", "partial")
 
 _PATH_KEYS = (
     "bundle",
@@ -54,6 +57,10 @@ _PATH_KEYS = (
     "token_file",
     "admin_token_file",
     "metrics_token_file",
+    "shard_token_file",
+    "shard_root_cert",
+    "shard_client_cert",
+    "shard_client_key",
 )
 
 
@@ -103,6 +110,21 @@ class ServeConfig:
         kernel: the exact scan's kernel (``mol_index.SearchParams.kernel``): ``auto`` (the fused Triton
             top-k on a GPU when the index fits it, else torch), ``torch`` or ``triton``.
         shutdown_grace_s: how long SIGTERM waits for in-flight RPCs before stopping.
+        shards: gRPC targets of the shard servers, in shard-set order (``host:port``, ``dns:///name:port``
+            for every replica behind a DNS name, ``ipv4:a:p,b:p`` for a fixed replica list). Non-empty
+            makes this server a **front tier**: ``indexes`` then name shard-set folders, and each request
+            is encoded here once, fanned out to the S shards and their top-k merged (docs/mol-serve.md,
+            "Sharded serving").
+        shard_policy: what a front tier answers when a shard fails or misses the deadline: ``fail``
+            (UNAVAILABLE) or ``partial`` (the answering shards' results, marked partial).
+        shard_timeout_s: a shard call's deadline when the caller set none; with a caller deadline, the
+            shorter of the two (less ``shard_margin_ms``).
+        shard_margin_ms: time kept back from the caller's deadline for merging and answering, so a
+            ``partial`` front tier can answer before the caller gives up.
+        shard_token: bearer token the front tier sends to its shard servers (``None`` = none).
+        shard_root_cert: PEM CA that shard servers' TLS certificates chain to (enables TLS to the shards).
+        shard_client_cert: PEM client certificate the front tier presents to the shards (mTLS).
+        shard_client_key: PEM key of ``shard_client_cert``.
     """
 
     host: str = "127.0.0.1"
@@ -134,9 +156,23 @@ class ServeConfig:
     )
     kernel: str = setting("auto", choices=KERNELS)
     shutdown_grace_s: float = setting(5.0, minimum=0)
+    shards: tuple[str, ...] = ()
+    shard_policy: str = setting("fail", choices=SHARD_POLICIES)
+    shard_timeout_s: float = setting(10.0, minimum=0.001)
+    shard_margin_ms: float = setting(20.0, minimum=0)
+    shard_token: str | None = None
+    shard_root_cert: Path | None = None
+    shard_client_cert: Path | None = None
+    shard_client_key: Path | None = None
 
     def __post_init__(self) -> None:
         check_settings(self, prefix="")
+        if not isinstance(self.shards, tuple) or not all(isinstance(t, str) and t for t in self.shards):
+            raise ConfigError(f"shards must be a list of non-empty gRPC targets; got {self.shards!r}")
+        if (self.shard_client_cert is None) != (self.shard_client_key is None):
+            raise ConfigError("mTLS to the shards needs both shard_client_cert and shard_client_key")
+        if self.shard_client_cert is not None and self.shard_root_cert is None:
+            raise ConfigError("shard_client_cert (mTLS to the shards) needs shard_root_cert as well")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both tls_cert and tls_key (PEM files); got only one")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -213,13 +249,18 @@ def load_config(path: str | Path, **overrides: Any) -> ServeConfig:
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"cannot read config file {file}: {err}") from err
     base = file.parent
-    known = {f.name for f in fields(ServeConfig)} | {"token_file", "admin_token_file", "metrics_token_file"}
+    token_files = {"token_file", "admin_token_file", "metrics_token_file", "shard_token_file"}
+    known = {f.name for f in fields(ServeConfig)} | token_files
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{file}: unknown config keys {unknown}; expected some of {sorted(known)}")
     for key in _PATH_KEYS:
         if key in data:
             data[key] = base / Path(data[key])
+    if "shards" in data:
+        if not isinstance(data["shards"], list):
+            raise ConfigError(f'{file}: shards must be a list of gRPC targets, e.g. ["shard-0:50051"]')
+        data["shards"] = tuple(data["shards"])
     if "indexes" in data:
         if not isinstance(data["indexes"], dict):
             raise ConfigError(f'{file}: [indexes] must be a table of alias = "path"')
@@ -228,6 +269,7 @@ def load_config(path: str | Path, **overrides: Any) -> ServeConfig:
         ("token_file", "token"),
         ("admin_token_file", "admin_token"),
         ("metrics_token_file", "metrics_token"),
+        ("shard_token_file", "shard_token"),
     ):
         if key in data:
             token_path = data.pop(key)

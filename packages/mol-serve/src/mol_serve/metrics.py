@@ -8,7 +8,9 @@ address (``ServeConfig.metrics_token`` / ``metrics_host``). Exported series (pre
 - ``batch_queries``: histogram of queries per search run by the micro-batcher;
 - ``inflight_requests``: Retrieve RPCs in progress;
 - ``index_info{alias, index_version}``: 1 for each alias and the version it points at;
-- ``skipped_requests_total``: requests dropped unanswered because cancelled or expired while queued.
+- ``skipped_requests_total``: requests dropped unanswered because cancelled or expired while queued;
+- ``shard_failures_total{shard, code}`` (front tier): shard calls that failed, by shard and status code;
+- ``shard_latency_seconds{shard}`` (front tier): histogram of each shard call's latency.
 """
 
 from __future__ import annotations
@@ -64,6 +66,19 @@ class ServerMetrics:
         self.skipped = Counter(
             "mol_serve_skipped_requests",
             "Requests dropped because cancelled or expired in the queue.",
+            registry=self.registry,
+        )
+        self.shard_failures = Counter(
+            "mol_serve_shard_failures",
+            "Front tier: shard calls that failed, by shard number and status code.",
+            ["shard", "code"],
+            registry=self.registry,
+        )
+        self.shard_latency = Histogram(
+            "mol_serve_shard_latency_seconds",
+            "Front tier: latency of each shard call.",
+            ["shard"],
+            buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
         self._http: WSGIServer | None = None

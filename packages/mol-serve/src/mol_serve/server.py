@@ -31,6 +31,7 @@ from mol_serve.batcher import MicroBatcher
 from mol_serve.config import ServeConfig
 from mol_serve.decoding import SafeDecodingInterceptor
 from mol_serve.errors import LoadRefused
+from mol_serve.front import FrontServicer, load_shard_set
 from mol_serve.metrics import ServerMetrics
 from mol_serve.registry import IndexRegistry, load_and_validate
 from mol_serve.service import RetrievalServicer
@@ -59,8 +60,10 @@ class MolServer:
         batcher: MicroBatcher,
         registry: IndexRegistry,
         metrics: ServerMetrics,
+        servicer: RetrievalServicer,
     ) -> None:
         self.config = config
+        self.servicer = servicer
         self.grpc_server = grpc_server
         self.health = health
         self.batcher = batcher
@@ -99,6 +102,7 @@ class MolServer:
             logger.warning("grace period over: %d call(s) answered UNAVAILABLE", failed)
         await stopping
         await self.batcher.stop()
+        await self.servicer.close()
         self.metrics.close()
         self._stopped.set()
 
@@ -137,10 +141,15 @@ async def create_server(config: ServeConfig, *, bundle: ModelBundle | None = Non
         torch.set_num_threads(config.torch_threads)
     if bundle is None and config.bundle is not None:
         bundle = load_bundle(config.bundle)
-    device, faiss_device = config.index_devices()
     registry = IndexRegistry(config.resolved_default_alias)
-    for alias, path in config.indexes.items():
-        registry.install(load_and_validate(Path(path), bundle, device, config.kernel, faiss_device), alias)
+    if config.shards:  # a front tier: the indexes are shard sets, served by the shard servers
+        for alias, path in config.indexes.items():
+            registry.install(load_shard_set(Path(path), bundle, len(config.shards)), alias)
+    else:
+        device, faiss_device = config.index_devices()
+        for alias, path in config.indexes.items():
+            loaded = load_and_validate(Path(path), bundle, device, config.kernel, faiss_device)
+            registry.install(loaded, alias)
     metrics = ServerMetrics()
     metrics.set_aliases(registry.snapshot()[1])
     batcher = MicroBatcher(
@@ -162,7 +171,8 @@ async def create_server(config: ServeConfig, *, bundle: ModelBundle | None = Non
         interceptors=[TokenAuthInterceptor(config.token, config.admin_token), SafeDecodingInterceptor()],
         options=options,
     )
-    servicer = RetrievalServicer(config, registry, batcher, bundle, metrics)
+    kind = FrontServicer if config.shards else RetrievalServicer
+    servicer = kind(config, registry, batcher, bundle, metrics)
     retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(servicer, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -181,7 +191,7 @@ async def create_server(config: ServeConfig, *, bundle: ModelBundle | None = Non
             port = server.add_secure_port(address, credentials)
     except RuntimeError as err:
         raise LoadRefused(f"cannot bind {address}: {err}", code="UNAVAILABLE") from err
-    return MolServer(config, server, health, batcher, registry, metrics), port
+    return MolServer(config, server, health, batcher, registry, metrics, servicer), port
 
 
 async def serve(
@@ -206,14 +216,24 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.shutdown()))
-    logger.info(
-        "mol-serve listening on %s:%d (metrics port %s), searching on %s with kernel %s",
-        config.host,
-        port,
-        server.metrics_port,
-        config.resolved_device(),
-        config.kernel,
-    )
+    if config.shards:
+        logger.info(
+            "mol-serve front tier listening on %s:%d (metrics port %s) over %d shards, policy %s",
+            config.host,
+            port,
+            server.metrics_port,
+            len(config.shards),
+            config.shard_policy,
+        )
+    else:
+        logger.info(
+            "mol-serve listening on %s:%d (metrics port %s), searching on %s with kernel %s",
+            config.host,
+            port,
+            server.metrics_port,
+            config.resolved_device(),
+            config.kernel,
+        )
     if port_file is not None:
         info = {"port": port, "metrics_port": server.metrics_port, "pid": os.getpid()}
         write_text_atomically(port_file, json.dumps(info))

@@ -26,9 +26,9 @@ from mol_serve.codec import ParsedRequest, parse_request
 from mol_serve.config import ServeConfig
 from mol_serve.errors import Overloaded, ServeError, bounded_message
 from mol_serve.metrics import ServerMetrics
-from mol_serve.registry import IndexRegistry, load_and_validate
+from mol_serve.registry import IndexRegistry, LoadedIndex, load_and_validate
 
-__all__ = ["RetrievalServicer"]
+__all__ = ["Context", "RetrievalServicer", "check_outcome"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):  # type: i
         finally:
             self._active -= 1
             self.metrics.inflight.dec()
-        _check_outcome(outcome.ids, outcome.scores, parsed, loaded.index.num_items, loaded.version)
+        check_outcome(outcome.ids, outcome.scores, parsed, loaded.index.num_items, loaded.version)
         response = retrieval_pb2.RetrieveResponse(index_version=loaded.version)
         for ids, scores in zip(outcome.ids, outcome.scores, strict=True):
             response.results.add(ids=ids, scores=scores)
@@ -152,16 +152,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):  # type: i
             if not request.path or not request.alias:
                 raise ConfigError("LoadIndex needs both path and alias")
             async with self._load_lock:  # one load at a time; serving continues meanwhile
-                device, faiss_device = self.config.index_devices()
-                loaded = await asyncio.get_running_loop().run_in_executor(
-                    None,
-                    load_and_validate,
-                    Path(request.path),
-                    self.bundle,
-                    device,
-                    self.config.kernel,
-                    faiss_device,
-                )
+                loaded = await self._load(Path(request.path))
                 previous = self.registry.install(loaded, request.alias)
             self.metrics.set_aliases(self.registry.snapshot()[1])
             logger.info("alias %r now serves %s (was %s)", request.alias, loaded.version, previous or "unset")
@@ -170,6 +161,16 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):  # type: i
             )
 
         return await self._call("LoadIndex", context, body)
+
+    async def _load(self, path: Path) -> LoadedIndex:
+        """Loads and validates the artifact at ``path`` in a worker thread (LoadIndex)."""
+        device, faiss_device = self.config.index_devices()
+        return await asyncio.get_running_loop().run_in_executor(
+            None, load_and_validate, path, self.bundle, device, self.config.kernel, faiss_device
+        )
+
+    async def close(self) -> None:
+        """Releases what the servicer holds beyond the batcher (nothing here; a front tier's channels)."""
 
     async def UnloadIndex(
         self, request: retrieval_pb2.UnloadIndexRequest, context: Context
@@ -186,7 +187,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):  # type: i
         return await self._call("UnloadIndex", context, body)
 
 
-def _check_outcome(
+def check_outcome(
     ids: list[list[int]], scores: list[list[float]], parsed: ParsedRequest, num_items: int, version: str
 ) -> None:
     """Never answer OK with a non-finite score, or with fewer exact results than ``min(k, N - excluded)``.

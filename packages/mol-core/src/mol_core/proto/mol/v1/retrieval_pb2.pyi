@@ -100,14 +100,18 @@ class ServerTimings(_message.Message):
     def __init__(self, queue_us: _Optional[int] = ..., encode_us: _Optional[int] = ..., search_us: _Optional[int] = ..., total_us: _Optional[int] = ...) -> None: ...
 
 class RetrieveResponse(_message.Message):
-    __slots__ = ("results", "index_version", "timings")
+    __slots__ = ("results", "index_version", "timings", "partial", "missing_shards")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[QueryResult]
     index_version: str
     timings: ServerTimings
-    def __init__(self, results: _Optional[_Iterable[_Union[QueryResult, _Mapping]]] = ..., index_version: _Optional[str] = ..., timings: _Optional[_Union[ServerTimings, _Mapping]] = ...) -> None: ...
+    partial: bool
+    missing_shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, results: _Optional[_Iterable[_Union[QueryResult, _Mapping]]] = ..., index_version: _Optional[str] = ..., timings: _Optional[_Union[ServerTimings, _Mapping]] = ..., partial: bool = ..., missing_shards: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ListIndexesRequest(_message.Message):
     __slots__ = ()
