@@ -26,7 +26,9 @@ _PIN = re.search(r'^GRPCIO_TOOLS_VERSION = "([^"]+)"', (ROOT / "tools" / "gen_pr
 if _PIN is None:
     raise RuntimeError("tools/gen_protos.py no longer defines GRPCIO_TOOLS_VERSION")
 GRPCIO_TOOLS = f"grpcio-tools=={_PIN.group(1)}"
-TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100", "cryptography>=42"]
+#: The deployment files' linters (tests/test_deploy.py): Kubernetes schemas and the Compose spec, offline.
+DEPLOY_LINTERS = ["kubernetes-validate==1.37.0", "check-jsonschema==0.39.0"]
+TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100", "cryptography>=42", *DEPLOY_LINTERS]
 
 nox.options.sessions = ["test", "bench"]
 nox.options.reuse_existing_virtualenvs = True

@@ -101,6 +101,18 @@ def test_cli_query_and_indexes(
     assert main(["indexes", *common, "--admin-token-file", str(token_files[1])]) == 0
     assert "prod" in capsys.readouterr().out
     assert ADMIN_TOKEN not in capsys.readouterr().out
+    assert main(["health", "--target", server.target, "--timeout", "20"]) == 0  # no token: open
+    assert capsys.readouterr().out.strip() == "SERVING"
+    assert main(["health", "--target", f"127.0.0.1:{_closed_port()}", "--timeout", "2"]) == 3
+    assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def test_serve_refuses_public_address_without_token(

@@ -167,8 +167,7 @@ def test_auth_refusals(server: ServerProcess) -> None:
             with pytest.raises(Unauthenticated) as info:
                 anonymous.retrieve(histories=[[1]], top_k=1)
             assert info.value.code == "UNAUTHENTICATED"
-            with pytest.raises(Unauthenticated):
-                anonymous.health()
+            assert anonymous.health() == "SERVING"  # open: orchestrators' gRPC probes send no token
     with RetrievalClient(server.target, token=TOKEN, timeout=10) as user:
         assert user.retrieve(histories=[[1]], top_k=1).ids
         with pytest.raises(Unauthenticated) as info:

@@ -1,9 +1,11 @@
 """Bearer-token authentication for every RPC, as a grpc.aio server interceptor.
 
-Clients send ``authorization: Bearer <token>`` metadata. Serving RPCs (Retrieve, health, reflection)
-accept the serving or the admin token; admin RPCs (ListIndexes, LoadIndex, UnloadIndex) only the admin
-token. Tokens are compared in constant time, before the request bytes are decoded: a refused call's bytes
-are never parsed. A server without any token accepts everything (loopback only, see
+Clients send ``authorization: Bearer <token>`` metadata. Serving RPCs (Retrieve, reflection) accept the
+serving or the admin token; admin RPCs (ListIndexes, LoadIndex, UnloadIndex) only the admin token. The
+gRPC health service (``grpc.health.v1.Health``) needs no token, so that orchestrators' gRPC probes
+(Kubernetes ``grpc:`` probes send no metadata) can call it; it tells only SERVING or NOT_SERVING.
+Tokens are compared in constant time, before the request bytes are decoded: a refused call's bytes are
+never parsed. A server without any token accepts everything (loopback only, see
 :class:`~mol_serve.config.ServeConfig`).
 """
 
@@ -16,12 +18,15 @@ from typing import Any
 import grpc
 from grpc import aio
 
-__all__ = ["ADMIN_METHODS", "TokenAuthInterceptor"]
+__all__ = ["ADMIN_METHODS", "OPEN_METHODS", "TokenAuthInterceptor"]
 
 #: Full method names that need the admin token.
 ADMIN_METHODS = frozenset(
     f"/mol.v1.RetrievalService/{name}" for name in ("ListIndexes", "LoadIndex", "UnloadIndex")
 )
+
+#: Full method names that need no token: the gRPC health service, for orchestrators' probes.
+OPEN_METHODS = frozenset(f"/grpc.health.v1.Health/{name}" for name in ("Check", "Watch"))
 
 
 def _matches(given: str | None, expected: str | None) -> bool:
@@ -46,7 +51,7 @@ class TokenAuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         self, method: str, metadata: tuple[tuple[str, str | bytes], ...]
     ) -> tuple[grpc.StatusCode, str] | None:
         """``None`` when the call may proceed, else the status code and message to refuse it with."""
-        if self.token is None and self.admin_token is None:
+        if (self.token is None and self.admin_token is None) or method in OPEN_METHODS:
             return None
         header = next((v for k, v in metadata if k == "authorization"), None)
         if isinstance(header, bytes):
