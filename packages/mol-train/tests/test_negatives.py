@@ -82,6 +82,27 @@ def test_sample_shapes_and_range() -> None:
         assert int(ids.max()) <= N
 
 
+def test_ranks_get_the_rows_one_process_draws_for_them() -> None:
+    """Global row j of a batch is on rank j mod W (iter_train_batches): per-sequence and shared negatives
+    of W ranks with the same generator state are one process's draw for the whole batch, split so."""
+    world = 3
+    whole_mask = torch.ones(B * world, 4, dtype=torch.bool)
+    for sampling in (NegativeSampling.PER_SEQUENCE, NegativeSampling.SHARED):
+        seeded = torch.Generator().manual_seed(5)
+        one = sample_negatives(sampling, mask=whole_mask, num_negatives=R, num_items=N, generator=seeded)
+        for rank in range(world):
+            mine = sample_negatives(
+                sampling,
+                mask=whole_mask[rank::world],
+                num_negatives=R,
+                num_items=N,
+                generator=torch.Generator().manual_seed(5),
+                rank=rank,
+                world_size=world,
+            )
+            assert torch.equal(mine, one[rank::world] if sampling is NegativeSampling.PER_SEQUENCE else one)
+
+
 def test_per_position_lookup_projects_each_distinct_item_once() -> None:
     negatives = torch.tensor([[3, 3, 7], [7, 1, 3]])
     ids, inverse = lookup_ids(NegativeSampling.PER_POSITION, negatives)

@@ -31,8 +31,17 @@ def sample_negatives(
     num_negatives: int,
     num_items: int,
     generator: torch.Generator | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> torch.Tensor:
     """Draws item ids uniformly from ``[1, N]`` with replacement.
+
+    With several processes the batch is this rank's share of a global batch of ``B * world_size`` rows,
+    global row ``j`` on rank ``j mod world_size`` (:func:`mol_train.data.iter_train_batches`). Every rank
+    holds the same generator state: ``per_sequence`` draws the ``(B * world_size, R)`` ids of the global
+    batch and keeps rows ``rank::world_size``, and ``shared`` ids are the same everywhere, so each rank
+    gets the negatives one process would draw for its rows. ``per_position`` draws this rank's ``(M, R)``
+    from the shared state (the same stream on every rank; the one process draw is not reproduced).
 
     Args:
         sampling: who shares the negatives.
@@ -40,18 +49,19 @@ def sample_negatives(
         num_negatives: R.
         num_items: N.
         generator: a seeded generator (on the CPU).
+        rank: this process's rank.
+        world_size: the number of processes.
 
     Returns:
         ``(M, R)``, ``(B, R)`` or ``(R,)`` int64 ids on the CPU.
     """
-    shape: tuple[int, ...]
     if sampling is NegativeSampling.PER_POSITION:
-        shape = (int(mask.sum()), num_negatives)
-    elif sampling is NegativeSampling.PER_SEQUENCE:
-        shape = (int(mask.shape[0]), num_negatives)
-    else:
-        shape = (num_negatives,)
-    return torch.randint(1, num_items + 1, shape, generator=generator)
+        return torch.randint(1, num_items + 1, (int(mask.sum()), num_negatives), generator=generator)
+    if sampling is NegativeSampling.PER_SEQUENCE:
+        rows = int(mask.shape[0]) * world_size
+        drawn = torch.randint(1, num_items + 1, (rows, num_negatives), generator=generator)
+        return drawn[rank::world_size] if world_size > 1 else drawn
+    return torch.randint(1, num_items + 1, (num_negatives,), generator=generator)
 
 
 def lookup_ids(

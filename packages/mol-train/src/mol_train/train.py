@@ -204,6 +204,8 @@ def _train(
                 num_negatives=settings.num_negatives,
                 num_items=dataset.num_items,
                 generator=generator,
+                rank=context.rank,
+                world_size=context.world_size,
             )  # (M, R), (B, R) or (R,)
             next_times = None if batch.target_timestamps is None else batch.target_timestamps[:, -1]
             args = [batch.inputs, batch.targets, negatives, batch.timestamps, next_times, batch.user_rows]
@@ -225,12 +227,13 @@ def _train(
         train_seconds += seconds
         train_sequences += sequences * context.world_size
         epochs_run = epoch
+        epoch_loss = _mean_over_ranks(losses, context)  # a collective: every rank calls it
         if log is not None:
             log.write(
                 {
                     "kind": "train",
                     "epoch": epoch,
-                    "loss": sum(losses) / max(1, len(losses)),
+                    "loss": epoch_loss,
                     "seconds": seconds,
                     "seq_per_s": sequences * context.world_size / max(seconds, 1e-9),
                 }
@@ -448,6 +451,15 @@ def _process_group(device: str | None) -> Iterator[DistributedContext]:
         yield context
     finally:
         destroy_distributed()
+
+
+def _mean_over_ranks(losses: list[float], context: DistributedContext) -> float:
+    """The mean of every rank's step losses of this epoch (each rank's alone with one process)."""
+    if context.world_size == 1:
+        return sum(losses) / max(1, len(losses))
+    totals = torch.tensor([sum(losses), float(len(losses))], dtype=torch.float64, device=context.device)
+    dist.all_reduce(totals)
+    return float(totals[0] / totals[1].clamp_min(1))
 
 
 def _short(metrics: dict[str, float]) -> str:
