@@ -43,12 +43,34 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _fit(data: Path, run: Path) -> list[str]:
-    settings = [arg for setting in SETTINGS for arg in ("--set", setting)]
+def _fit(data: Path, run: Path, epochs: int = EPOCHS, *extra: str) -> list[str]:
+    settings = [arg for setting in [*SETTINGS, f"train.epochs={epochs}"] for arg in ("--set", setting)]
     return [
         *("fit", "--config", "tiny_cpu", "--data", str(data), "--output", str(run)),
-        *("--no-progress", "--threads", "1", *settings),
+        *("--no-progress", "--threads", "1", *settings, *extra),
     ]
+
+
+def _env() -> dict[str, str]:
+    torchrun_variables = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in torchrun_variables}
+    return env | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def _one_process(args: list[str]) -> None:
+    command = [sys.executable, "-m", "mol_train.cli", *args]
+    run = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+def _two_processes(args: list[str]) -> None:
+    """One torchrun launch with two processes (its own rendezvous on a free loopback port)."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
+    launch += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}"]
+    run = subprocess.run(
+        [*launch, "-m", "mol_train.cli", *args], env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 
 def _records(run: Path) -> list[dict[str, float]]:
@@ -61,12 +83,8 @@ def test_two_torchrun_nodes_match_one_process(tmp_path: Path) -> None:
     data, one, two = tmp_path / "data", tmp_path / "one", tmp_path / "two"
     make = [sys.executable, "-m", "mol_train.cli", "data", "synthetic", "--output", str(data)]
     subprocess.run([*make, "--users", str(USERS), "--items", "60", "--max-len", "12"], check=True)
-    torchrun_variables = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
-    env = {k: v for k, v in os.environ.items() if k not in torchrun_variables}
-    env |= {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    subprocess.run(
-        [sys.executable, "-m", "mol_train.cli", *_fit(data, one)], check=True, env=env, timeout=600
-    )
+    env = _env()
+    _one_process(_fit(data, one))
     endpoint = f"127.0.0.1:{_free_port()}"
     launch = [
         *(sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"),
@@ -106,3 +124,28 @@ def test_two_torchrun_nodes_match_one_process(tmp_path: Path) -> None:
         assert abs(final_two[split]["hr@10"] - final_one[split]["hr@10"]) <= 2 / USERS
         assert final_two[split]["ndcg@10"] == pytest.approx(final_one[split]["ndcg@10"], abs=1e-2)
         assert final_two[split]["mrr"] == pytest.approx(final_one[split]["mrr"], abs=1e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_checkpoint_resumes_with_another_process_count(tmp_path: Path) -> None:
+    """Two processes' checkpoint resumed by one, and one process's by two: each continues the run of
+    the uninterrupted one process (the tables resharded from every rank's file)."""
+    data, whole = tmp_path / "data", tmp_path / "whole"
+    make = [sys.executable, "-m", "mol_train.cli", "data", "synthetic", "--output", str(data)]
+    subprocess.run([*make, "--users", str(USERS), "--items", "60", "--max-len", "12"], check=True)
+    _one_process(_fit(data, whole))
+    shrunk, grown = tmp_path / "two-then-one", tmp_path / "one-then-two"
+    _two_processes(_fit(data, shrunk, 2))
+    _one_process(_fit(data, shrunk, EPOCHS, "--resume"))
+    _one_process(_fit(data, grown, 2))
+    _two_processes(_fit(data, grown, EPOCHS, "--resume"))
+    assert (grown / "checkpoints" / "rank-1" / f"step-{EPOCHS:09d}.pt").is_file()
+    want = [r["loss"] for r in _records(whole) if r["kind"] == "train"]
+    final = json.loads((whole / "results.json").read_text())
+    for run in (shrunk, grown):
+        losses = [r["loss"] for r in _records(run) if r["kind"] == "train"]
+        assert losses == pytest.approx(want, rel=1e-3), run.name
+        got = json.loads((run / "results.json").read_text())
+        assert abs(got["valid"]["hr@10"] - final["valid"]["hr@10"]) <= 2 / USERS, run.name
+        assert got["valid"]["ndcg@10"] == pytest.approx(final["valid"]["ndcg@10"], abs=1e-2), run.name

@@ -21,6 +21,7 @@ from mol_core.errors import ArtifactError, ConfigError
 from mol_train.checkpoint import find_checkpoints, load_checkpoint, save_state
 from mol_train.config import load_config
 from mol_train.data import make_synthetic
+from mol_train.resume import fill_from_pieces, merge_rank_states
 from mol_train.train import fit
 
 FAST = ["data.max_len=12", "train.batch_size=32", "train.num_negatives=16", "train.early_stopping_patience=0"]
@@ -164,7 +165,7 @@ def test_resume_skips_corrupt_checkpoints_by_name_and_refuses_when_none_is_intac
         load_checkpoint(older)
 
 
-def test_resume_refuses_a_changed_configuration_or_process_count(dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_resume_refuses_a_changed_configuration_or_a_missing_rank_file(dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     fit(load_config("tiny_cpu", [*FAST, "train.epochs=1"]), dataset, tmp_path, progress=False)
     changed = load_config("tiny_cpu", [*FAST, "train.epochs=2", "train.learning_rate=0.01"])
     with pytest.raises(ConfigError, match=r"train\.learning_rate \(checkpoint 0\.003, now 0\.01\)"):
@@ -175,7 +176,8 @@ def test_resume_refuses_a_changed_configuration_or_process_count(dataset, tmp_pa
     saved["world_size"] = 2
     save_state(only, saved)
     two = load_config("tiny_cpu", [*FAST, "train.epochs=2"])
-    with pytest.raises(ConfigError, match="written by 2 process"):
+    rank1 = tmp_path / "checkpoints" / "rank-1" / only.name
+    with pytest.raises(ArtifactError, match=rf"checkpoint of 2 process\(es\)\): {rank1} does not exist"):
         fit(two, dataset, tmp_path, resume=True, progress=False)
 
 
@@ -294,3 +296,27 @@ def test_a_checkpoint_of_the_older_format_resumes_with_a_warning(
         )
     assert result.epochs_run == 2
     assert "holds weights only" in caplog.text
+
+
+def test_fill_from_pieces_copies_every_overlap_by_hand() -> None:
+    table = torch.arange(24.0).reshape(6, 4)  # the whole table
+    pieces = [([0, 0], table[0:4].clone()), ([4, 0], table[4:6].clone())]  # two ranks, row-wise 4 + 2
+    for start, rows in ((0, 3), (3, 3), (1, 5), (5, 1)):  # three ranks, then uneven blocks
+        target = torch.full((rows, 4), -1.0)
+        assert fill_from_pieces(target, [start, 0], pieces) == rows * 4
+        assert torch.equal(target, table[start : start + rows])
+    column_block = torch.full((6, 2), -1.0)  # a block of columns 2..3 (column-wise sharding)
+    assert fill_from_pieces(column_block, [0, 2], pieces) == 12
+    assert torch.equal(column_block, table[:, 2:])
+    outside = torch.full((2, 4), -1.0)
+    assert fill_from_pieces(outside, [6, 0], pieces) == 0  # rows the pieces do not hold: nothing written
+    assert bool((outside == -1).all())
+
+
+def test_merge_rank_states_joins_table_shards_and_keeps_rank_0_for_the_rest() -> None:
+    rank0 = {"w": torch.ones(2), "table": {"__local_shards__": [([0, 0], torch.zeros(2, 3))]}, "n": [1, 2]}
+    rank1 = {"w": torch.ones(2) * 7, "table": {"__local_shards__": [([2, 0], torch.ones(1, 3))]}, "n": [1, 2]}
+    merged = merge_rank_states([rank0, rank1])
+    assert torch.equal(merged["w"], torch.ones(2))  # replicated values: rank 0's
+    assert [offsets for offsets, _ in merged["table"]["__local_shards__"]] == [[0, 0], [2, 0]]
+    assert merged["n"] == [1, 2]

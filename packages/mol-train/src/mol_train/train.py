@@ -48,6 +48,7 @@ from mol_train.negatives import sample_negatives
 from mol_train.resume import (
     check_resumable_config,
     choose_resume_checkpoint,
+    merge_rank_states,
     rank_checkpoint_dir,
     restore_training_state,
     training_state,
@@ -100,7 +101,8 @@ def fit(
         resume: continue from the newest checkpoint in ``out_dir/checkpoints`` that is intact on every
             rank (newer corrupt ones are skipped with a warning naming them); the run then continues as
             the uninterrupted run would (mol_train.resume). The configuration may differ only in
-            ``mol_train.resume.RESUMABLE_CHANGES``; the number of processes must be the same.
+            ``mol_train.resume.RESUMABLE_CHANGES``. The number of processes may differ: the tables are
+            then resharded from every rank's file (which every rank must be able to read).
         device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
         progress: show a progress bar with the live loss and throughput (rank 0 only).
 
@@ -148,10 +150,24 @@ def _train(
     saved: dict[str, Any] | None = None
     checkpoints = out / "checkpoints"
     if resume:
-        epoch = choose_resume_checkpoint(checkpoints, context)
-        path = rank_checkpoint_dir(checkpoints, context.rank) / f"step-{epoch:09d}.pt"
-        saved = load_checkpoint(path)
-        _check_resumable(saved, config, context, path)
+        epoch, writers = choose_resume_checkpoint(checkpoints, context)
+        name = f"step-{epoch:09d}.pt"
+        if writers == context.world_size:  # each rank its own file
+            path = rank_checkpoint_dir(checkpoints, context.rank) / name
+            saved = load_checkpoint(path)
+        else:  # another process count: every writer's file, the tables' shards joined
+            path = checkpoints / name
+            states = [load_checkpoint(rank_checkpoint_dir(checkpoints, r) / name) for r in range(writers)]
+            saved = states[0]
+            if "training" in saved:
+                saved["training"] = merge_rank_states([state["training"] for state in states])
+            logger.warning(
+                "resuming the checkpoint of %d process(es) with %d: tables resharded; the run continues "
+                "from the same weights and optimizer state",
+                writers,
+                context.world_size,
+            )
+        _check_resumable(saved, config, path)
         if "training" not in saved:  # written before checkpoints held the optimizer and generators
             load_weights(model, saved["weights"])
             logger.warning("%s holds weights only: the resumed run differs from an uninterrupted one", path)
@@ -421,17 +437,9 @@ def _batches(
         yield batch
 
 
-def _check_resumable(
-    saved: dict[str, Any], config: TrainConfig, context: DistributedContext, path: Path
-) -> None:
+def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
     if "config" in saved:
         check_resumable_config(saved["config"], _jsonable(config), checkpoint=path)
-    written_by = saved.get("world_size", context.world_size)
-    if written_by != context.world_size:
-        raise ConfigError(
-            f"cannot resume from {path}: it was written by {written_by} process(es), this run has "
-            f"{context.world_size}; resume with the same number of processes and the same sharding"
-        )
 
 
 @contextlib.contextmanager
