@@ -170,6 +170,50 @@ def test_a_caller_deadline_shorter_than_the_margin_is_refused_at_once(cluster: C
         front.retrieve(histories=HISTORIES, top_k=5, timeout=0.01)  # 10 ms < the 20 ms margin
 
 
+def _retrieve_count(server: ServerProcess) -> float:
+    """Retrieve calls the server answered OK, from its Prometheus endpoint."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    found = re.search(r'mol_serve_requests_total\{code="OK",method="Retrieve"\} ([0-9.e+]+)', text)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_replicas_of_a_shard_share_its_calls_and_cover_for_each_other(
+    cluster: Cluster, token_files: tuple[Path, Path], artifacts: dict[str, Path], tmp_path: Path
+) -> None:
+    shard0 = read_shard_set(cluster.sets["a"]).shards[0].path
+    auth = ("--token-file", str(token_files[0]), "--metrics-port", "0")
+    replicas = [
+        start_server(tmp_path, "--index", f"main={shard0}", *auth, name=f"replica{r}") for r in range(2)
+    ]
+    front = None
+    try:
+        listed = ",".join(r.target for r in replicas)  # gRPC's ipv4: scheme, round_robin over both
+        targets = [f"--shard=ipv4:{listed}", *(f"--shard={s.target}" for s in cluster.shards[1:])]
+        front = start_server(
+            tmp_path,
+            *("--bundle", str(artifacts["bundle"]), "--index", f"prod={cluster.sets['a']}"),
+            *("--shard-token-file", str(token_files[0]), *targets),
+            name="front-replicas",
+        )
+        with _client(front.target) as client, _client(cluster.front.target) as reference:
+            want = reference.retrieve(histories=HISTORIES, top_k=10)
+            for _ in range(20):
+                _assert_same(client.retrieve(histories=HISTORIES, top_k=10), want)
+            counts = [_retrieve_count(r) for r in replicas]
+            assert all(count >= 5 for count in counts), counts  # both replicas answered
+            replicas[1].stop()
+            for _ in range(20):  # the other replica takes every call; none fails
+                _assert_same(client.retrieve(histories=HISTORIES, top_k=10), want)
+            assert _retrieve_count(replicas[0]) >= counts[0] + 20
+    finally:
+        for server in [*replicas, *([front] if front else [])]:
+            server.stop()
+
+
 def test_a_new_shard_set_is_taken_over_without_failed_requests(
     cluster: Cluster, artifacts: dict[str, Path]
 ) -> None:

@@ -106,3 +106,54 @@ def test_tls_and_mtls(pki: dict[str, Path], artifacts: dict[str, Path], mutual: 
             await server.shutdown(grace=1)
 
     asyncio.run(scenario())
+
+
+def test_front_tier_reaches_its_shards_over_mutual_tls(
+    pki: dict[str, Path], artifacts: dict[str, Path], tmp_path: Path
+) -> None:
+    from mol_core.bundle import load_bundle
+    from mol_index import MolIndex, ShardedIndex
+    from mol_index.sharding import read_shard_set
+
+    shard_set = ShardedIndex.from_index(MolIndex.load(artifacts["index_a"]), 2).save(tmp_path / "set")
+    shards = read_shard_set(shard_set).shards
+    tls = {"tls_cert": pki["server_cert"], "tls_key": pki["server_key"], "tls_client_ca": pki["ca"]}
+
+    async def scenario() -> None:
+        servers, targets = [], []
+        try:
+            for shard in shards:
+                server, port = await create_server(
+                    ServeConfig(indexes={"main": shard.path}, token="shard-token", **tls)
+                )
+                await server.start()
+                servers.append(server)
+                targets.append(f"127.0.0.1:{port}")
+            tier = {"bundle": artifacts["bundle"], "indexes": {"prod": shard_set}, "shards": tuple(targets)}
+            mtls = {
+                "shard_root_cert": pki["ca"],
+                "shard_client_cert": pki["client_cert"],
+                "shard_client_key": pki["client_key"],
+            }
+            front, front_port = await create_server(ServeConfig(**tier, shard_token="shard-token", **mtls))
+            await front.start()
+            servers.append(front)
+            # the same front tier without its client certificate: the shards refuse the handshake
+            bare, bare_port = await create_server(
+                ServeConfig(**tier, shard_token="shard-token", shard_root_cert=pki["ca"])
+            )
+            await bare.start()
+            servers.append(bare)
+            async with AsyncRetrievalClient(f"127.0.0.1:{front_port}", timeout=20) as client:
+                result = await client.retrieve(histories=[[1, 2]], top_k=5)
+            query = load_bundle(artifacts["bundle"]).encode([[1, 2]])
+            want = MolIndex.load(artifacts["index_a"]).search(query, 5)
+            assert result.ids == want[1].tolist()
+            async with AsyncRetrievalClient(f"127.0.0.1:{bare_port}", timeout=20) as client:
+                with pytest.raises(ServeError, match="2 of 2 shards did not answer"):
+                    await client.retrieve(histories=[[1, 2]], top_k=5)
+        finally:
+            for server in servers:
+                await server.shutdown(grace=1)
+
+    asyncio.run(scenario())
