@@ -28,7 +28,9 @@ if _PIN is None:
 GRPCIO_TOOLS = f"grpcio-tools=={_PIN.group(1)}"
 #: The deployment files' linters (tests/test_deploy.py): Kubernetes schemas and the Compose spec, offline.
 DEPLOY_LINTERS = ["kubernetes-validate==1.37.0", "check-jsonschema==0.39.0"]
-TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100", "cryptography>=42", *DEPLOY_LINTERS]
+#: mol-train's ``text`` extra (tests/test_text.py builds a tiny random BERT with it; no weights needed).
+TEXT = ["transformers>=4.44"]
+TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100", "cryptography>=42", *DEPLOY_LINTERS, *TEXT]
 
 nox.options.sessions = ["test", "bench"]
 nox.options.reuse_existing_virtualenvs = True

@@ -58,6 +58,7 @@ DISTRIBUTIONS = {
     "torch": {"torch"},
     "torchrec": {"torchrec"},
     "tqdm": {"tqdm"},
+    "transformers": {"transformers"},
     "triton": {"triton"},
 }
 
