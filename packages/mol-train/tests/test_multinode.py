@@ -43,8 +43,11 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _fit(data: Path, run: Path, epochs: int = EPOCHS, *extra: str) -> list[str]:
-    settings = [arg for setting in [*SETTINGS, f"train.epochs={epochs}"] for arg in ("--set", setting)]
+def _fit(
+    data: Path, run: Path, epochs: int = EPOCHS, *extra: str, negatives: str = "per_sequence"
+) -> list[str]:
+    chosen = [*SETTINGS, f"train.epochs={epochs}", f"train.negatives='{negatives}'"]
+    settings = [arg for setting in chosen for arg in ("--set", setting)]
     return [
         *("fit", "--config", "tiny_cpu", "--data", str(data), "--output", str(run)),
         *("--no-progress", "--threads", "1", *settings, *extra),
@@ -79,17 +82,18 @@ def _records(run: Path) -> list[dict[str, float]]:
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_two_torchrun_nodes_match_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("negatives", ["per_sequence", "per_position"])
+def test_two_torchrun_nodes_match_one_process(tmp_path: Path, negatives: str) -> None:
     data, one, two = tmp_path / "data", tmp_path / "one", tmp_path / "two"
     make = [sys.executable, "-m", "mol_train.cli", "data", "synthetic", "--output", str(data)]
     subprocess.run([*make, "--users", str(USERS), "--items", "60", "--max-len", "12"], check=True)
     env = _env()
-    _one_process(_fit(data, one))
+    _one_process(_fit(data, one, negatives=negatives))
     endpoint = f"127.0.0.1:{_free_port()}"
     launch = [
         *(sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"),
         *("--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "mol-two-nodes"),
-        *("--max-restarts", "0", "-m", "mol_train.cli", *_fit(data, two)),
+        *("--max-restarts", "0", "-m", "mol_train.cli", *_fit(data, two, negatives=negatives)),
     ]
     nodes = [
         subprocess.Popen(launch, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)

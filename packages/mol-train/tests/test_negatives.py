@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mol_core import MoLSimilarity
+from mol_core.errors import ShapeError
 from mol_core.losses import sampled_softmax_loss
 from mol_core.similarity import DotProductSimilarity, ItemSide, QuerySide, Similarity
 from mol_train.config import NegativeSampling
@@ -87,6 +88,34 @@ def test_ranks_get_the_rows_one_process_draws_for_them() -> None:
     of W ranks with the same generator state are one process's draw for the whole batch, split so."""
     world = 3
     whole_mask = torch.ones(B * world, 4, dtype=torch.bool)
+    whole_mask[torch.arange(B * world) % 4 == 1, :3] = False  # rows with 1 and with 4 positions
+    counts = torch.stack([whole_mask[rank::world].sum(1) for rank in range(world)])  # (W, B)
+    one = sample_negatives(
+        NegativeSampling.PER_POSITION,
+        mask=whole_mask,
+        num_negatives=R,
+        num_items=N,
+        generator=torch.Generator().manual_seed(5),
+    )  # (M, R) in global row order
+    positions = torch.arange(B * world).repeat_interleave(whole_mask.sum(1))  # the global row of each
+    for rank in range(world):
+        mine = sample_negatives(
+            NegativeSampling.PER_POSITION,
+            mask=whole_mask[rank::world],
+            num_negatives=R,
+            num_items=N,
+            generator=torch.Generator().manual_seed(5),
+            rank=rank,
+            world_size=world,
+            counts_of_ranks=counts,
+        )
+        # this rank's rows, in its own order: global rows rank, rank + W, ... (each row's positions in order)
+        want = torch.cat([one[positions == j] for j in range(rank, B * world, world)])
+        assert torch.equal(mine, want)
+    with pytest.raises(ShapeError, match="need counts_of_ranks of shape"):
+        sample_negatives(
+            NegativeSampling.PER_POSITION, mask=whole_mask[:B], num_negatives=R, num_items=N, world_size=3
+        )
     for sampling in (NegativeSampling.PER_SEQUENCE, NegativeSampling.SHARED):
         seeded = torch.Generator().manual_seed(5)
         one = sample_negatives(sampling, mask=whole_mask, num_negatives=R, num_items=N, generator=seeded)

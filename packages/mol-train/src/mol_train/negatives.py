@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from mol_core.errors import ShapeError
 from mol_core.similarity import ItemSide, QuerySide, Similarity
 from mol_train.config import NegativeSampling
 
@@ -33,15 +34,16 @@ def sample_negatives(
     generator: torch.Generator | None = None,
     rank: int = 0,
     world_size: int = 1,
+    counts_of_ranks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draws item ids uniformly from ``[1, N]`` with replacement.
 
     With several processes the batch is this rank's share of a global batch of ``B * world_size`` rows,
     global row ``j`` on rank ``j mod world_size`` (:func:`mol_train.data.iter_train_batches`). Every rank
-    holds the same generator state: ``per_sequence`` draws the ``(B * world_size, R)`` ids of the global
-    batch and keeps rows ``rank::world_size``, and ``shared`` ids are the same everywhere, so each rank
-    gets the negatives one process would draw for its rows. ``per_position`` draws this rank's ``(M, R)``
-    from the shared state (the same stream on every rank; the one process draw is not reproduced).
+    holds the same generator state and draws the ids of the whole global batch, then keeps its own:
+    ``per_sequence`` rows ``rank::world_size``; ``per_position`` the positions of those rows, located with
+    every rank's per-row position counts (``counts_of_ranks``, gathered by the caller); ``shared`` ids are
+    the same everywhere. So each rank gets exactly the negatives one process would draw for its rows.
 
     Args:
         sampling: who shares the negatives.
@@ -51,12 +53,30 @@ def sample_negatives(
         generator: a seeded generator (on the CPU).
         rank: this process's rank.
         world_size: the number of processes.
+        counts_of_ranks: ``(world_size, B)`` supervised positions of every rank's rows (``per_position``
+            with several processes; ``mask.sum(1)`` of each rank, all-gathered).
 
     Returns:
         ``(M, R)``, ``(B, R)`` or ``(R,)`` int64 ids on the CPU.
+
+    Raises:
+        ShapeError: ``per_position`` with several processes and no ``(world_size, B)`` counts.
     """
     if sampling is NegativeSampling.PER_POSITION:
-        return torch.randint(1, num_items + 1, (int(mask.sum()), num_negatives), generator=generator)
+        if world_size == 1:
+            return torch.randint(1, num_items + 1, (int(mask.sum()), num_negatives), generator=generator)
+        rows = int(mask.shape[0])
+        if counts_of_ranks is None or tuple(counts_of_ranks.shape) != (world_size, rows):
+            raise ShapeError(
+                f"per_position negatives over {world_size} processes need counts_of_ranks of shape "
+                f"({world_size}, {rows})"
+            )
+        counts = counts_of_ranks.to(torch.int64).T.reshape(-1)  # (B * W,) in global row order
+        drawn = torch.randint(1, num_items + 1, (int(counts.sum()), num_negatives), generator=generator)
+        starts = torch.cumsum(counts, 0) - counts
+        mine = torch.arange(rank, rows * world_size, world_size)  # this rank's global rows
+        pieces = [drawn[int(starts[j]) : int(starts[j]) + int(counts[j])] for j in mine.tolist()]
+        return torch.cat(pieces) if pieces else drawn[:0]
     if sampling is NegativeSampling.PER_SEQUENCE:
         rows = int(mask.shape[0]) * world_size
         drawn = torch.randint(1, num_items + 1, (rows, num_negatives), generator=generator)

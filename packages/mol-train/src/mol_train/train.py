@@ -32,7 +32,7 @@ from tqdm import tqdm
 from mol_core.atomic import write_text_atomically
 from mol_core.errors import ConfigError
 from mol_train.checkpoint import load_checkpoint, save_checkpoint, save_state
-from mol_train.config import SimilarityKind, TrainConfig
+from mol_train.config import NegativeSampling, SimilarityKind, TrainConfig
 from mol_train.data import SequenceDataset, iter_train_batches, train_rows
 from mol_train.distributed import (
     DistributedContext,
@@ -214,14 +214,16 @@ def _train(
                 inner.warm_start_index(seed=settings.seed)  # k-means on the corpus: collective under sharding
                 logger.info("index layer %s warm-started at step %d", config.index.kind, steps)
                 state.update(best_ndcg=-math.inf, stale=0)  # the kept model must carry a trained index
+            mask = batch.targets != 0  # (B, L)
             negatives = sample_negatives(
                 config.negative_sampling,
-                mask=batch.targets != 0,
+                mask=mask,
                 num_negatives=settings.num_negatives,
                 num_items=dataset.num_items,
                 generator=generator,
                 rank=context.rank,
                 world_size=context.world_size,
+                counts_of_ranks=_counts_of_ranks(mask, config, context),
             )  # (M, R), (B, R) or (R,)
             next_times = None if batch.target_timestamps is None else batch.target_timestamps[:, -1]
             args = [batch.inputs, batch.targets, negatives, batch.timestamps, next_times, batch.user_rows]
@@ -459,6 +461,19 @@ def _process_group(device: str | None) -> Iterator[DistributedContext]:
         yield context
     finally:
         destroy_distributed()
+
+
+def _counts_of_ranks(
+    mask: torch.Tensor, config: TrainConfig, context: DistributedContext
+) -> torch.Tensor | None:
+    """``(world_size, B)`` supervised positions per row of every rank, for per-position negatives over
+    several processes (an all-gather, so every rank calls it); ``None`` otherwise."""
+    if context.world_size == 1 or config.negative_sampling is not NegativeSampling.PER_POSITION:
+        return None
+    counts = mask.sum(dim=1).to(torch.int64).to(context.device)  # (B,)
+    gathered = [torch.empty_like(counts) for _ in range(context.world_size)]
+    dist.all_gather(gathered, counts)
+    return torch.stack(gathered).cpu()  # (W, B)
 
 
 def _mean_over_ranks(losses: list[float], context: DistributedContext) -> float:
