@@ -59,6 +59,14 @@ def test_build_search_info(arrays: tuple, tmp_path: Path, capsys: pytest.Capture
     assert main(build) == 0
     assert main(["info", str(out), "--verify"]) == 0
     assert '"kind": "faiss-flat"' in capsys.readouterr().out
+    before = torch.get_num_threads()
+    try:  # --threads sets torch's (and FAISS's) thread count; a negative one is a clear error
+        assert main(["--threads", "1", "info", str(out)]) == 0
+        assert torch.get_num_threads() == 1
+        assert main(["--threads", "-2", "info", str(out)]) == 2
+        assert "threads must be >= 0" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
     exclude = tmp_path / "exclude.npy"
     np.save(exclude, np.array([[500, -1], [501, 502], [-1, -1]], dtype=np.int64))
     assert (

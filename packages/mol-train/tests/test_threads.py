@@ -36,6 +36,7 @@ def test_available_cpus_is_at_most_the_affinity_mask() -> None:
 
 def test_set_torch_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     before = torch.get_num_threads()
+    monkeypatch.delenv("MOL_THREADS", raising=False)
     try:
         assert set_torch_threads(1) == 1
         assert torch.get_num_threads() == 1
@@ -45,5 +46,11 @@ def test_set_torch_threads(monkeypatch: pytest.MonkeyPatch) -> None:
         assert set_torch_threads(0) == available_cpus()
         with pytest.raises(ConfigError, match="threads must be >= 0"):
             set_torch_threads(-1)
+        monkeypatch.setenv("MOL_THREADS", "3")  # the environment, when no flag is given
+        assert set_torch_threads(0) == 3
+        assert set_torch_threads(2) == 2  # a flag wins
+        monkeypatch.setenv("MOL_THREADS", "many")
+        with pytest.raises(ConfigError, match="MOL_THREADS must be a positive integer; got 'many'"):
+            set_torch_threads(0)
     finally:
         torch.set_num_threads(before)

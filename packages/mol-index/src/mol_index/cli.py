@@ -282,6 +282,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mol-index", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch and FAISS threads (default 0: MOL_THREADS, else the CPUs this process may use)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     build = sub.add_parser("build", help="build an index artifact from item arrays")
@@ -422,11 +428,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _set_threads(threads: int) -> int:
+    """torch's and FAISS's thread counts (:func:`mol_core.threads.resolve_threads`); returns the count."""
+    import faiss
+    import torch
+
+    from mol_core.threads import resolve_threads
+
+    count = resolve_threads(threads)
+    torch.set_num_threads(count)
+    faiss.omp_set_num_threads(count)
+    return count
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the exit code: 0 ok, 2 bad arguments or input (a config, a file, an
     artifact), as every mol CLI (docs/operations.md)."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        _set_threads(args.threads)
         code: int = args.run(args)
     except MolError as err:  # ConfigError, ShapeError, ArtifactError: input the user must fix
         print(f"mol-index: error: {err}", file=sys.stderr)

@@ -92,7 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--insecure", action="store_true", default=None, help="allow a non-loopback address without a token"
     )
-    serve.add_argument("--torch-threads", type=int, help="intra-op threads for search")
+    serve.add_argument(
+        "--torch-threads",
+        type=int,
+        help="intra-op threads for search (default: MOL_THREADS, else the CPUs this process may use)",
+    )
     serve.add_argument(
         "--device",
         help="where exact indexes search: auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N",

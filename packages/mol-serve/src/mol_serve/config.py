@@ -103,7 +103,8 @@ class ServeConfig:
         tls_key: PEM server private key.
         tls_client_ca: PEM CA bundle; when set clients must present a certificate it signed (mTLS).
         insecure: allow a non-loopback listen address without a token.
-        torch_threads: intra-op threads for search (``None`` = torch's default).
+        torch_threads: intra-op threads for search (``None``: ``MOL_THREADS``, else the CPUs this process
+            may run on, from its affinity mask and cgroup quota; :func:`mol_core.threads.resolve_threads`).
         device: where indexes live and searches run: ``auto`` (the first CUDA GPU when torch sees one,
             else the CPU; FAISS-stage indexes stay on the CPU), ``cpu``, ``cuda`` or ``cuda:N`` (FAISS-stage
             indexes are then refused). The bundle's query encoder runs on the CPU.

@@ -26,6 +26,7 @@ from mol_core.atomic import write_text_atomically
 from mol_core.bundle import ModelBundle, load_bundle
 from mol_core.errors import ArtifactError
 from mol_core.proto.mol.v1 import retrieval_pb2, retrieval_pb2_grpc
+from mol_core.threads import resolve_threads
 from mol_serve.auth import TokenAuthInterceptor
 from mol_serve.batcher import MicroBatcher
 from mol_serve.config import ServeConfig
@@ -137,8 +138,8 @@ async def create_server(config: ServeConfig, *, bundle: ModelBundle | None = Non
     Raises:
         ArtifactError: the bundle, an index or a TLS file cannot be loaded (``LoadRefused`` for indexes).
     """
-    if config.torch_threads is not None:
-        torch.set_num_threads(config.torch_threads)
+    threads = resolve_threads(config.torch_threads)  # the flag, MOL_THREADS, or the CPUs we may use
+    torch.set_num_threads(threads)
     if bundle is None and config.bundle is not None:
         bundle = load_bundle(config.bundle)
     registry = IndexRegistry(config.resolved_default_alias)
@@ -158,7 +159,7 @@ async def create_server(config: ServeConfig, *, bundle: ModelBundle | None = Non
         max_wait_s=config.max_wait_ms / 1000,
         on_batch=metrics.batch_queries.observe,
         on_skip=metrics.skipped.inc,
-        threads=config.torch_threads,
+        threads=threads,
         fixed_wait=config.fixed_wait,
     )
     options = [
@@ -227,12 +228,13 @@ async def serve(
         )
     else:
         logger.info(
-            "mol-serve listening on %s:%d (metrics port %s), searching on %s with kernel %s",
+            "mol-serve listening on %s:%d (metrics port %s), searching on %s with kernel %s, %d thread(s)",
             config.host,
             port,
             server.metrics_port,
             config.resolved_device(),
             config.kernel,
+            torch.get_num_threads(),
         )
     if port_file is not None:
         info = {"port": port, "metrics_port": server.metrics_port, "pid": os.getpid()}
