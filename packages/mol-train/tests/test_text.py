@@ -8,7 +8,6 @@ ranking through mol_core.metrics.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -28,46 +27,25 @@ from mol_train.text import (  # noqa: E402
     load_text_encoder,
     mean_pooling,
     set_trainable,
+    synthetic_beir,
+    synthetic_words,
+    tiny_text_encoder,
     training_pairs,
 )
 
 TOPICS = 24
-WORDS = [f"w{i}" for i in range(TOPICS)] + ["the", "of", "a", "study", "cells", "claim"]
+WORDS = synthetic_words(TOPICS)
 
 
 @pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide BERT with random weights and a word-level vocabulary, saved as a folder."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    tokenizer = transformers.BertTokenizerFast(vocab={token: i for i, token in enumerate(tokens)})
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=len(WORDS) + 5,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    transformers.BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return tiny_text_encoder(tmp_path_factory.mktemp("tiny-bert"), WORDS)
 
 
 def _corpus(seed: int = 0) -> BeirDataset:
     """TOPICS passages, each with its own rare word among common ones; 2 queries per passage naming it."""
-    rng = random.Random(seed)
-    common = WORDS[TOPICS:]
-    doc_ids = [f"d{i}" for i in range(TOPICS)]
-    texts = [" ".join([f"w{i}", *rng.sample(common, 4)]) for i in range(TOPICS)]
-    query_ids, queries, qrels = [], [], {}
-    for i in range(TOPICS):
-        for j in range(2):
-            query_ids.append(f"q{i}-{j}")
-            queries.append(" ".join([*rng.sample(common, 2), f"w{i}"]))
-            qrels[f"q{i}-{j}"] = {f"d{i}": 1}
-    return BeirDataset(doc_ids, [""] * TOPICS, texts, query_ids, queries, qrels)
+    return synthetic_beir(TOPICS, 2, seed=seed)
 
 
 def test_loading_from_a_folder_and_refusing_anything_else(encoder_dir: Path, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ package, never from the network.
 """
 
 from mol_train.text.encoder import TRAINABLE_HELP, TextEncoder, load_text_encoder, set_trainable
+from mol_train.text.synthetic import synthetic_beir, synthetic_words, tiny_text_encoder
 from mol_train.text.towers import LearnedPoolings, TextRetriever, build_text_retriever, mean_pooling
 from mol_train.text.training import TextTrainConfig, encode_corpus, evaluate_text, fit_text, training_pairs
 
@@ -22,5 +23,8 @@ __all__ = [
     "load_text_encoder",
     "mean_pooling",
     "set_trainable",
+    "synthetic_beir",
+    "synthetic_words",
+    "tiny_text_encoder",
     "training_pairs",
 ]
