@@ -73,7 +73,7 @@ def test(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks: each writes bench-results/<name>.json and prints a table (quick unless -- --full)."""
     install_torch(session)
-    install_packages(session, *PACKAGES)
+    install_packages(session, *PACKAGES, also=tuple(TEXT))  # bench_mol_train_text needs transformers
     session.run("python", str(ROOT / "tools" / "run_benchmarks.py"), *session.posargs)
 
 
