@@ -45,9 +45,9 @@ from mol_index.sharding import ShardSetInfo, read_shard_set, shard_of
 from mol_serve.batcher import MicroBatcher
 from mol_serve.codec import ParsedRequest, parse_request
 from mol_serve.config import ServeConfig
-from mol_serve.errors import DeadlineExceeded, InvalidRequest, LoadRefused, Overloaded, Unavailable
+from mol_serve.errors import DeadlineExceeded, InvalidRequest, LoadRefused, Unavailable
 from mol_serve.metrics import ServerMetrics
-from mol_serve.registry import IndexRegistry, LoadedIndex, needs_gating
+from mol_serve.registry import IndexRegistry, LoadedIndex, check_fits_bundle, needs_gating
 from mol_serve.service import Context, RetrievalServicer, check_outcome
 
 __all__ = ["FrontServicer", "ShardSetIndex", "load_shard_set", "merge_shard_results", "shard_service_config"]
@@ -119,14 +119,7 @@ def load_shard_set(path: Path, bundle: ModelBundle | None, num_targets: int) -> 
             f"shard set {path} has {len(info.shards)} shards but this front tier has {num_targets} shard "
             "targets (--shard); start it with one target per shard, in shard order"
         )
-    if bundle is not None:
-        want = (bundle.similarity.num_query_components, bundle.similarity.component_dim)
-        got = (similarity.num_query_components, similarity.component_dim)
-        if want != got or bundle.similarity.num_components != similarity.num_components:
-            raise LoadRefused(
-                f"shard set {path} has (Pq, d, P) = {(*got, similarity.num_components)} but the model "
-                f"bundle encodes {(*want, bundle.similarity.num_components)}"
-            )
+    check_fits_bundle(similarity, bundle, f"shard set {path}")
     load_us = int((time.perf_counter() - start) * 1e6)
     return LoadedIndex(info.version, Path(path), ShardSetIndex(info, similarity), "sharded", load_us)  # type: ignore[arg-type]
 
@@ -219,19 +212,8 @@ class FrontServicer(RetrievalServicer):
         self, request: retrieval_pb2.RetrieveRequest, context: Context
     ) -> retrieval_pb2.RetrieveResponse:
         start = time.perf_counter()
-        if self._active >= self.config.max_concurrent:
-            raise Overloaded(
-                f"server at its limit of {self.config.max_concurrent} concurrent Retrieve calls; "
-                "retry with backoff"
-            )
-        self._active += 1
-        self.metrics.inflight.inc()
-        try:
-            which = request.WhichOneof("index")
-            loaded = self.registry.resolve(
-                alias=request.index_alias if which == "index_alias" else None,
-                version=request.index_version if which == "index_version" else None,
-            )
+        with self._admitted():
+            loaded = self._resolve(request)
             index: ShardSetIndex = loaded.index  # type: ignore[assignment]
             parsed = parse_request(request, loaded, self.bundle, self.config)
             encode_start = time.perf_counter()
@@ -241,9 +223,6 @@ class FrontServicer(RetrievalServicer):
             search_start = time.perf_counter()
             answers = await self._fan_out(request, parsed, index, queries, timeout)
             search_us = int((time.perf_counter() - search_start) * 1e6)
-        finally:
-            self._active -= 1
-            self.metrics.inflight.dec()
         missing = [shard for shard, answer in enumerate(answers) if answer is None]
         response = retrieval_pb2.RetrieveResponse(index_version=loaded.version)
         merged_ids, merged_scores = [], []

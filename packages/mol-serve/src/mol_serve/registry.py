@@ -20,7 +20,7 @@ from mol_core.similarity import DotProductSimilarity, Similarity
 from mol_index import MolIndex, SearchParams
 from mol_serve.errors import InvalidRequest, LoadRefused, NotFound, echo
 
-__all__ = ["IndexRegistry", "LoadedIndex", "load_and_validate", "needs_gating"]
+__all__ = ["IndexRegistry", "LoadedIndex", "check_fits_bundle", "load_and_validate", "needs_gating"]
 
 
 def needs_gating(similarity: Similarity) -> bool:
@@ -45,6 +45,19 @@ class LoadedIndex:
     index: MolIndex
     kind: str
     load_us: int
+
+
+def check_fits_bundle(similarity: Similarity, bundle: ModelBundle | None, what: str) -> None:
+    """Refuses (LoadRefused) an index or shard set whose ``(Pq, d, P)`` differ from the bundle's encoder."""
+    if bundle is None:
+        return
+    want = (bundle.similarity.num_query_components, bundle.similarity.component_dim)
+    got = (similarity.num_query_components, similarity.component_dim)
+    if want != got or bundle.similarity.num_components != similarity.num_components:
+        raise LoadRefused(
+            f"{what} has (Pq, d, P) = {(*got, similarity.num_components)} but the model bundle encodes "
+            f"{(*want, bundle.similarity.num_components)}; build the index from this bundle's items"
+        )
 
 
 def load_and_validate(
@@ -72,14 +85,7 @@ def load_and_validate(
     except (ArtifactError, ConfigError, ShapeError, OSError) as err:
         raise LoadRefused(f"cannot load index artifact {path}: {err}") from err
     sim = index.similarity
-    if bundle is not None:
-        want = (bundle.similarity.num_query_components, bundle.similarity.component_dim)
-        got = (sim.num_query_components, sim.component_dim)
-        if want != got or bundle.similarity.num_components != sim.num_components:
-            raise LoadRefused(
-                f"index {path} has (Pq, d, P) = {(*got, sim.num_components)} but the model bundle encodes "
-                f"{(*want, bundle.similarity.num_components)}; build the index from this bundle's items"
-            )
+    check_fits_bundle(sim, bundle, f"index {path}")
     if index.num_items < 1:
         raise LoadRefused(f"index {path} holds no items")
     try:

@@ -9,10 +9,11 @@ never shown to the client beyond a generic message).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
@@ -93,26 +94,12 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):  # type: i
         self, request: retrieval_pb2.RetrieveRequest, context: Context
     ) -> retrieval_pb2.RetrieveResponse:
         start = time.perf_counter()
-        if self._active >= self.config.max_concurrent:
-            raise Overloaded(
-                f"server at its limit of {self.config.max_concurrent} concurrent Retrieve calls; "
-                "retry with backoff"
-            )
-        self._active += 1
-        self.metrics.inflight.inc()
-        try:
-            which = request.WhichOneof("index")
-            loaded = self.registry.resolve(
-                alias=request.index_alias if which == "index_alias" else None,
-                version=request.index_version if which == "index_version" else None,
-            )
+        with self._admitted():
+            loaded = self._resolve(request)
             parsed = parse_request(request, loaded, self.bundle, self.config)
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
             outcome = await self.batcher.submit(loaded, parsed, deadline)
-        finally:
-            self._active -= 1
-            self.metrics.inflight.dec()
         check_outcome(outcome.ids, outcome.scores, parsed, loaded.index.num_items, loaded.version)
         response = retrieval_pb2.RetrieveResponse(index_version=loaded.version)
         for ids, scores in zip(outcome.ids, outcome.scores, strict=True):
@@ -125,6 +112,30 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):  # type: i
         )
         timings.total_us = int((time.perf_counter() - start) * 1e6)
         return response
+
+    @contextlib.contextmanager
+    def _admitted(self) -> Iterator[None]:
+        """Counts one Retrieve call in progress; refuses it (Overloaded) at ``max_concurrent``."""
+        if self._active >= self.config.max_concurrent:
+            raise Overloaded(
+                f"server at its limit of {self.config.max_concurrent} concurrent Retrieve calls; "
+                "retry with backoff"
+            )
+        self._active += 1
+        self.metrics.inflight.inc()
+        try:
+            yield
+        finally:
+            self._active -= 1
+            self.metrics.inflight.dec()
+
+    def _resolve(self, request: retrieval_pb2.RetrieveRequest) -> LoadedIndex:
+        """The loaded index (or shard set) the request names, or the default alias's."""
+        which = request.WhichOneof("index")
+        return self.registry.resolve(
+            alias=request.index_alias if which == "index_alias" else None,
+            version=request.index_version if which == "index_version" else None,
+        )
 
     async def ListIndexes(
         self, request: retrieval_pb2.ListIndexesRequest, context: Context
