@@ -54,6 +54,7 @@ DISTRIBUTIONS = {
     "numpy": {"numpy"},
     "prometheus_client": {"prometheus-client"},
     "safetensors": {"safetensors"},
+    "tokenizers": {"tokenizers"},
     "tomli": {"tomli"},
     "torch": {"torch"},
     "torchrec": {"torchrec"},

@@ -13,6 +13,12 @@ mol-train writes it (``mol-train export``); :func:`load_bundle` reads it without
 The query encoder takes right-aligned ``(B, L)`` internal item ids with ``L = max_len`` (row ``i`` of the
 item tensors is internal id ``i + 1``; 0 is padding); :meth:`ModelBundle.encode` builds those tensors
 from external ids.
+
+A *text* bundle (``query_input = "text"``, format version 2, written by
+``mol_train.text.export_text_bundle``) holds a passage corpus instead: its query encoder takes
+``(input_ids, attention_mask)`` ``(B, T)`` and returns the same two tensors, ``tokenizer.json`` (the
+``tokenizers`` library's format) makes those from query texts, and :meth:`ModelBundle.encode_texts` runs
+both. Reading one needs the ``tokenizers`` package (``mol-core[text]``).
 """
 
 from __future__ import annotations
@@ -25,7 +31,13 @@ from typing import Any
 import torch
 
 from mol_core.errors import ArtifactError, ShapeError
-from mol_core.manifest import BUNDLE_FORMAT_VERSION, MANIFEST_FILENAME, read_manifest, verify_files
+from mol_core.manifest import (
+    BUNDLE_FORMAT_VERSION,
+    MANIFEST_FILENAME,
+    TEXT_BUNDLE_FORMAT_VERSION,
+    read_manifest,
+    verify_files,
+)
 from mol_core.proto.mol.v1.manifest_pb2 import ModelBundleManifest
 from mol_core.similarity import ItemSide, QuerySide, Similarity, similarity_from_config
 
@@ -33,6 +45,8 @@ __all__ = [
     "ITEM_TENSORS_FILE",
     "ITEM_VOCABULARY_FILE",
     "QUERY_ENCODER_FILE",
+    "QUERY_INPUTS",
+    "TOKENIZER_FILE",
     "ModelBundle",
     "load_bundle",
 ]
@@ -40,6 +54,9 @@ __all__ = [
 QUERY_ENCODER_FILE = "query_encoder.pt2"
 ITEM_TENSORS_FILE = "item_tensors.safetensors"
 ITEM_VOCABULARY_FILE = "item_vocabulary.json"
+TOKENIZER_FILE = "tokenizer.json"
+#: What a bundle's query encoder takes (``ModelBundleManifest.query_input``; empty means "history").
+QUERY_INPUTS = ("history", "text")
 
 
 @dataclass(frozen=True)
@@ -51,8 +68,13 @@ class ModelBundle:
         similarity: the similarity module with its trained parameters, in eval mode.
         items: ``(N, Px, d)`` item side of every item (row i = ``item_ids[i]``).
         item_ids: the N external item ids (ints or strings).
-        max_len: L, the history width the query encoder takes.
-        query_encoder: the exported program's module (call through :meth:`encode`).
+        max_len: L, the history width the query encoder takes (history bundles; 0 for text).
+        query_encoder: the exported program's module (call through :meth:`encode` or
+            :meth:`encode_texts`).
+        query_input: ``"history"`` or ``"text"`` (:data:`QUERY_INPUTS`).
+        tokenizer: a text bundle's ``tokenizers.Tokenizer`` (truncating at ``max_query_tokens``, padding
+            to the longest text), ``None`` for history bundles.
+        max_query_tokens: a text bundle's query length cut, in tokens (0 for history bundles).
     """
 
     manifest: ModelBundleManifest
@@ -61,6 +83,9 @@ class ModelBundle:
     item_ids: list[Any]
     max_len: int
     query_encoder: torch.nn.Module
+    query_input: str = "history"
+    tokenizer: Any = None
+    max_query_tokens: int = 0
 
     def item_rows(self, external_ids: list[Any]) -> list[int]:
         """External item ids -> rows of the item tensors (internal id minus 1).
@@ -104,8 +129,11 @@ class ModelBundle:
             The query side: embeddings ``(B, Pq, d)``, gating ``(B, P)`` or ``None``.
 
         Raises:
-            ShapeError: an empty history, an unknown item id, or timestamps that do not align.
+            ShapeError: an empty history, an unknown item id, timestamps that do not align, or a text
+                bundle (use :meth:`encode_texts`).
         """
+        if self.query_input != "history":
+            raise ShapeError("this is a text bundle: its queries are texts (encode_texts), not histories")
         batch, width = len(histories), self.max_len
         if batch == 0:
             raise ShapeError("encode needs at least one history")
@@ -131,6 +159,29 @@ class ModelBundle:
         embeddings, gating = self.query_encoder(history, times, next_times, users)
         return QuerySide(embeddings, gating if gating.shape[-1] > 0 else None)
 
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> QuerySide:
+        """Tokenises B query texts (cut at ``max_query_tokens``) and runs a text bundle's query tower.
+
+        Returns:
+            The query side: embeddings ``(B, Pq, d)``, gating ``(B, P)`` or ``None``.
+
+        Raises:
+            ShapeError: no texts, an empty or blank text, or a history bundle (use :meth:`encode`).
+        """
+        if self.query_input != "text" or self.tokenizer is None:
+            raise ShapeError("this bundle encodes item histories (encode), not texts")
+        if not texts:
+            raise ShapeError("encode_texts needs at least one text")
+        blank = [i for i, text in enumerate(texts) if not text.strip()]
+        if blank:
+            raise ShapeError(f"text(s) {blank[:5]} are empty or blank; a text query needs words")
+        encodings = self.tokenizer.encode_batch(list(texts))
+        input_ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)  # (B, T)
+        attention_mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)  # (B, T)
+        embeddings, gating = self.query_encoder(input_ids, attention_mask)
+        return QuerySide(embeddings, gating if gating.shape[-1] > 0 else None)
+
 
 def load_bundle(path: str | Path) -> ModelBundle:
     """Loads and verifies a model bundle directory.
@@ -142,7 +193,16 @@ def load_bundle(path: str | Path) -> ModelBundle:
     from safetensors.torch import load_file
 
     root = Path(path)
-    manifest = read_manifest(root / MANIFEST_FILENAME, ModelBundleManifest, BUNDLE_FORMAT_VERSION)
+    manifest = read_manifest(
+        root / MANIFEST_FILENAME, ModelBundleManifest, (BUNDLE_FORMAT_VERSION, TEXT_BUNDLE_FORMAT_VERSION)
+    )
+    query_input = manifest.query_input or "history"
+    expected_version = TEXT_BUNDLE_FORMAT_VERSION if query_input == "text" else BUNDLE_FORMAT_VERSION
+    if query_input not in QUERY_INPUTS or manifest.format_version != expected_version:
+        raise ArtifactError(
+            f"{root}: query_input {manifest.query_input!r} with format_version {manifest.format_version}; "
+            f"expected 'history' with {BUNDLE_FORMAT_VERSION} or 'text' with {TEXT_BUNDLE_FORMAT_VERSION}"
+        )
     verify_files(manifest, root)
     parameters = dict(manifest.parameters)
     temperature = float(parameters["temperature"]) if "temperature" in parameters else None
@@ -167,6 +227,9 @@ def load_bundle(path: str | Path) -> ModelBundle:
         program = torch.export.load(str(root / manifest.query_encoder_file))
     except Exception as err:
         raise ArtifactError(f"{root}: cannot load the exported query encoder: {err}") from err
+    tokenizer, max_query_tokens = None, 0
+    if query_input == "text":
+        tokenizer, max_query_tokens = _text_tokenizer(root, manifest)
     return ModelBundle(
         manifest=manifest,
         similarity=similarity,
@@ -174,4 +237,36 @@ def load_bundle(path: str | Path) -> ModelBundle:
         item_ids=vocabulary,
         max_len=int(parameters.get("max_len", "0")),
         query_encoder=program.module(),
+        query_input=query_input,
+        tokenizer=tokenizer,
+        max_query_tokens=max_query_tokens,
     )
+
+
+def _text_tokenizer(root: Path, manifest: ModelBundleManifest) -> tuple[Any, int]:
+    """A text bundle's tokenizer, set to cut at ``max_query_tokens`` and pad to the longest text."""
+    parameters = dict(manifest.parameters)
+    try:
+        max_tokens = int(parameters.get("max_query_tokens", ""))
+        pad_id = int(parameters.get("pad_token_id", ""))
+    except ValueError:
+        max_tokens = pad_id = -1
+    if max_tokens < 2 or pad_id < 0 or not manifest.tokenizer_file:
+        raise ArtifactError(
+            f"{root}: a text bundle needs a tokenizer_file and the parameters max_query_tokens (>= 2) and "
+            f"pad_token_id (>= 0); got {manifest.tokenizer_file!r}, {parameters.get('max_query_tokens')!r}, "
+            f"{parameters.get('pad_token_id')!r}"
+        )
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as err:
+        raise ArtifactError(
+            f"{root} is a text bundle; reading it needs the tokenizers package: pip install 'mol-core[text]'"
+        ) from err
+    try:
+        tokenizer = Tokenizer.from_file(str(root / manifest.tokenizer_file))
+    except Exception as err:  # the Rust library raises plain Exception subclasses
+        raise ArtifactError(f"{root}: cannot read the tokenizer {manifest.tokenizer_file}: {err}") from err
+    tokenizer.enable_truncation(max_tokens)
+    tokenizer.enable_padding(pad_id=pad_id, pad_token=parameters.get("pad_token", "[PAD]"))
+    return tokenizer, max_tokens

@@ -34,6 +34,7 @@ __all__ = [
     "BUNDLE_FORMAT_VERSION",
     "INDEX_FORMAT_VERSION",
     "MANIFEST_FILENAME",
+    "TEXT_BUNDLE_FORMAT_VERSION",
     "file_entry",
     "read_manifest",
     "sha256_file",
@@ -43,6 +44,9 @@ __all__ = [
 
 #: Layout version of model bundles this mol writes and reads (``ModelBundleManifest.format_version``).
 BUNDLE_FORMAT_VERSION = 1
+#: Layout version of text model bundles (``query_input = "text"``): a query encoder over token ids and a
+#: tokenizer; a reader that knows only history bundles refuses them.
+TEXT_BUNDLE_FORMAT_VERSION = 2
 #: Layout version of index artifacts this mol writes and reads (``IndexManifest.format_version``).
 INDEX_FORMAT_VERSION = 1
 #: The manifest's file name inside an artifact directory.
@@ -138,7 +142,9 @@ def write_manifest(message: Message, path: str | os.PathLike[str]) -> None:
 
 
 def read_manifest(
-    path: str | os.PathLike[str], message_type: type[ManifestT], expected_format_version: int
+    path: str | os.PathLike[str],
+    message_type: type[ManifestT],
+    expected_format_version: int | tuple[int, ...],
 ) -> ManifestT:
     """Reads a manifest written by :func:`write_manifest` and checks its format version.
 
@@ -147,7 +153,8 @@ def read_manifest(
     Args:
         path: the manifest file.
         message_type: ``ModelBundleManifest`` or ``IndexManifest``.
-        expected_format_version: the only version accepted, e.g. :data:`INDEX_FORMAT_VERSION`.
+        expected_format_version: the version accepted, e.g. :data:`INDEX_FORMAT_VERSION`, or a tuple of
+            the versions accepted.
 
     Returns:
         The parsed manifest.
@@ -166,15 +173,18 @@ def read_manifest(
     except (OSError, UnicodeDecodeError, json_format.ParseError) as err:
         raise ArtifactError(f"manifest {source} is not a readable {kind} JSON document: {err}") from err
     version = message.format_version
+    accepted = (
+        expected_format_version if isinstance(expected_format_version, tuple) else (expected_format_version,)
+    )
+    wanted = " or ".join(str(v) for v in accepted)
     if version == 0:
         raise ArtifactError(
-            f"manifest {source} has no format_version; expected a {kind} with format_version "
-            f"{expected_format_version}"
+            f"manifest {source} has no format_version; expected a {kind} with format_version {wanted}"
         )
-    if version != expected_format_version:
+    if version not in accepted:
         raise ArtifactError(
             f"manifest {source}: artifact format version {version} is not supported by this mol "
-            f"(expects {expected_format_version}); rebuild it or upgrade mol"
+            f"(expects {wanted}); rebuild it or upgrade mol"
         )
     return message
 

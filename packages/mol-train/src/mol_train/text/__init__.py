@@ -6,6 +6,7 @@ package, never from the network.
 """
 
 from mol_train.text.encoder import TRAINABLE_HELP, TextEncoder, load_text_encoder, set_trainable
+from mol_train.text.export import export_text_bundle
 from mol_train.text.synthetic import synthetic_beir, synthetic_words, tiny_text_encoder
 from mol_train.text.towers import LearnedPoolings, TextRetriever, build_text_retriever, mean_pooling
 from mol_train.text.training import TextTrainConfig, encode_corpus, evaluate_text, fit_text, training_pairs
@@ -19,6 +20,7 @@ __all__ = [
     "build_text_retriever",
     "encode_corpus",
     "evaluate_text",
+    "export_text_bundle",
     "fit_text",
     "load_text_encoder",
     "mean_pooling",

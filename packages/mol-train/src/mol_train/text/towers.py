@@ -84,11 +84,16 @@ class TextRetriever(nn.Module):
     def representations(self, texts: list[str], max_tokens: int) -> torch.Tensor:
         """``(B, D)``: the mean of the token states (dot head) or the ``K`` poolings side by side (MoL)."""
         tokens = self.text_encoder.tokenize(texts, max_tokens)
-        states = self.text_encoder.token_states(tokens)  # (B, T, H)
-        mask = tokens["attention_mask"]
+        return self.token_representations(tokens["input_ids"], tokens["attention_mask"])
+
+    def token_representations(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`representations` of tokenised texts: ``(B, T)`` ids and mask -> ``(B, D)``."""
+        states = self.text_encoder.token_states(
+            {"input_ids": input_ids, "attention_mask": attention_mask}
+        )  # (B, T, H)
         if self.poolings is None:
-            return mean_pooling(states, mask)  # (B, H)
-        pooled: torch.Tensor = self.poolings(states, mask)  # (B, K, H)
+            return mean_pooling(states, attention_mask)  # (B, H)
+        pooled: torch.Tensor = self.poolings(states, attention_mask)  # (B, K, H)
         return pooled.flatten(1)  # (B, K * H)
 
     def query_side(self, queries: list[str]) -> QuerySide:

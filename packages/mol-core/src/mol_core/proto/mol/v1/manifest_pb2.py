@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mol_core.proto.mol.v1 import similarity_pb2 as mol_dot_v1_dot_similarity__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mol/v1/manifest.proto\x12\x06mol.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mol/v1/similarity.proto\"`\n\tFileEntry\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"\xc8\x03\n\x13ModelBundleManifest\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmol_version\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x05 \x01(\t\x12,\n\nsimilarity\x18\x06 \x01(\x0b\x32\x18.mol.v1.SimilarityConfig\x12\x11\n\tnum_items\x18\x07 \x01(\x04\x12\x1c\n\x14item_vocabulary_file\x18\x08 \x01(\t\x12\x1a\n\x12query_encoder_file\x18\t \x01(\t\x12\x19\n\x11item_tensors_file\x18\n \x01(\t\x12?\n\nparameters\x18\x0b \x03(\x0b\x32+.mol.v1.ModelBundleManifest.ParametersEntry\x12 \n\x05\x66iles\x18\x0c \x03(\x0b\x32\x11.mol.v1.FileEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x80\x03\n\rIndexManifest\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmol_version\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x15\n\rindex_version\x18\x05 \x01(\t\x12\x1c\n\x14source_bundle_sha256\x18\x06 \x01(\t\x12,\n\nsimilarity\x18\x07 \x01(\x0b\x32\x18.mol.v1.SimilarityConfig\x12\x11\n\tnum_items\x18\x08 \x01(\x04\x12\x39\n\nparameters\x18\t \x03(\x0b\x32%.mol.v1.IndexManifest.ParametersEntry\x12 \n\x05\x66iles\x18\n \x03(\x0b\x32\x11.mol.v1.FileEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mol/v1/manifest.proto\x12\x06mol.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mol/v1/similarity.proto\"`\n\tFileEntry\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"\xf5\x03\n\x13ModelBundleManifest\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmol_version\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x05 \x01(\t\x12,\n\nsimilarity\x18\x06 \x01(\x0b\x32\x18.mol.v1.SimilarityConfig\x12\x11\n\tnum_items\x18\x07 \x01(\x04\x12\x1c\n\x14item_vocabulary_file\x18\x08 \x01(\t\x12\x1a\n\x12query_encoder_file\x18\t \x01(\t\x12\x19\n\x11item_tensors_file\x18\n \x01(\t\x12?\n\nparameters\x18\x0b \x03(\x0b\x32+.mol.v1.ModelBundleManifest.ParametersEntry\x12 \n\x05\x66iles\x18\x0c \x03(\x0b\x32\x11.mol.v1.FileEntry\x12\x13\n\x0bquery_input\x18\r \x01(\t\x12\x16\n\x0etokenizer_file\x18\x0e \x01(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x80\x03\n\rIndexManifest\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmol_version\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x15\n\rindex_version\x18\x05 \x01(\t\x12\x1c\n\x14source_bundle_sha256\x18\x06 \x01(\t\x12,\n\nsimilarity\x18\x07 \x01(\x0b\x32\x18.mol.v1.SimilarityConfig\x12\x11\n\tnum_items\x18\x08 \x01(\x04\x12\x39\n\nparameters\x18\t \x03(\x0b\x32%.mol.v1.IndexManifest.ParametersEntry\x12 \n\x05\x66iles\x18\n \x03(\x0b\x32\x11.mol.v1.FileEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,11 +40,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FILEENTRY']._serialized_start=91
   _globals['_FILEENTRY']._serialized_end=187
   _globals['_MODELBUNDLEMANIFEST']._serialized_start=190
-  _globals['_MODELBUNDLEMANIFEST']._serialized_end=646
-  _globals['_MODELBUNDLEMANIFEST_PARAMETERSENTRY']._serialized_start=597
-  _globals['_MODELBUNDLEMANIFEST_PARAMETERSENTRY']._serialized_end=646
-  _globals['_INDEXMANIFEST']._serialized_start=649
-  _globals['_INDEXMANIFEST']._serialized_end=1033
-  _globals['_INDEXMANIFEST_PARAMETERSENTRY']._serialized_start=597
-  _globals['_INDEXMANIFEST_PARAMETERSENTRY']._serialized_end=646
+  _globals['_MODELBUNDLEMANIFEST']._serialized_end=691
+  _globals['_MODELBUNDLEMANIFEST_PARAMETERSENTRY']._serialized_start=642
+  _globals['_MODELBUNDLEMANIFEST_PARAMETERSENTRY']._serialized_end=691
+  _globals['_INDEXMANIFEST']._serialized_start=694
+  _globals['_INDEXMANIFEST']._serialized_end=1078
+  _globals['_INDEXMANIFEST_PARAMETERSENTRY']._serialized_start=642
+  _globals['_INDEXMANIFEST_PARAMETERSENTRY']._serialized_end=691
 # @@protoc_insertion_point(module_scope)

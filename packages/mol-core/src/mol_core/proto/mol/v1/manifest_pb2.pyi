@@ -23,7 +23,7 @@ class FileEntry(_message.Message):
     def __init__(self, path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., role: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class ModelBundleManifest(_message.Message):
-    __slots__ = ("format_version", "created_at", "mol_version", "model_name", "architecture", "similarity", "num_items", "item_vocabulary_file", "query_encoder_file", "item_tensors_file", "parameters", "files")
+    __slots__ = ("format_version", "created_at", "mol_version", "model_name", "architecture", "similarity", "num_items", "item_vocabulary_file", "query_encoder_file", "item_tensors_file", "parameters", "files", "query_input", "tokenizer_file")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,8 @@ class ModelBundleManifest(_message.Message):
     ITEM_TENSORS_FILE_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
+    QUERY_INPUT_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FILE_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     created_at: _timestamp_pb2.Timestamp
     mol_version: str
@@ -55,7 +57,9 @@ class ModelBundleManifest(_message.Message):
     item_tensors_file: str
     parameters: _containers.ScalarMap[str, str]
     files: _containers.RepeatedCompositeFieldContainer[FileEntry]
-    def __init__(self, format_version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., mol_version: _Optional[str] = ..., model_name: _Optional[str] = ..., architecture: _Optional[str] = ..., similarity: _Optional[_Union[_similarity_pb2.SimilarityConfig, _Mapping]] = ..., num_items: _Optional[int] = ..., item_vocabulary_file: _Optional[str] = ..., query_encoder_file: _Optional[str] = ..., item_tensors_file: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ...) -> None: ...
+    query_input: str
+    tokenizer_file: str
+    def __init__(self, format_version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., mol_version: _Optional[str] = ..., model_name: _Optional[str] = ..., architecture: _Optional[str] = ..., similarity: _Optional[_Union[_similarity_pb2.SimilarityConfig, _Mapping]] = ..., num_items: _Optional[int] = ..., item_vocabulary_file: _Optional[str] = ..., query_encoder_file: _Optional[str] = ..., item_tensors_file: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ..., query_input: _Optional[str] = ..., tokenizer_file: _Optional[str] = ...) -> None: ...
 
 class IndexManifest(_message.Message):
     __slots__ = ("format_version", "created_at", "mol_version", "kind", "index_version", "source_bundle_sha256", "similarity", "num_items", "parameters", "files")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mol/v1/retrieval.proto\x12\x06mol.v1\"T\n\x07History\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\x12\x12\n\ntimestamps\x18\x02 \x03(\x03\x12\x0f\n\x07user_id\x18\x03 \x01(\x03\x12\x12\n\nquery_time\x18\x04 \x01(\x03\"G\n\nEmbeddings\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x1c\n\x05\x64type\x18\x02 \x01(\x0e\x32\r.mol.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\r\"\x97\x01\n\x05Query\x12\"\n\x07history\x18\x01 \x01(\x0b\x32\x0f.mol.v1.HistoryH\x00\x12(\n\nembeddings\x18\x02 \x01(\x0b\x32\x12.mol.v1.EmbeddingsH\x00\x12\x13\n\x0b\x65xclude_ids\x18\x03 \x03(\x03\x12\"\n\x06gating\x18\x04 \x01(\x0b\x32\x12.mol.v1.EmbeddingsB\x07\n\x05input\"\xba\x02\n\x0fRetrieveRequest\x12\x1e\n\x07queries\x18\x01 \x03(\x0b\x32\r.mol.v1.Query\x12\x15\n\x0bindex_alias\x18\x02 \x01(\tH\x00\x12\x17\n\rindex_version\x18\x03 \x01(\tH\x00\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x13\n\x0b\x65xclude_ids\x18\x05 \x03(\x03\x12\x17\n\x0f\x65xclude_history\x18\x06 \x01(\x08\x12\x11\n\talgorithm\x18\x07 \x01(\t\x12\x46\n\x10\x61lgorithm_params\x18\x08 \x03(\x0b\x32,.mol.v1.RetrieveRequest.AlgorithmParamsEntry\x1a\x36\n\x14\x41lgorithmParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05index\"*\n\x0bQueryResult\x12\x0b\n\x03ids\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\"Y\n\rServerTimings\x12\x10\n\x08queue_us\x18\x01 \x01(\x04\x12\x11\n\tencode_us\x18\x02 \x01(\x04\x12\x11\n\tsearch_us\x18\x03 \x01(\x04\x12\x10\n\x08total_us\x18\x04 \x01(\x04\"\xa0\x01\n\x10RetrieveResponse\x12$\n\x07results\x18\x01 \x03(\x0b\x32\x13.mol.v1.QueryResult\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12&\n\x07timings\x18\x03 \x01(\x0b\x32\x15.mol.v1.ServerTimings\x12\x0f\n\x07partial\x18\x04 \x01(\x08\x12\x16\n\x0emissing_shards\x18\x05 \x03(\r\"\x14\n\x12ListIndexesRequest\"}\n\tIndexInfo\x12\x15\n\rindex_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\tnum_items\x18\x03 \x01(\x04\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12\x0c\n\x04path\x18\x05 \x01(\t\x12\x19\n\x11\x64\x65\x66\x61ult_algorithm\x18\x06 \x01(\t\"P\n\x13ListIndexesResponse\x12\"\n\x07indexes\x18\x01 \x03(\x0b\x32\x11.mol.v1.IndexInfo\x12\x15\n\rdefault_alias\x18\x02 \x01(\t\"/\n\x10LoadIndexRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\"U\n\x11LoadIndexResponse\x12\x15\n\rindex_version\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\x0f\n\x07load_us\x18\x03 \x01(\x04\"H\n\x12UnloadIndexRequest\x12\x0f\n\x05\x61lias\x18\x01 \x01(\tH\x00\x12\x17\n\rindex_version\x18\x02 \x01(\tH\x00\x42\x08\n\x06target\"I\n\x13UnloadIndexResponse\x12\x19\n\x11unloaded_versions\x18\x01 \x03(\t\x12\x17\n\x0fremoved_aliases\x18\x02 \x03(\t*X\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x02\x12\x11\n\rDTYPE_FLOAT16\x10\x03\x32\xa3\x02\n\x10RetrievalService\x12=\n\x08Retrieve\x12\x17.mol.v1.RetrieveRequest\x1a\x18.mol.v1.RetrieveResponse\x12\x46\n\x0bListIndexes\x12\x1a.mol.v1.ListIndexesRequest\x1a\x1b.mol.v1.ListIndexesResponse\x12@\n\tLoadIndex\x12\x18.mol.v1.LoadIndexRequest\x1a\x19.mol.v1.LoadIndexResponse\x12\x46\n\x0bUnloadIndex\x12\x1a.mol.v1.UnloadIndexRequest\x1a\x1b.mol.v1.UnloadIndexResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mol/v1/retrieval.proto\x12\x06mol.v1\"T\n\x07History\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\x12\x12\n\ntimestamps\x18\x02 \x03(\x03\x12\x0f\n\x07user_id\x18\x03 \x01(\x03\x12\x12\n\nquery_time\x18\x04 \x01(\x03\"G\n\nEmbeddings\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x1c\n\x05\x64type\x18\x02 \x01(\x0e\x32\r.mol.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\r\"\xa7\x01\n\x05Query\x12\"\n\x07history\x18\x01 \x01(\x0b\x32\x0f.mol.v1.HistoryH\x00\x12(\n\nembeddings\x18\x02 \x01(\x0b\x32\x12.mol.v1.EmbeddingsH\x00\x12\x0e\n\x04text\x18\x05 \x01(\tH\x00\x12\x13\n\x0b\x65xclude_ids\x18\x03 \x03(\x03\x12\"\n\x06gating\x18\x04 \x01(\x0b\x32\x12.mol.v1.EmbeddingsB\x07\n\x05input\"\xba\x02\n\x0fRetrieveRequest\x12\x1e\n\x07queries\x18\x01 \x03(\x0b\x32\r.mol.v1.Query\x12\x15\n\x0bindex_alias\x18\x02 \x01(\tH\x00\x12\x17\n\rindex_version\x18\x03 \x01(\tH\x00\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x13\n\x0b\x65xclude_ids\x18\x05 \x03(\x03\x12\x17\n\x0f\x65xclude_history\x18\x06 \x01(\x08\x12\x11\n\talgorithm\x18\x07 \x01(\t\x12\x46\n\x10\x61lgorithm_params\x18\x08 \x03(\x0b\x32,.mol.v1.RetrieveRequest.AlgorithmParamsEntry\x1a\x36\n\x14\x41lgorithmParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05index\"*\n\x0bQueryResult\x12\x0b\n\x03ids\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\"Y\n\rServerTimings\x12\x10\n\x08queue_us\x18\x01 \x01(\x04\x12\x11\n\tencode_us\x18\x02 \x01(\x04\x12\x11\n\tsearch_us\x18\x03 \x01(\x04\x12\x10\n\x08total_us\x18\x04 \x01(\x04\"\xa0\x01\n\x10RetrieveResponse\x12$\n\x07results\x18\x01 \x03(\x0b\x32\x13.mol.v1.QueryResult\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12&\n\x07timings\x18\x03 \x01(\x0b\x32\x15.mol.v1.ServerTimings\x12\x0f\n\x07partial\x18\x04 \x01(\x08\x12\x16\n\x0emissing_shards\x18\x05 \x03(\r\"\x14\n\x12ListIndexesRequest\"}\n\tIndexInfo\x12\x15\n\rindex_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\tnum_items\x18\x03 \x01(\x04\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12\x0c\n\x04path\x18\x05 \x01(\t\x12\x19\n\x11\x64\x65\x66\x61ult_algorithm\x18\x06 \x01(\t\"P\n\x13ListIndexesResponse\x12\"\n\x07indexes\x18\x01 \x03(\x0b\x32\x11.mol.v1.IndexInfo\x12\x15\n\rdefault_alias\x18\x02 \x01(\t\"/\n\x10LoadIndexRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\"U\n\x11LoadIndexResponse\x12\x15\n\rindex_version\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\x0f\n\x07load_us\x18\x03 \x01(\x04\"H\n\x12UnloadIndexRequest\x12\x0f\n\x05\x61lias\x18\x01 \x01(\tH\x00\x12\x17\n\rindex_version\x18\x02 \x01(\tH\x00\x42\x08\n\x06target\"I\n\x13UnloadIndexResponse\x12\x19\n\x11unloaded_versions\x18\x01 \x03(\t\x12\x17\n\x0fremoved_aliases\x18\x02 \x03(\t*X\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x02\x12\x11\n\rDTYPE_FLOAT16\x10\x03\x32\xa3\x02\n\x10RetrievalService\x12=\n\x08Retrieve\x12\x17.mol.v1.RetrieveRequest\x1a\x18.mol.v1.RetrieveResponse\x12\x46\n\x0bListIndexes\x12\x1a.mol.v1.ListIndexesRequest\x1a\x1b.mol.v1.ListIndexesResponse\x12@\n\tLoadIndex\x12\x18.mol.v1.LoadIndexRequest\x1a\x19.mol.v1.LoadIndexResponse\x12\x46\n\x0bUnloadIndex\x12\x1a.mol.v1.UnloadIndexRequest\x1a\x1b.mol.v1.UnloadIndexResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,38 +33,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RETRIEVEREQUEST_ALGORITHMPARAMSENTRY']._loaded_options = None
   _globals['_RETRIEVEREQUEST_ALGORITHMPARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_DTYPE']._serialized_start=1478
-  _globals['_DTYPE']._serialized_end=1566
+  _globals['_DTYPE']._serialized_start=1494
+  _globals['_DTYPE']._serialized_end=1582
   _globals['_HISTORY']._serialized_start=34
   _globals['_HISTORY']._serialized_end=118
   _globals['_EMBEDDINGS']._serialized_start=120
   _globals['_EMBEDDINGS']._serialized_end=191
   _globals['_QUERY']._serialized_start=194
-  _globals['_QUERY']._serialized_end=345
-  _globals['_RETRIEVEREQUEST']._serialized_start=348
-  _globals['_RETRIEVEREQUEST']._serialized_end=662
-  _globals['_RETRIEVEREQUEST_ALGORITHMPARAMSENTRY']._serialized_start=599
-  _globals['_RETRIEVEREQUEST_ALGORITHMPARAMSENTRY']._serialized_end=653
-  _globals['_QUERYRESULT']._serialized_start=664
-  _globals['_QUERYRESULT']._serialized_end=706
-  _globals['_SERVERTIMINGS']._serialized_start=708
-  _globals['_SERVERTIMINGS']._serialized_end=797
-  _globals['_RETRIEVERESPONSE']._serialized_start=800
-  _globals['_RETRIEVERESPONSE']._serialized_end=960
-  _globals['_LISTINDEXESREQUEST']._serialized_start=962
-  _globals['_LISTINDEXESREQUEST']._serialized_end=982
-  _globals['_INDEXINFO']._serialized_start=984
-  _globals['_INDEXINFO']._serialized_end=1109
-  _globals['_LISTINDEXESRESPONSE']._serialized_start=1111
-  _globals['_LISTINDEXESRESPONSE']._serialized_end=1191
-  _globals['_LOADINDEXREQUEST']._serialized_start=1193
-  _globals['_LOADINDEXREQUEST']._serialized_end=1240
-  _globals['_LOADINDEXRESPONSE']._serialized_start=1242
-  _globals['_LOADINDEXRESPONSE']._serialized_end=1327
-  _globals['_UNLOADINDEXREQUEST']._serialized_start=1329
-  _globals['_UNLOADINDEXREQUEST']._serialized_end=1401
-  _globals['_UNLOADINDEXRESPONSE']._serialized_start=1403
-  _globals['_UNLOADINDEXRESPONSE']._serialized_end=1476
-  _globals['_RETRIEVALSERVICE']._serialized_start=1569
-  _globals['_RETRIEVALSERVICE']._serialized_end=1860
+  _globals['_QUERY']._serialized_end=361
+  _globals['_RETRIEVEREQUEST']._serialized_start=364
+  _globals['_RETRIEVEREQUEST']._serialized_end=678
+  _globals['_RETRIEVEREQUEST_ALGORITHMPARAMSENTRY']._serialized_start=615
+  _globals['_RETRIEVEREQUEST_ALGORITHMPARAMSENTRY']._serialized_end=669
+  _globals['_QUERYRESULT']._serialized_start=680
+  _globals['_QUERYRESULT']._serialized_end=722
+  _globals['_SERVERTIMINGS']._serialized_start=724
+  _globals['_SERVERTIMINGS']._serialized_end=813
+  _globals['_RETRIEVERESPONSE']._serialized_start=816
+  _globals['_RETRIEVERESPONSE']._serialized_end=976
+  _globals['_LISTINDEXESREQUEST']._serialized_start=978
+  _globals['_LISTINDEXESREQUEST']._serialized_end=998
+  _globals['_INDEXINFO']._serialized_start=1000
+  _globals['_INDEXINFO']._serialized_end=1125
+  _globals['_LISTINDEXESRESPONSE']._serialized_start=1127
+  _globals['_LISTINDEXESRESPONSE']._serialized_end=1207
+  _globals['_LOADINDEXREQUEST']._serialized_start=1209
+  _globals['_LOADINDEXREQUEST']._serialized_end=1256
+  _globals['_LOADINDEXRESPONSE']._serialized_start=1258
+  _globals['_LOADINDEXRESPONSE']._serialized_end=1343
+  _globals['_UNLOADINDEXREQUEST']._serialized_start=1345
+  _globals['_UNLOADINDEXREQUEST']._serialized_end=1417
+  _globals['_UNLOADINDEXRESPONSE']._serialized_start=1419
+  _globals['_UNLOADINDEXRESPONSE']._serialized_end=1492
+  _globals['_RETRIEVALSERVICE']._serialized_start=1585
+  _globals['_RETRIEVALSERVICE']._serialized_end=1876
 # @@protoc_insertion_point(module_scope)

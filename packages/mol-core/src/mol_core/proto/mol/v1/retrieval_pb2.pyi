@@ -41,16 +41,18 @@ class Embeddings(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Query(_message.Message):
-    __slots__ = ("history", "embeddings", "exclude_ids", "gating")
+    __slots__ = ("history", "embeddings", "text", "exclude_ids", "gating")
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_IDS_FIELD_NUMBER: _ClassVar[int]
     GATING_FIELD_NUMBER: _ClassVar[int]
     history: History
     embeddings: Embeddings
+    text: str
     exclude_ids: _containers.RepeatedScalarFieldContainer[int]
     gating: Embeddings
-    def __init__(self, history: _Optional[_Union[History, _Mapping]] = ..., embeddings: _Optional[_Union[Embeddings, _Mapping]] = ..., exclude_ids: _Optional[_Iterable[int]] = ..., gating: _Optional[_Union[Embeddings, _Mapping]] = ...) -> None: ...
+    def __init__(self, history: _Optional[_Union[History, _Mapping]] = ..., embeddings: _Optional[_Union[Embeddings, _Mapping]] = ..., text: _Optional[str] = ..., exclude_ids: _Optional[_Iterable[int]] = ..., gating: _Optional[_Union[Embeddings, _Mapping]] = ...) -> None: ...
 
 class RetrieveRequest(_message.Message):
     __slots__ = ("queries", "index_alias", "index_version", "top_k", "exclude_ids", "exclude_history", "algorithm", "algorithm_params")
