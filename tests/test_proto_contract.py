@@ -1,5 +1,6 @@
 """The proto contract: a client generated from protos/ alone (no mol code) talks to a real mol-serve,
-one server or a front tier over three shard servers.
+one server or a front tier over three shard servers, with embeddings queries and with text queries (a
+text model bundle of a tiny random BERT).
 
 The Python code is generated into a temporary folder with grpcio-tools' protoc, and the client runs in a
 subprocess whose import path holds only that folder and the third-party packages; it asserts that no
@@ -170,3 +171,75 @@ def test_client_generated_from_protos_alone_talks_to_the_server(tmp_path: Path, 
         assert answer["version"].startswith("exact-")
     assert answer["refusal"][0] == "INVALID_ARGUMENT"
     assert "queries is empty" in answer["refusal"][1]
+
+
+TEXT_CLIENT = """
+import json, sys
+import grpc
+from mol.v1 import retrieval_pb2, retrieval_pb2_grpc
+
+request = retrieval_pb2.RetrieveRequest(top_k=4, index_alias="main")
+for text in json.loads(sys.stdin.read()):
+    request.queries.add(text=text)
+with grpc.insecure_channel(sys.argv[1]) as channel:
+    response = retrieval_pb2_grpc.RetrievalServiceStub(channel).Retrieve(request, timeout=60)
+print(json.dumps({
+    "ids": [list(r.ids) for r in response.results],
+    "mol_modules": sorted(m for m in sys.modules if m.startswith("mol_")),
+}))
+"""
+
+
+def test_client_generated_from_protos_alone_sends_text_queries(tmp_path: Path) -> None:
+    pytest.importorskip("transformers", reason="a text bundle is built with mol-train's text extra")
+    pytest.importorskip("tokenizers", reason="text bundles need the tokenizers package")
+    from mol_train.text import (
+        build_text_retriever,
+        encode_corpus,
+        export_text_bundle,
+        load_text_encoder,
+        synthetic_beir,
+        synthetic_words,
+        tiny_text_encoder,
+    )
+
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    generate_client(generated)
+    corpus = synthetic_beir(10, 1)
+    item_ids = [40 + row for row in range(10)]
+    torch.manual_seed(0)
+    retriever = build_text_retriever(
+        load_text_encoder(tiny_text_encoder(tmp_path / "encoder", synthetic_words(10))), "mol", poolings=2
+    ).eval()
+    bundle = export_text_bundle(retriever, corpus, tmp_path / "bundle", item_ids=item_ids)
+    texts = corpus.queries[:3]
+    with torch.no_grad():
+        scores = retriever.similarity.score_corpus(
+            retriever.query_side(texts), encode_corpus(retriever, corpus.documents())
+        )  # (B, N)
+    want = [[item_ids[i] for i in row] for row in torch.topk(scores, 4, dim=1).indices.tolist()]
+    from mol_index.cli import main as mol_index_main
+
+    index = tmp_path / "index"
+    assert mol_index_main(["build", "--bundle", str(bundle), "--kind", "exact", str(index)]) == 0
+    process, port = start(tmp_path, "server", "--bundle", str(bundle), "--index", f"main={index}")
+    try:
+        site = [p for p in sys.path if "site-packages" in p]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(generated), *site]))
+        run = subprocess.run(
+            [sys.executable, "-S", "-c", TEXT_CLIENT, f"127.0.0.1:{port}"],
+            input=json.dumps(texts),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    assert run.returncode == 0, run.stderr[-3000:]
+    answer = json.loads(run.stdout)
+    assert answer["mol_modules"] == []
+    assert answer["ids"] == want

@@ -224,7 +224,7 @@ class MicroBatcher:
         return True
 
     def _search(self, entries: list[_Entry]) -> list[BatchOutcome]:
-        """Runs in the worker thread: encode (history) or stack (embeddings), then one search."""
+        """Runs in the worker thread: encode (history, text) or stack (embeddings), then one search."""
         start = time.perf_counter()
         first = entries[0].parsed
         loaded = entries[0].loaded
@@ -245,6 +245,11 @@ class MicroBatcher:
             )
             users = [u for e in entries for u in e.parsed.user_ids]
             query = self.bundle.encode(histories, timestamps=times, user_ids=users, query_times=qtimes)
+            encode_us = int((time.perf_counter() - start) * 1e6)
+        elif first.kind == "text":
+            if self.bundle is None:  # parse_request refuses this; kept as a guard for direct callers
+                raise MolError("text queries need a text model bundle")
+            query = self.bundle.encode_texts([t for e in entries for t in e.parsed.texts])
             encode_us = int((time.perf_counter() - start) * 1e6)
         else:
             emb = torch.cat(

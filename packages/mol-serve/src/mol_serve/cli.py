@@ -4,6 +4,7 @@
     mol-serve serve --config serve.toml
     mol-serve serve --shard shard-0:50051 --shard shard-1:50051 --index prod=sets/prod --bundle b  # front
     mol-serve query --target 127.0.0.1:50051 --history 12,7,3 --top-k 10
+    mol-serve query --target 127.0.0.1:50051 --text "do statins lower cholesterol?"   # a text bundle
     mol-serve indexes|load|unload --target ... --admin-token-file ...
     mol-serve health --target 127.0.0.1:50051        # exit 0 when SERVING (container health checks)
 
@@ -74,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         "--max-concurrent", type=int, help="concurrent Retrieve calls before RESOURCE_EXHAUSTED"
     )
     serve.add_argument("--max-top-k", type=int, help="largest top_k accepted (default 1000)")
+    serve.add_argument("--max-query-chars", type=int, help="longest text query in characters (default 4096)")
     serve.add_argument("--max-message-bytes", type=int, help="gRPC message size limit (default 16 MiB)")
     serve.add_argument(
         "--default-algorithm",
@@ -158,6 +160,12 @@ def _parser() -> argparse.ArgumentParser:
                 default=[],
                 help="comma-separated item ids; repeatable (one per query)",
             )
+            p.add_argument(
+                "--text",
+                action="append",
+                default=[],
+                help="a query text (servers with a text model bundle); repeatable (one per query)",
+            )
             p.add_argument("--embeddings-npy", type=Path, help=".npy file of (B, Pq, d) query embeddings")
             p.add_argument("--gating-npy", type=Path, help=".npy file of (B, P) query gating features")
             p.add_argument("--top-k", type=int, default=10, help="results per query (default 10)")
@@ -198,6 +206,7 @@ def _serve(args: argparse.Namespace) -> int:
         "fixed_wait": args.fixed_wait,
         "max_concurrent": args.max_concurrent,
         "max_top_k": args.max_top_k,
+        "max_query_chars": args.max_query_chars,
         "max_message_bytes": args.max_message_bytes,
         "default_algorithm": args.default_algorithm,
         "token": _read_token(None, args.token_file),
@@ -262,12 +271,16 @@ def _call(args: argparse.Namespace) -> int:
 
             params = dict(p.split("=", 1) for p in args.param)
             kwargs: dict[str, Any] = {}
+            if sum(map(bool, (args.embeddings_npy, args.history, args.text))) != 1:
+                raise ValueError(
+                    "query needs one of --history (repeatable), --text (repeatable) or --embeddings-npy"
+                )
             if args.embeddings_npy:
                 kwargs["embeddings"] = np.load(args.embeddings_npy)
                 kwargs["gating"] = np.load(args.gating_npy) if args.gating_npy else None
+            elif args.text:
+                kwargs["texts"] = list(args.text)
             else:
-                if not args.history:
-                    raise ValueError("query needs --history (repeatable) or --embeddings-npy")
                 kwargs["histories"] = [[int(x) for x in h.split(",") if x] for h in args.history]
             result = client.retrieve(
                 top_k=args.top_k,

@@ -3,6 +3,7 @@
     with RetrievalClient("127.0.0.1:50051", token="...") as client:
         result = client.retrieve(histories=[[12, 7, 3]], top_k=10, exclude_history=True)
         result.ids[0], result.scores[0], result.index_version
+        client.retrieve(texts=["do statins lower cholesterol?"], top_k=10)  # a text bundle's server
 
     async with AsyncRetrievalClient("127.0.0.1:50051") as client:
         result = await client.retrieve(embeddings=q, gating=g, top_k=10)   # q (B, Pq, d), g (B, P)
@@ -98,6 +99,7 @@ def build_request(
     embeddings: Any = None,
     gating: Any = None,
     histories: Sequence[Sequence[int]] | None = None,
+    texts: Sequence[str] | None = None,
     timestamps: Sequence[Sequence[int]] | None = None,
     query_times: Sequence[int] | None = None,
     exclude_ids: Sequence[int] = (),
@@ -108,13 +110,16 @@ def build_request(
     index_version: str | None = None,
     dtype: str = "float32",
 ) -> retrieval_pb2.RetrieveRequest:
-    """Builds a ``RetrieveRequest`` from ``(B, Pq, d)`` embeddings (+ ``(B, P)`` gating) or B histories.
+    """Builds a ``RetrieveRequest`` from ``(B, Pq, d)`` embeddings (+ ``(B, P)`` gating), B histories,
+    or B query texts (for a server with a text model bundle).
 
     ``timestamps`` (B lists aligned with ``histories``) and ``query_times`` (B times the queries are about;
     the server uses each history's last timestamp when absent) feed the bundle's time-aware encoder.
     """
-    if (embeddings is None) == (histories is None):
-        raise ValueError("pass exactly one of embeddings= or histories=")
+    if sum(x is not None for x in (embeddings, histories, texts)) != 1:
+        raise ValueError("pass exactly one of embeddings=, histories= or texts=")
+    if isinstance(texts, str):
+        raise ValueError("texts= takes a list of query texts; got a single string")
     request = retrieval_pb2.RetrieveRequest(
         top_k=top_k,
         exclude_ids=list(exclude_ids),
@@ -128,7 +133,10 @@ def build_request(
         request.index_version = index_version
     elif index_alias:
         request.index_alias = index_alias
-    if histories is not None:
+    if texts is not None:
+        for text in texts:
+            request.queries.add(text=str(text))
+    elif histories is not None:
         for b, items in enumerate(histories):
             query = request.queries.add()
             query.history.item_ids.extend(int(x) for x in items)

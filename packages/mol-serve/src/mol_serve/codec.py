@@ -6,7 +6,7 @@ field, what was expected and what arrived, so the client can fix the request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ class ParsedRequest:
     """A validated request, ready for the micro-batcher.
 
     Attributes:
-        kind: ``"embeddings"`` or ``"history"`` (one kind per request).
+        kind: ``"embeddings"``, ``"history"`` or ``"text"`` (one kind per request).
         embeddings: ``(B, Pq, d)`` float32 query component embeddings (embeddings requests).
         gating: ``(B, P)`` float32 query gating features, or ``None``.
         histories: B lists of external item ids (history requests).
@@ -49,6 +49,7 @@ class ParsedRequest:
         user_ids: B user ids (history requests).
         query_times: B query times, or ``None``.
         exclude: B lists of external ids to leave out.
+        texts: B query texts (text requests).
         k: results per query.
         params: search parameters for mol-index.
     """
@@ -63,6 +64,7 @@ class ParsedRequest:
     exclude: list[list[int]]
     k: int
     params: SearchParams
+    texts: list[str] = field(default_factory=list)
 
     @property
     def batch_size(self) -> int:
@@ -161,9 +163,11 @@ def parse_request(
     kinds = {q.WhichOneof("input") for q in request.queries}
     if None in kinds:
         first = next(i for i, q in enumerate(request.queries) if q.WhichOneof("input") is None)
-        raise InvalidRequest(f"query {first} has neither history nor embeddings; set one of them")
+        raise InvalidRequest(f"query {first} has neither history nor embeddings nor text; set one of them")
     if len(kinds) > 1:
-        raise InvalidRequest("all queries of one request must be of the same kind (history or embeddings)")
+        raise InvalidRequest(
+            "all queries of one request must be of the same kind (history, embeddings or text)"
+        )
     kind = kinds.pop()
     params = _params(request, config)
     learned = (Algorithm.ADAPTIVE, Algorithm.PQ, Algorithm.HIERARCHICAL)  # each needs its own index kind
@@ -181,7 +185,14 @@ def parse_request(
     timestamps: list[list[int]] | None = None
     query_times: list[int] | None = None
     users: list[int] = []
-    if kind == "embeddings":
+    texts: list[str] = []
+    if kind != "embeddings":
+        _check_bundle_input(kind, bundle)
+    if kind == "text":
+        if request.exclude_history:
+            raise InvalidRequest("exclude_history needs history queries; send the ids in exclude_ids instead")
+        texts = _texts(request, config.max_query_chars)
+    elif kind == "embeddings":
         rows, gates = [], []
         shape = (sim.num_query_components, sim.component_dim)
         for i, q in enumerate(request.queries):
@@ -203,10 +214,7 @@ def parse_request(
         if request.exclude_history:
             raise InvalidRequest("exclude_history needs history queries; send the ids in exclude_ids instead")
     else:
-        if bundle is None:
-            raise InvalidRequest(
-                "this server has no model bundle: send precomputed embeddings, not histories"
-            )
+        assert bundle is not None  # _check_bundle_input refused the request otherwise
         vocabulary = _vocabulary(bundle)
         with_times = [len(q.history.timestamps) > 0 for q in request.queries]
         if any(with_times) and not all(with_times):
@@ -238,8 +246,45 @@ def parse_request(
             if request.exclude_history:
                 exclude[i].extend(items)
     return ParsedRequest(
-        kind, embeddings, gating, histories, timestamps, users, query_times, exclude, request.top_k, params
+        kind,
+        embeddings,
+        gating,
+        histories,
+        timestamps,
+        users,
+        query_times,
+        exclude,
+        request.top_k,
+        params,
+        texts,
     )
+
+
+def _check_bundle_input(kind: str, bundle: ModelBundle | None) -> None:
+    """History and text queries need a bundle whose query encoder takes that input."""
+    if bundle is None:
+        raise InvalidRequest(
+            f"this server has no model bundle: send precomputed embeddings, not {kind} queries"
+        )
+    if bundle.query_input != kind:
+        raise InvalidRequest(
+            f"this server's model bundle encodes {bundle.query_input} queries, not {kind} queries; send "
+            f"{bundle.query_input} queries or precomputed embeddings"
+        )
+
+
+def _texts(request: retrieval_pb2.RetrieveRequest, max_chars: int) -> list[str]:
+    """The B query texts, each non-blank and at most ``max_chars`` characters."""
+    texts = []
+    for i, q in enumerate(request.queries):
+        if not q.text.strip():
+            raise InvalidRequest(f"query {i}: the text is empty or blank; a text query needs words")
+        if len(q.text) > max_chars:
+            raise InvalidRequest(
+                f"query {i}: the text has {len(q.text)} characters; the server accepts at most {max_chars}"
+            )
+        texts.append(q.text)
+    return texts
 
 
 def _normalises(similarity: Similarity) -> bool:

@@ -82,7 +82,8 @@ class ServeConfig:
         metrics_host: the metrics endpoint's listen address (``None`` = ``host``), e.g. loopback or an
             internal interface only.
         metrics_token: bearer token the metrics endpoint requires (``None`` = none).
-        bundle: model bundle directory (for history queries), or ``None`` (embeddings queries only).
+        bundle: model bundle directory (for history queries, or text queries with a text bundle), or
+            ``None`` (embeddings queries only).
         indexes: alias -> index artifact directory, loaded at start.
         default_alias: alias used when a request names none (default: the first of ``indexes``).
         max_batch: most queries the micro-batcher runs in one search.
@@ -93,6 +94,8 @@ class ServeConfig:
         max_concurrent: concurrent Retrieve RPCs; more are answered RESOURCE_EXHAUSTED.
         max_top_k: largest ``top_k`` a request may ask for.
         max_queries: largest number of queries B in one request.
+        max_query_chars: longest text query, in characters (text bundles; the tokenizer then cuts it at
+            the bundle's ``max_query_tokens``).
         max_message_bytes: gRPC receive/send message size limit.
         default_algorithm: algorithm used when a request leaves it empty.
         default_k_prime: ``K'`` for the RAILS algorithms when a request does not set ``k_prime``.
@@ -142,6 +145,7 @@ class ServeConfig:
     max_concurrent: int = setting(256, minimum=1)
     max_top_k: int = setting(1000, minimum=1)
     max_queries: int = setting(1024, minimum=1)
+    max_query_chars: int = setting(4096, minimum=1)
     max_message_bytes: int = setting(16 * 1024 * 1024, minimum=1024)
     default_algorithm: str = setting("exact", choices=ALGORITHMS)
     default_k_prime: int = setting(64, minimum=1)

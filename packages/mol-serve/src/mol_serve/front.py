@@ -5,7 +5,7 @@ shard-set folders (``mol-index build --shards S``), of which it reads the manife
 Retrieve call it
 
 1. validates the request as any server does (:func:`mol_serve.codec.parse_request`);
-2. computes the query side once: history queries are encoded here with the model bundle; embeddings
+2. computes the query side once: history and text queries are encoded here with the model bundle; embeddings
    queries are forwarded as the caller packed them;
 3. sends every shard server a Retrieve for the same queries, naming the shard's own ``index_version``
    (so a request never mixes two shard sets during a reload), asking for its top ``min(k, N_s)`` and
@@ -218,7 +218,7 @@ class FrontServicer(RetrievalServicer):
             parsed = parse_request(request, loaded, self.bundle, self.config)
             encode_start = time.perf_counter()
             queries = await self._query_messages(request, parsed)
-            encode_us = int((time.perf_counter() - encode_start) * 1e6) if parsed.kind == "history" else 0
+            encode_us = int((time.perf_counter() - encode_start) * 1e6) if parsed.kind != "embeddings" else 0
             timeout = self._shard_timeout(context.time_remaining())
             search_start = time.perf_counter()
             answers = await self._fan_out(request, parsed, index, queries, timeout)
@@ -255,7 +255,7 @@ class FrontServicer(RetrievalServicer):
         self, request: retrieval_pb2.RetrieveRequest, parsed: ParsedRequest
     ) -> list[retrieval_pb2.Query]:
         """The queries as every shard receives them (without exclusions): embeddings queries as sent,
-        history queries encoded here once."""
+        history and text queries encoded here once."""
         if parsed.kind == "embeddings":
             forwarded = []
             for q in request.queries:
@@ -265,14 +265,18 @@ class FrontServicer(RetrievalServicer):
                 forwarded.append(message)
             return forwarded
         bundle = self.bundle
-        assert bundle is not None  # parse_request refuses history queries without a bundle
+        assert bundle is not None  # parse_request refuses history and text queries without a bundle
         query = await asyncio.get_running_loop().run_in_executor(
             self._encoder,
-            lambda: bundle.encode(
-                parsed.histories,
-                timestamps=parsed.timestamps,
-                user_ids=parsed.user_ids,
-                query_times=parsed.query_times,
+            lambda: (
+                bundle.encode_texts(parsed.texts)
+                if parsed.kind == "text"
+                else bundle.encode(
+                    parsed.histories,
+                    timestamps=parsed.timestamps,
+                    user_ids=parsed.user_ids,
+                    query_times=parsed.query_times,
+                )
             ),
         )
         embeddings = query.embeddings.detach().float().contiguous().numpy()  # (B, Pq, d)
