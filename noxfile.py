@@ -28,8 +28,9 @@ if _PIN is None:
 GRPCIO_TOOLS = f"grpcio-tools=={_PIN.group(1)}"
 #: The deployment files' linters (tests/test_deploy.py): Kubernetes schemas and the Compose spec, offline.
 DEPLOY_LINTERS = ["kubernetes-validate==1.37.0", "check-jsonschema==0.39.0"]
-#: mol-train's ``text`` extra (tests/test_text.py builds a tiny random BERT with it; no weights needed).
-TEXT = ["transformers>=4.44"]
+#: mol-train's ``text`` and ``rerank`` extras (the text tests build a tiny random BERT and a tiny ONNX
+#: cross-encoder with them; no weights needed).
+TEXT = ["transformers>=4.44", "tokenizers>=0.19", "onnxruntime>=1.17", "onnx>=1.15"]
 TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100", "cryptography>=42", *DEPLOY_LINTERS, *TEXT]
 
 nox.options.sessions = ["test", "bench"]
@@ -73,7 +74,7 @@ def test(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks: each writes bench-results/<name>.json and prints a table (quick unless -- --full)."""
     install_torch(session)
-    install_packages(session, *PACKAGES, also=tuple(TEXT))  # bench_mol_train_text needs transformers
+    install_packages(session, *PACKAGES, also=tuple(TEXT))  # the text benchmarks' tiny models
     session.run("python", str(ROOT / "tools" / "run_benchmarks.py"), *session.posargs)
 
 

@@ -52,6 +52,8 @@ DISTRIBUTIONS = {
     "grpc_reflection": {"grpcio-reflection"},
     "matplotlib": {"matplotlib"},
     "numpy": {"numpy"},
+    "onnx": {"onnx"},
+    "onnxruntime": {"onnxruntime"},
     "prometheus_client": {"prometheus-client"},
     "safetensors": {"safetensors"},
     "tokenizers": {"tokenizers"},

@@ -61,8 +61,10 @@ def test_the_bundle_encodes_texts_as_the_retriever_does(encoder_dir: Path, tmp_p
     retriever = _retriever(encoder_dir, head)
     path = export_text_bundle(retriever, CORPUS, tmp_path / "bundle", item_ids=IDS, model_name="tiny")
     bundle = load_bundle(path)
-    assert bundle.query_input == "text" and bundle.max_query_tokens == 16
-    assert bundle.manifest.format_version == 2 and bundle.manifest.tokenizer_file == "tokenizer.json"
+    assert bundle.query_input == "text"
+    assert bundle.max_query_tokens == 16
+    assert bundle.manifest.format_version == 2
+    assert bundle.manifest.tokenizer_file == "tokenizer.json"
     assert bundle.item_ids == IDS
 
     expected_ids = retriever.text_encoder.tokenize(QUERIES, 16)["input_ids"]
@@ -76,7 +78,8 @@ def test_the_bundle_encodes_texts_as_the_retriever_does(encoder_dir: Path, tmp_p
     got = bundle.encode_texts(QUERIES)
     torch.testing.assert_close(got.embeddings, want.embeddings, rtol=1e-5, atol=1e-6)
     if head == "mol":
-        assert got.gating is not None and want.gating is not None
+        assert got.gating is not None
+        assert want.gating is not None
         torch.testing.assert_close(got.gating, want.gating, rtol=1e-5, atol=1e-6)
     else:
         assert got.gating is None
@@ -96,7 +99,8 @@ def test_text_bundle_errors(encoder_dir: Path, tmp_path: Path) -> None:
         export_text_bundle(retriever, CORPUS, tmp_path / "a", item_ids=[1] * TOPICS)
     with pytest.raises(ConfigError, match="item_ids has 3 ids but the corpus 12 passages"):
         export_text_bundle(retriever, CORPUS, tmp_path / "a", item_ids=[1, 2, 3])
-    assert not (tmp_path / "a").exists() and list(tmp_path.iterdir()) == []
+    assert not (tmp_path / "a").exists()
+    assert list(tmp_path.iterdir()) == []
 
     path = export_text_bundle(retriever, CORPUS, tmp_path / "b", item_ids=IDS)
     with pytest.raises(ArtifactError, match="already exists"):
