@@ -189,6 +189,35 @@ def _print(result: dict[str, Any]) -> None:
         print(f"{key}: MoL - dot = {v['mol_minus_dot']:+.4f} (spread {v['spread']:.4f}): {_verdict_word(v)}")
 
 
+def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result over the runs of several result files of the same protocol (runs of other seeds).
+
+    Raises:
+        ValueError: the files differ in data or in any protocol setting other than the seeds, or two of
+            them hold the same (model, seed) run.
+    """
+    first = results[0]
+    same = {k: v for k, v in first["protocol"].items() if k != "seeds"}
+    runs: list[dict[str, Any]] = []
+    for result in results:
+        protocol = {k: v for k, v in result["protocol"].items() if k != "seeds"}
+        if result["data"] != first["data"] or protocol != same:
+            raise ValueError(
+                f"result files of different protocols cannot be merged: {result['data']} {protocol} "
+                f"against {first['data']} {same}"
+            )
+        runs.extend(result["runs"])
+    pairs = [(r["model"], r["seed"]) for r in runs]
+    repeated = sorted({p for p in pairs if pairs.count(p) > 1})
+    if repeated:
+        raise ValueError(f"the same (model, seed) run is in more than one file: {repeated}")
+    if len(results) == 1:
+        return first
+    summary = summarize(runs)
+    seeds = sorted({r["seed"] for r in runs})
+    return {**first, "protocol": {**first["protocol"], "seeds": seeds}, "runs": runs, "summary": summary}
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The summary as the Markdown table docs/benchmarks.md records (``--markdown RESULT.json``)."""
     keys = ("valid hr@10", "valid ndcg@10", "test hr@10", "test ndcg@10", "test hr@50", "test ndcg@50")
@@ -275,14 +304,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--markdown",
         type=Path,
+        nargs="+",
         metavar="RESULT.json",
-        help="print the Markdown summary of an earlier result file and exit",
+        help="print the Markdown summary of earlier result files and exit; several files of the same "
+        "protocol (data and every setting but the seeds) are summarised as one run over all their seeds",
     )
     args = parser.parse_args(argv)
     if not args.models and not args.ablations:
         parser.error("nothing to train: give --models and/or --ablation")
     if args.markdown is not None:
-        print(markdown(json.loads(args.markdown.read_text())))
+        try:
+            print(markdown(merge_results([json.loads(path.read_text()) for path in args.markdown])))
+        except ValueError as err:
+            parser.error(str(err))
         return 0
     if args.quick:
         args.data, args.seeds, args.epochs, args.eval_every = "ml-100k", [0], 1, 1
