@@ -20,7 +20,8 @@ weights and the same ML-1M batches (synthetic ones in quick mode or without the 
 Each round runs one training step (forward, backward, AdamW step) of every variant in turn; the table
 gives min and median seconds per step over the rounds, training sequences per second, and the speed-up of
 the min over the ``loop (before)`` min. Full mode fails if the best ``batched`` variant is not at least
-2x faster. One torch thread unless ``--threads``.
+2x faster. One torch thread unless ``--threads``. ``--profile NAME`` then profiles one more step of a
+variant with torch.profiler and prints its operators by self CPU time (also kept in the JSON).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from unittest import mock
 import torch
 
 import mol_train.model
+from mol_core.atomic import write_text_atomically
 from mol_core.similarity import ItemSide, QuerySide, Similarity
 from mol_train.config import NegativeSampling, load_config
 from mol_train.data import SequenceDataset, make_synthetic, prepare, train_batch, train_rows
@@ -117,7 +119,12 @@ def _variant(model: mol_train.model.SequentialRecommender, spec: dict[str, Any])
 
 
 def measure(
-    quick: bool, rounds: int, scale: list[str], workdir: Path, variants: list[str] | None = None
+    quick: bool,
+    rounds: int,
+    scale: list[str],
+    workdir: Path,
+    variants: list[str] | None = None,
+    profile: str | None = None,
 ) -> dict[str, Any]:
     preset_overrides = (
         [
@@ -149,25 +156,38 @@ def measure(
         names = [n for n in names if n in variants or n == "loop (before)"]
     times: dict[str, list[float]] = {name: [] for name in names}
     generator = torch.Generator().manual_seed(0)
+
+    def step(name: str, batch: Any) -> float:
+        """One training step of variant ``name``; its seconds (negative sampling excluded)."""
+        spec = VARIANTS[name]
+        negatives = sample_negatives(
+            spec["sampling"],
+            mask=batch.targets != 0,
+            num_negatives=config.train.num_negatives,
+            num_items=dataset.num_items,
+            generator=generator,
+        )
+        with _variant(model, spec):
+            start = time.perf_counter()
+            parts = model(batch.inputs, batch.targets, negatives, batch.timestamps, None, batch.user_rows)
+            optimizer.zero_grad()
+            parts.loss.backward()
+            optimizer.step()
+            return time.perf_counter() - start
+
     for round_index, batch in enumerate(batches):
         for name in names:
-            spec = VARIANTS[name]
-            negatives = sample_negatives(
-                spec["sampling"],
-                mask=batch.targets != 0,
-                num_negatives=config.train.num_negatives,
-                num_items=dataset.num_items,
-                generator=generator,
-            )
-            with _variant(model, spec):
-                start = time.perf_counter()
-                parts = model(batch.inputs, batch.targets, negatives, batch.timestamps, None, batch.user_rows)
-                optimizer.zero_grad()
-                parts.loss.backward()
-                optimizer.step()
-                seconds = time.perf_counter() - start
+            seconds = step(name, batch)
             if round_index > 0:  # round 0 warms up (and compiles)
                 times[name].append(seconds)
+    profile_table = None
+    if profile is not None:  # one more step of that variant (already warm), under torch.profiler
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as profiler
+
+        with profiler(activities=[ProfilerActivity.CPU]) as recorded:
+            step(profile, batches[-1])
+        profile_table = recorded.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
     base = min(times["loop (before)"])
     rows_out = []
     for name in names:
@@ -182,7 +202,13 @@ def measure(
                 "seconds": times[name],
             }
         )
-    return {"data": data_name, "config_overrides": preset_overrides, "batch_size": size, "rows": rows_out}
+    return {
+        "data": data_name,
+        "config_overrides": preset_overrides,
+        "batch_size": size,
+        "rows": rows_out,
+        "profile": None if profile is None else {"variant": profile, "table": profile_table},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help="run only these variants besides the loop (default: all); names as in the table",
     )
+    parser.add_argument(
+        "--profile",
+        choices=list(VARIANTS),
+        metavar="NAME",
+        help="after the rounds, profile one step of this variant (torch.profiler, ops by self CPU time)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--workdir", type=Path, help="where ML-1M is prepared (default: a temporary folder)")
     parser.add_argument("--output", type=Path, help="write the result as JSON to this path")
@@ -213,9 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        measured = measure(
-            args.quick, 2 if args.quick else args.rounds, args.scale, args.workdir or Path(tmp), args.variants
-        )
+        rounds = 2 if args.quick else args.rounds
+        variants = args.variants
+        if variants is not None and args.profile is not None and args.profile not in variants:
+            variants = [*variants, args.profile]
+        measured = measure(args.quick, rounds, args.scale, args.workdir or Path(tmp), variants, args.profile)
     result = {
         "benchmark": "mol_train_speed",
         "mode": "quick" if args.quick else "full",
@@ -237,11 +271,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['median_seconds_per_step']:>9.3f} "
             f"{row['sequences_per_second']:>8.1f} {row['speedup_vs_loop']:>8.2f}x"
         )
+    if result["profile"] is not None:
+        print(f"\nprofile of one step, {result['profile']['variant']}:\n{result['profile']['table']}")
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = args.output.with_suffix(".tmp")
-        tmp_path.write_text(json.dumps(result, indent=2))
-        tmp_path.replace(args.output)
+        write_text_atomically(args.output, json.dumps(result, indent=2))
     best = max(r["speedup_vs_loop"] for r in result["rows"] if r["variant"].startswith("batched"))
     if not args.quick and best < TARGET:
         print(
