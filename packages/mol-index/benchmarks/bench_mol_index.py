@@ -11,8 +11,9 @@ For every candidate stage, algorithm and ``K'``: recall@k against the exact top-
 rate of the exact top-1 (the exact best item is among the ``k`` returned), the fraction of queries the
 bound proves exact, mean candidates reranked, latency p50/p99 per batch at B = 1 and B = 32, and the
 speedup over exact brute force (:func:`~mol_index.search.exact.exact_search`) at the same B, in the same
-run. Exit status 1 when a result the bound proved exact (or an exact-guaranteed search) differs from exact
-search.
+run; the peak resident memory of the process while each index is built and while it is searched
+(:func:`~mol_index.evaluation.peak_rss`; it includes the corpus and queries already in memory). Exit
+status 1 when a result the bound proved exact (or an exact-guaranteed search) differs from exact search.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from mol_index.evaluation import (
     bundle_corpus,
     cpu_latency,
     machine,
+    peak_rss,
     split_queries,
     synthetic_corpus,
     write_result,
@@ -81,7 +83,7 @@ def _bench_corpus(
     results: list[dict[str, Any]] = []
     violations = 0
     b32, b1 = split_queries(query, 32, batches_b32), split_queries(query, 1, queries_b1)
-    with torch.inference_mode():
+    with torch.inference_mode(), peak_rss() as exact_memory:
         truth = torch.cat([exact_search(sim, q, corpus, k)[1] for q in b32])  # (Q, k)
         exact_lat = {
             "b1": cpu_latency(functools.partial(exact_search, sim, corpus=corpus, k=k), b1),
@@ -89,7 +91,7 @@ def _bench_corpus(
         }
     log(
         f"N={num_items}: exact p50 B=1 {exact_lat['b1']['p50_ms']:.1f} ms, "
-        f"B=32 {exact_lat['b32']['p50_ms']:.1f} ms"
+        f"B=32 {exact_lat['b32']['p50_ms']:.1f} ms, peak RSS {exact_memory['peak_rss_mb']:.0f} MB"
     )
     results.append(
         {
@@ -108,22 +110,26 @@ def _bench_corpus(
             "speedup_b32": 1.0,
             "index_bytes": corpus.embeddings.nbytes
             + (corpus.gating.nbytes if corpus.gating is not None else 0),
+            "search_peak_rss_mb": exact_memory["peak_rss_mb"],
+            "peak_rss_scope": exact_memory["scope"],
         }
     )
     for stage in stages:
         search_threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # build with every core, search with --threads
         start = time.perf_counter()
-        index = MolIndex.build(
-            sim,
-            torch.arange(num_items),
-            corpus,
-            stage=stage,
-            hnsw_m=16,
-            ef_construction=80,
-            exact_mean=exact_mean,
-        )
+        with peak_rss() as build_memory:
+            index = MolIndex.build(
+                sim,
+                torch.arange(num_items),
+                corpus,
+                stage=stage,
+                hnsw_m=16,
+                ef_construction=80,
+                exact_mean=exact_mean,
+            )
         build_s = time.perf_counter() - start
+        log(f"N={num_items}: {stage} built in {build_s:.1f} s, peak RSS {build_memory['peak_rss_mb']:.0f} MB")
         faiss.omp_set_num_threads(search_threads)
         nlist = int(index.parameters.get("nlist", "0"))
         stage_nprobe = index.faiss_stage.default_nprobe if nlist and index.faiss_stage else None
@@ -140,13 +146,14 @@ def _bench_corpus(
             def search(q: QuerySide, p: SearchParams = params, idx: MolIndex = index) -> SearchResult:
                 return idx.search_with_info(q, k, params=p)
 
-            found = [search(q) for q in b32]
+            with peak_rss() as search_memory:
+                found = [search(q) for q in b32]
+                lat = {"b1": cpu_latency(search, b1), "b32": cpu_latency(search, b32)}
             ids = torch.cat([r.ids for r in found])  # (Q, k)
             proven = torch.cat([r.exact for r in found])  # (Q,)
             hits = (ids.unsqueeze(2) == truth.unsqueeze(1)).any(2)  # (Q, k)
             wrong = int((proven & (ids != truth).any(1)).sum())
             violations += wrong
-            lat = {"b1": cpu_latency(search, b1), "b32": cpu_latency(search, b32)}
             row = {
                 "corpus": label,
                 "N": num_items,
@@ -165,6 +172,9 @@ def _bench_corpus(
                 "speedup_b32": exact_lat["b32"]["p50_ms"] / lat["b32"]["p50_ms"],
                 "index_bytes": _index_bytes(index),
                 "build_s": build_s,
+                "build_peak_rss_mb": build_memory["peak_rss_mb"],
+                "search_peak_rss_mb": search_memory["peak_rss_mb"],
+                "peak_rss_scope": search_memory["scope"],
                 "nlist": nlist,
                 "nprobe": params.nprobe if nlist else None,
                 "mean_index": index.parameters.get("mean_index", stage),

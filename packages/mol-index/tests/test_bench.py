@@ -8,7 +8,7 @@ from types import ModuleType
 
 import pytest
 
-from mol_index.evaluation import synthetic_corpus
+from mol_index.evaluation import peak_rss, synthetic_corpus
 
 
 def test_synthetic_corpus_is_clustered_and_normalised() -> None:
@@ -33,6 +33,25 @@ def test_tiny_run_has_exact_rows_and_no_violations(index_benchmark: ModuleType) 
     assert len(guaranteed) == 1
     assert guaranteed[0]["recall"] == 1.0
     assert {r["stage"] for r in rows} == {"-", "torch"}
+    stage_rows = [r for r in rows if r["stage"] == "torch"]
+    assert all(r["build_peak_rss_mb"] > 0 and r["search_peak_rss_mb"] > 0 for r in stage_rows)
+    assert rows[0]["search_peak_rss_mb"] > 0
+
+
+def test_peak_rss_sees_an_allocation_inside_the_block_only() -> None:
+    with peak_rss() as before:
+        pass
+    with peak_rss() as during:
+        buffer = bytearray(200 * 2**20)  # 200 MB, touched by the zero fill
+    del buffer
+    assert during["peak_rss_mb"] >= 200
+    with peak_rss() as after:
+        pass
+    if during["scope"] == "block":  # the kernel let the peak be reset: a later block does not see it
+        assert after["peak_rss_mb"] < during["peak_rss_mb"] - 150
+        assert before["peak_rss_mb"] < during["peak_rss_mb"] - 150
+    else:  # the process peak since start: never smaller later
+        assert after["peak_rss_mb"] >= during["peak_rss_mb"]
 
 
 def test_k_prime_avg_rows_widen_the_mean_part_only(index_benchmark: ModuleType) -> None:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ __all__ = [
     "bundle_corpus",
     "cpu_latency",
     "machine",
+    "peak_rss",
     "read_histories",
     "recall",
     "split_queries",
@@ -76,6 +80,52 @@ def synthetic_corpus(
         q_repr = cluster_repr[interests[:, 0]] + torch.randn(num_queries, _REPR_DIM, generator=gen)
         query = QuerySide(f, sim.gating.query_features(q_repr))
     return sim, query, ItemSide(emb, gating)
+
+
+@contextmanager
+def peak_rss() -> Iterator[dict[str, Any]]:
+    """Peak resident memory of this process while the ``with`` block runs.
+
+    Yields a dict that holds, after the block, ``peak_rss_mb`` and ``scope``: ``"block"`` when the kernel
+    let the peak be reset at the start (Linux: ``/proc/self/clear_refs`` and ``VmHWM``), else
+    ``"process"``, the peak since the process started (``getrusage``), an upper bound of the block's.
+
+    Example:
+        >>> with peak_rss() as memory:
+        ...     buffer = bytearray(50_000_000)
+        >>> memory["peak_rss_mb"] >= 50
+        True
+    """
+    memory: dict[str, Any] = {}
+    scope = "block" if _reset_peak_rss() else "process"
+    try:
+        yield memory
+    finally:
+        high_water_kb = _high_water_kb() if scope == "block" else None
+        if high_water_kb is None:
+            scope = "process"
+            high_water_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux
+        memory.update(peak_rss_mb=high_water_kb / 1024, scope=scope)
+
+
+def _reset_peak_rss() -> bool:
+    """Resets this process's peak RSS (``VmHWM``) to its current RSS; False where the kernel forbids it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        return False
+    return _high_water_kb() is not None
+
+
+def _high_water_kb() -> int | None:
+    """``VmHWM`` of /proc/self/status in KB, or None where there is none."""
+    try:
+        with open("/proc/self/status") as status:
+            found = re.search(r"^VmHWM:\s+(\d+) kB", status.read(), re.M)
+    except OSError:
+        return None
+    return None if found is None else int(found.group(1))
 
 
 def _percentiles(times: list[float], prefix: str) -> dict[str, float]:
