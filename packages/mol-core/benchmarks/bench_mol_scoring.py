@@ -7,7 +7,10 @@ Both run in the same process on the same model and the same inputs: the item sid
 a model bundle) and the query side computed inside each timed call, for both. Calls alternate between the
 two (interleaved), their scores are compared, and the ratio of their throughputs (query-item pairs per
 second) is reported from the median and from the minimum times, with the torch thread count
-(``--threads``, default 1).
+(``--threads``, default 1). A float32 GEMM of ``GEMM_SIZE`` cubed runs in the same rounds: each scorer's
+*fraction of the GEMM rate* is its pairs per second times the multiply-adds one pair needs in the three
+matrix products of MoL (component logits ``2 P d``, the pair-wise gating MLP ``2 P H + 2 H P`` FLOPs)
+over that GEMM's FLOPs per second, both from the minimum times (issue #15's target for exact scoring).
 
     python packages/mol-core/benchmarks/bench_mol_scoring.py --quick --output bench-results/mol_scoring.json
 """
@@ -30,6 +33,14 @@ import torch
 from mol_core.similarity import DEFAULT_BLOCK_PAIRS, ItemSide, MoLSimilarity, QuerySide
 
 INPUT_DIM = 50  # the paper's ML-1M item embedding / encoder width
+GEMM_SIZE = 1024  # the reference GEMM: (GEMM_SIZE, GEMM_SIZE) @ (GEMM_SIZE, GEMM_SIZE), float32
+
+
+def mol_flops_per_pair(sim: MoLSimilarity) -> int:
+    """FLOPs of the matrix products one (query, item) pair needs: ``2 P d + 4 P H``."""
+    components = sim.num_components
+    hidden = sim.gating.logits_mlp.hidden.out_features
+    return 2 * components * sim.component_dim + 4 * components * hidden
 
 
 def naive_score_corpus(sim: MoLSimilarity, query: QuerySide, corpus: ItemSide) -> torch.Tensor:
@@ -70,6 +81,8 @@ def run(quick: bool) -> dict[str, object]:
     sim = MoLSimilarity(query_input_dim=INPUT_DIM, item_input_dim=INPUT_DIM).eval()  # 8 x 4 x 64
     item_repr = torch.randn(num_items, INPUT_DIM)
     rows: list[dict[str, object]] = []
+    flops_per_pair = mol_flops_per_pair(sim)
+    gemm_a, gemm_b = torch.randn(GEMM_SIZE, GEMM_SIZE), torch.randn(GEMM_SIZE, GEMM_SIZE)
     with torch.inference_mode():
         corpus = sim.item_side(item_repr)  # precomputed offline, as in a bundle
         for batch in (1, 32):
@@ -79,10 +92,12 @@ def run(quick: bool) -> dict[str, object]:
                 {
                     "naive": lambda q=query_repr: naive_score_corpus(sim, sim.query_side(q), corpus),
                     "blockwise": lambda q=query_repr: sim.score_corpus(sim.query_side(q), corpus),
+                    "gemm": lambda: gemm_a @ gemm_b,
                 },
                 repeats,
             )
             (t_naive, min_naive, naive), (t_block, min_block, blockwise) = timed["naive"], timed["blockwise"]
+            gemm_flops_per_s = 2 * GEMM_SIZE**3 / timed["gemm"][1]
             rows.append(
                 {
                     "batch": batch,
@@ -92,6 +107,9 @@ def run(quick: bool) -> dict[str, object]:
                     "speedup": t_naive / t_block,
                     "speedup_of_minimums": min_naive / min_block,
                     "max_abs_diff": float((naive - blockwise).abs().max()),
+                    "gemm_gflops": gemm_flops_per_s / 1e9,
+                    "naive_gemm_fraction": pairs / min_naive * flops_per_pair / gemm_flops_per_s,
+                    "blockwise_gemm_fraction": pairs / min_block * flops_per_pair / gemm_flops_per_s,
                 }
             )
         sweep = []
@@ -117,6 +135,8 @@ def run(quick: bool) -> dict[str, object]:
             "d": 64,
             "gating_hidden": 128,
             "default_block_pairs": DEFAULT_BLOCK_PAIRS,
+            "flops_per_pair": flops_per_pair,
+            "gemm": f"float32 ({GEMM_SIZE}, {GEMM_SIZE}) @ ({GEMM_SIZE}, {GEMM_SIZE})",
         },
         "results": rows,
         "block_sweep_b32": sweep,
@@ -127,13 +147,14 @@ def print_table(result: dict[str, object]) -> None:
     print(f"MoL corpus scoring ({result['mode']}), {result['machine']}")  # type: ignore[index]
     print(
         f"{'B':>4} {'N':>8} {'naive Mpairs/s':>15} {'blockwise Mpairs/s':>19} {'speedup':>8} "
-        f"{'of mins':>8} {'max|diff|':>10}"
+        f"{'of mins':>8} {'max|diff|':>10} {'GEMM GF/s':>10} {'naive/GEMM':>11} {'block/GEMM':>11}"
     )
     for row in result["results"]:  # type: ignore[attr-defined]
         print(
             f"{row['batch']:>4} {row['items']:>8} {row['naive_pairs_per_s'] / 1e6:>15.2f} "
             f"{row['blockwise_pairs_per_s'] / 1e6:>19.2f} {row['speedup']:>7.2f}x "
-            f"{row['speedup_of_minimums']:>7.2f}x {row['max_abs_diff']:>10.2e}"
+            f"{row['speedup_of_minimums']:>7.2f}x {row['max_abs_diff']:>10.2e} {row['gemm_gflops']:>10.1f} "
+            f"{row['naive_gemm_fraction']:>10.1%} {row['blockwise_gemm_fraction']:>10.1%}"
         )
     print(
         "block sweep, B = 32: "
