@@ -18,6 +18,10 @@ side). Every run keeps its best epoch by validation NDCG@10 (no early stopping);
 and sample standard deviation over seeds of that model's validation and test metrics, and the mean
 validation curve per evaluated epoch, so a curve still rising is visible. Every number is measured in
 this run. The run fails if a model's test HR@10 is not above 1.5x that of a random ranking.
+
+With ``--workdir``, an interrupted benchmark can be run again with the same command: finished runs are
+reused from their ``run.json``, interrupted ones resume from their newest checkpoint (written at every
+evaluation), and more seeds can be added to a finished workdir the same way.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from mol_core.atomic import write_text_atomically
 
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 PRESETS = {"mol": "ml1m_hstu_large_mol", "dot": "ml1m_hstu_large_dot"}
@@ -74,32 +80,57 @@ def _prepared(name: str, root: Path, workdir: Path, max_len: int) -> Path:
     return out
 
 
+#: Each finished run's record, in its own folder: a later invocation with the same ``--workdir`` reuses it.
+RUN_RECORD = "run.json"
+
+
 def _run(job: dict[str, Any]) -> dict[str, Any]:
-    """One training run in its own process with one torch thread."""
+    """One training run in its own process with one torch thread.
+
+    A run whose folder already holds its record (:data:`RUN_RECORD`) of the same model, seed, preset and
+    overrides is not trained again; one whose folder holds checkpoints of an interrupted run resumes from
+    the newest (``fit(resume=True)``: the continued run is the run it replaced).
+    """
+    out = Path(job["out"])
+    identity = {k: job[k] for k in ("model", "seed", "preset", "overrides")}
+    record_path = out / RUN_RECORD
+    if record_path.is_file():
+        record: dict[str, Any] = json.loads(record_path.read_text())
+        if {k: record.get(k) for k in identity} != identity:
+            raise SystemExit(
+                f"{record_path} records another run ({record.get('model')}, seed {record.get('seed')}, "
+                f"overrides {record.get('overrides')}); expected {identity}: give another --workdir"
+            )
+        return {**record, "reused": True}
     torch.set_num_threads(1)
+    from mol_train.checkpoint import find_checkpoints
     from mol_train.config import load_config
     from mol_train.data import SequenceDataset
     from mol_train.train import fit
 
     dataset = SequenceDataset.load(job["data"])
     config = load_config(job["preset"], job["overrides"])
+    resume = bool(find_checkpoints(out / "checkpoints"))
     start = time.perf_counter()
-    result = fit(config, dataset, job["out"], progress=False)
+    result = fit(config, dataset, out, progress=False, resume=resume)
     curve = []
-    for line in (Path(job["out"]) / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record.get("kind") == "valid":
-            curve.append({"epoch": record["epoch"], **{k: record[k] for k in METRICS if k in record}})
-    return {
-        **{k: job[k] for k in ("model", "seed", "preset", "overrides")},
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("kind") == "valid":
+            curve.append({"epoch": entry["epoch"], **{k: entry[k] for k in METRICS if k in entry}})
+    record = {
+        **identity,
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
         "wall_seconds": time.perf_counter() - start,
+        "resumed": resume,
         "train_sequences_per_second": result.train_sequences_per_second,
         "valid": result.valid,
         "test": result.test,
         "valid_curve": curve,
     }
+    write_text_atomically(record_path, json.dumps(record, indent=2))
+    return record
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -313,8 +344,22 @@ def main(argv: list[str] | None = None) -> int:
     if not args.models and not args.ablations:
         parser.error("nothing to train: give --models and/or --ablation")
     if args.markdown is not None:
+        results = []
+        for path in args.markdown:
+            try:
+                loaded = json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                parser.error(f"{path}: not a readable JSON result file ({err})")
+            missing = [
+                key
+                for key in ("data", "protocol", "runs")
+                if not isinstance(loaded, dict) or key not in loaded
+            ]
+            if missing:
+                parser.error(f"{path}: not a result of this benchmark (no {', '.join(missing)})")
+            results.append(loaded)
         try:
-            print(markdown(merge_results([json.loads(path.read_text()) for path in args.markdown])))
+            print(markdown(merge_results(results)))
         except ValueError as err:
             parser.error(str(err))
         return 0
@@ -386,9 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     _print(result)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = args.output.with_suffix(".tmp")
-        tmp_path.write_text(json.dumps(result, indent=2))
-        tmp_path.replace(args.output)
+        write_text_atomically(args.output, json.dumps(result, indent=2))
     chance = 10 / num_items  # HR@10 of a random ranking of the N items
     weak = [r["model"] for r in runs if r["test"]["hr@10"] <= 1.5 * chance]
     if weak:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
+import types
 from pathlib import Path
 from types import ModuleType
 
@@ -75,3 +77,62 @@ def test_result_files_of_other_seeds_merge_into_one_summary() -> None:
         BENCH_MODULE.merge_results([first, _result([1], {("mol", 1): 0.3}, epochs=10)])
     with pytest.raises(ValueError, match=r"same \(model, seed\) run"):
         BENCH_MODULE.merge_results([first, first])
+
+
+def _job(tmp_path: Path, seed: int = 1) -> dict[str, object]:
+    return {
+        "model": "mol",
+        "seed": seed,
+        "preset": "ml1m_hstu_large_mol",
+        "overrides": ["train.epochs=2", f"train.seed={seed}"],
+        "data": str(tmp_path / "no-data-needed"),
+        "out": str(tmp_path / "run"),
+    }
+
+
+def test_a_finished_run_is_reused_and_a_foreign_record_is_refused(tmp_path: Path) -> None:
+    job = _job(tmp_path)
+    record = {k: job[k] for k in ("model", "seed", "preset", "overrides")} | {"test": {"hr@10": 0.25}}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / BENCH_MODULE.RUN_RECORD).write_text(json.dumps(record))
+    reused = BENCH_MODULE._run(job)  # no data set exists: reuse must not train or even load data
+    assert reused["reused"] is True
+    assert reused["test"] == {"hr@10": 0.25}
+    with pytest.raises(SystemExit, match="records another run"):
+        BENCH_MODULE._run(_job(tmp_path, seed=2))
+
+
+def test_an_interrupted_run_resumes_and_records_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mol_train import data, train
+
+    calls: list[bool] = []
+
+    def fake_fit(config: object, dataset: object, out: Path, *, progress: bool, resume: bool) -> object:
+        calls.append(resume)
+        (Path(out) / "metrics.jsonl").write_text(
+            json.dumps({"kind": "valid", "epoch": 2, "hr@10": 0.2}) + "\n"
+        )
+        return types.SimpleNamespace(
+            epochs_run=2,
+            best_epoch=2,
+            train_sequences_per_second=10.0,
+            valid={"hr@10": 0.2},
+            test={"hr@10": 0.3},
+        )
+
+    monkeypatch.setattr(train, "fit", fake_fit)
+    monkeypatch.setattr(data.SequenceDataset, "load", staticmethod(lambda path: None))
+    job = _job(tmp_path)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "step-000001.pt").write_bytes(b"")  # an interrupted run's checkpoint (by name)
+    first = BENCH_MODULE._run(job)
+    assert calls == [True]
+    assert first["resumed"] is True
+    assert first["valid_curve"] == [{"epoch": 2, "hr@10": 0.2}]
+    assert json.loads((tmp_path / "run" / BENCH_MODULE.RUN_RECORD).read_text())["test"] == {"hr@10": 0.3}
+    again = BENCH_MODULE._run(job)
+    assert calls == [True]  # not trained a second time
+    assert again["reused"] is True
