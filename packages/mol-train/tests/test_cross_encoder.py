@@ -7,7 +7,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,8 +17,8 @@ pytest.importorskip("onnxruntime", reason="the cross-encoder needs the rerank ex
 pytest.importorskip("onnx", reason="the tiny cross-encoder is written with onnx")
 
 from mol_core.errors import ConfigError, ShapeError
+from mol_train.text import CrossEncoder, load_cross_encoder, synthetic_words, tiny_cross_encoder
 from mol_train.text import cross_encoder as cross_module
-from mol_train.text import load_cross_encoder, synthetic_words, tiny_cross_encoder
 
 WORDS = synthetic_words(6)  # w0 .. w5 and the common words
 WEIGHTS = [float(i + 1) for i in range(6)] + [0.25] * (len(WORDS) - 6)
@@ -53,6 +55,28 @@ def test_pairs_are_cut_in_the_passage(model_dir: Path) -> None:
     cross = load_cross_encoder(model_dir, max_tokens=9)  # [CLS] 2 [SEP] ... [SEP]: 4 passage words
     assert cross.score([query], [passage]).tolist() == pytest.approx([overlap(query, passage, 4)])
     assert overlap(query, passage, 4) < overlap(query, passage)
+
+
+def test_a_query_longer_than_the_limit_is_cut_too(model_dir: Path) -> None:
+    cross = load_cross_encoder(model_dir, max_tokens=8)  # 5 words: the longer text is cut first
+    query, passage = " ".join(["w1"] * 10), "w1 w1"
+    assert cross.score([query], [passage]).tolist() == pytest.approx([3 * 2 * 2.0])  # 3 x 2 x weight(w1)
+
+
+def test_a_model_with_several_outputs_per_pair_is_refused(model_dir: Path) -> None:
+    real = load_cross_encoder(model_dir)
+
+    class TwoLabels:  # a (B, 2) classifier: which column is relevance is unknown
+        def get_inputs(self) -> Any:
+            return real.session.get_inputs()
+
+        def run(self, names: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            logits = real.session.run(names, feeds)[0]
+            return [np.concatenate([logits, -logits], axis=1)]
+
+    cross = CrossEncoder(TwoLabels(), real.tokenizer)
+    with pytest.raises(ConfigError, match=r"shape \(1, 2\) for 1 pairs; expected one relevance logit"):
+        cross.score(["w1"], ["w1"])
 
 
 def test_scorer_maps_handles_and_rows_to_texts(model_dir: Path) -> None:

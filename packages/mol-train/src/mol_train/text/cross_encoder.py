@@ -34,7 +34,9 @@ class CrossEncoder:
         session: an ``onnxruntime.InferenceSession`` with inputs ``input_ids`` and ``attention_mask`` (and
             ``token_type_ids`` when the model has it) and one output ``(B, 1)`` or ``(B,)``.
         tokenizer: a ``tokenizers.Tokenizer`` of that model.
-        max_tokens: pairs are cut to this many tokens, from the passage first (``only_second``).
+        max_tokens: pairs are cut to this many tokens, one token at a time from the longer of the two
+            texts (``longest_first``, as sentence-transformers' CrossEncoder does): a short query keeps
+            all its tokens, and a query longer than the limit is cut too instead of failing.
         batch_size: pairs per model call.
 
     Attributes:
@@ -53,7 +55,7 @@ class CrossEncoder:
         missing = {"input_ids", "attention_mask"} - self._inputs
         if missing:
             raise ConfigError(f"the cross-encoder model has no input(s) {sorted(missing)}")
-        tokenizer.enable_truncation(max_tokens, strategy="only_second")
+        tokenizer.enable_truncation(max_tokens, strategy="longest_first")
         tokenizer.enable_padding()  # to the longest pair of each call, not to a fixed length
 
     def score(self, queries: Sequence[str], passages: Sequence[str]) -> np.ndarray:
@@ -61,6 +63,8 @@ class CrossEncoder:
 
         Raises:
             ShapeError: the two lists differ in length.
+            ConfigError: the model returns more than one value per pair (a classifier with several labels
+                is not a relevance scorer: which column is relevance is not known).
         """
         if len(queries) != len(passages):
             raise ShapeError(f"{len(queries)} queries but {len(passages)} passages; pairs need one of each")
@@ -76,7 +80,12 @@ class CrossEncoder:
             if "token_type_ids" in self._inputs:
                 feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
             logits = np.asarray(self.session.run(None, feeds)[0], dtype=np.float32)
-            out[start:stop] = logits.reshape(stop - start, -1)[:, 0]
+            if logits.size != stop - start:
+                raise ConfigError(
+                    f"the cross-encoder returned shape {logits.shape} for {stop - start} pairs; expected one "
+                    "relevance logit per pair, (B, 1) or (B,)"
+                )
+            out[start:stop] = logits.reshape(stop - start)
         self.calls += len(queries)
         return out
 

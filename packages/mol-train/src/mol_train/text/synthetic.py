@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from mol_core.atomic import write_bytes_atomically, write_text_atomically
 from mol_core.errors import ConfigError
 from mol_train.data.beir import BeirDataset
 
@@ -113,7 +114,7 @@ def tiny_cross_encoder(folder: str | Path, words: list[str], *, weights: list[fl
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", vocabulary["[CLS]"]), ("[SEP]", vocabulary["[SEP]"])],
     )
-    tokenizer.save(str(target / "tokenizer.json"))
+    write_text_atomically(target / "tokenizer.json", tokenizer.to_str())
 
     size = len(vocabulary)
     word_weights = [0.0] * len(SPECIAL_TOKENS) + (
@@ -151,5 +152,5 @@ def tiny_cross_encoder(folder: str | Path, words: list[str], *, weights: list[fl
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8  # readable by onnxruntime releases of the last years
     onnx.checker.check_model(model)
-    onnx.save(model, str(target / "model.onnx"))
+    write_bytes_atomically(target / "model.onnx", model.SerializeToString())
     return target
