@@ -15,7 +15,7 @@ import mol_serve
 from conftest import ADMIN_TOKEN, TOKEN, ServerProcess
 from mol_serve import InvalidRequest, Overloaded, ServeError
 from mol_serve.cli import main
-from mol_serve.client import raise_for_rpc_error
+from mol_serve.client import build_request, raise_for_rpc_error
 
 NO_TORCH = """
 import importlib.abc, json, sys
@@ -69,6 +69,17 @@ class _FakeRpcError(grpc.RpcError):
 
     def details(self) -> str:
         return self._details
+
+
+def test_text_queries_must_be_strings() -> None:
+    request = build_request(top_k=3, texts=["statins and cholesterol", ""])
+    assert [q.text for q in request.queries] == ["statins and cholesterol", ""]  # blank: the server refuses
+    with pytest.raises(ValueError, match="a single string"):
+        build_request(top_k=3, texts="statins")
+    with pytest.raises(ValueError, match=r"texts\[1\] must be a str; got NoneType"):
+        build_request(top_k=3, texts=["statins", None])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"texts\[0\] must be a str; got bytes"):
+        build_request(top_k=3, texts=[b"statins"])  # type: ignore[list-item]
 
 
 def test_rpc_errors_map_to_library_errors() -> None:

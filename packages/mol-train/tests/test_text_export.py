@@ -17,6 +17,8 @@ import torch
 pytest.importorskip("transformers", reason="text retrieval needs the text extra")
 pytest.importorskip("tokenizers", reason="text bundles need the tokenizers package")
 
+from tokenizers import processors
+
 from mol_core.bundle import load_bundle
 from mol_core.errors import ArtifactError, ConfigError, ShapeError
 from mol_core.manifest import BUNDLE_FORMAT_VERSION, MANIFEST_FILENAME, read_manifest
@@ -99,6 +101,8 @@ def test_text_bundle_errors(encoder_dir: Path, tmp_path: Path) -> None:
         export_text_bundle(retriever, CORPUS, tmp_path / "a", item_ids=[1] * TOPICS)
     with pytest.raises(ConfigError, match="item_ids has 3 ids but the corpus 12 passages"):
         export_text_bundle(retriever, CORPUS, tmp_path / "a", item_ids=[1, 2, 3])
+    with pytest.raises(ConfigError, match=r"item ids must be in \[0, 2\*\*63\).*\[-1\]"):
+        export_text_bundle(retriever, CORPUS, tmp_path / "a", item_ids=[-1, *IDS[1:]])
     assert not (tmp_path / "a").exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -110,6 +114,10 @@ def test_text_bundle_errors(encoder_dir: Path, tmp_path: Path) -> None:
         bundle.encode([[IDS[0]]])
     with pytest.raises(ShapeError, match=r"text\(s\) \[1\] are empty or blank"):
         bundle.encode_texts(["w1", "  "])
+    # a tokenizer that adds no special tokens gives a text of dropped characters no tokens at all
+    bundle.tokenizer.post_processor = processors.TemplateProcessing(single="$A", special_tokens=[])
+    with pytest.raises(ShapeError, match=r"text\(s\) \[0\] give no tokens"):
+        bundle.encode_texts(["\x00"])
 
     # a reader that knows only history bundles (format version 1) refuses the text bundle
     with pytest.raises(ArtifactError, match="format version 2 is not supported"):

@@ -167,7 +167,8 @@ class ModelBundle:
             The query side: embeddings ``(B, Pq, d)``, gating ``(B, P)`` or ``None``.
 
         Raises:
-            ShapeError: no texts, an empty or blank text, or a history bundle (use :meth:`encode`).
+            ShapeError: no texts, an empty or blank text, a text that gives no tokens, or a history bundle
+                (use :meth:`encode`).
         """
         if self.query_input != "text" or self.tokenizer is None:
             raise ShapeError("this bundle encodes item histories (encode), not texts")
@@ -177,6 +178,9 @@ class ModelBundle:
         if blank:
             raise ShapeError(f"text(s) {blank[:5]} are empty or blank; a text query needs words")
         encodings = self.tokenizer.encode_batch(list(texts))
+        empty = [i for i, e in enumerate(encodings) if sum(e.attention_mask) == 0]
+        if empty:  # only characters the tokenizer drops (e.g. zero-width), and no special tokens to add
+            raise ShapeError(f"text(s) {empty[:5]} give no tokens; a text query needs words")
         input_ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)  # (B, T)
         attention_mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)  # (B, T)
         embeddings, gating = self.query_encoder(input_ids, attention_mask)

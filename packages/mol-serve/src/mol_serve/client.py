@@ -134,8 +134,10 @@ def build_request(
     elif index_alias:
         request.index_alias = index_alias
     if texts is not None:
-        for text in texts:
-            request.queries.add(text=str(text))
+        for b, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ValueError(f"texts[{b}] must be a str; got {type(text).__name__}")
+            request.queries.add(text=text)
     elif histories is not None:
         for b, items in enumerate(histories):
             query = request.queries.add()

@@ -69,6 +69,9 @@ def _integer_ids(data: BeirDataset, item_ids: Sequence[int] | None) -> list[int]
         ids = [int(i) for i in item_ids]
         if len(ids) != len(data.doc_ids):
             raise ConfigError(f"item_ids has {len(ids)} ids but the corpus {len(data.doc_ids)} passages")
+    outside = [i for i in ids if not 0 <= i < 2**63]
+    if outside:
+        raise ConfigError(f"item ids must be in [0, 2**63), as mol-index stores them; got {outside[:5]}")
     if len(set(ids)) != len(ids):
         raise ConfigError("the item ids are not unique; every passage needs its own id")
     return ids
