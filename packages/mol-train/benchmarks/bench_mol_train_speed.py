@@ -154,6 +154,11 @@ def measure(
     names = [n for n, spec in VARIANTS.items() if not spec.get("bf16") or bf16_is_native(torch.device("cpu"))]
     if variants is not None:
         names = [n for n in names if n in variants or n == "loop (before)"]
+    if profile is not None and profile not in names:
+        raise SystemExit(
+            f"--profile {profile!r} is not measured on this machine (bf16 variants need a CPU with native "
+            f"bf16 matmuls); choose one of {names}"
+        )
     times: dict[str, list[float]] = {name: [] for name in names}
     generator = torch.Generator().manual_seed(0)
 
