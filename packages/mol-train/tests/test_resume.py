@@ -114,6 +114,13 @@ def test_a_stopped_and_resumed_run_equals_the_uninterrupted_run(
         torch.set_num_threads(before)
 
 
+def test_a_run_whose_time_bias_never_steps_resumes_to_the_uninterrupted_run(tmp_path: Path) -> None:
+    # Without timestamps HSTU's time bias gets no gradient, so AdamW keeps no state for it; the resumed
+    # optimizer must not keep the state its zero-gradient initialisation step gave it (ML-1M's case).
+    untimed = make_synthetic(num_users=300, num_items=60, max_len=12, seed=1, with_timestamps=False)
+    _stop_and_resume(untimed, tmp_path, [])
+
+
 def _stop_and_resume(dataset, tmp_path: Path, overrides: list[str]) -> None:  # type: ignore[no-untyped-def]
     whole, pieces = tmp_path / "whole", tmp_path / "pieces"
     fit(load_config("tiny_cpu", [*FAST, *overrides, "train.epochs=4"]), dataset, whole, progress=False)

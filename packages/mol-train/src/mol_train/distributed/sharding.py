@@ -118,13 +118,20 @@ class ShardedModel:
         """Restores :meth:`state_dict` into a freshly sharded model (same world size and sharding).
 
         torchrec's keyed optimizers only load into initialised state, so a regular optimizer that has
-        not stepped yet is initialised first (a zero-gradient step, before the weights are loaded).
+        not stepped yet is initialised first (a zero-gradient step, before the weights are loaded). That
+        step gives every parameter a state; the parameters the saved run never stepped (no gradient ever
+        reached them, e.g. HSTU's time bias on data without timestamps) have none in the checkpoint, and
+        lose it again, so the optimizer is the saved one exactly.
         """
         saved = state["optimizer"]["state"]
         if len(saved) > len(self.optimizer.state):
             for _, sub in self.optimizer.optimizers:
                 if isinstance(sub, KeyedOptimizerWrapper) and not sub.state:
                     sub.init_state()
+            never_stepped = {id(param) for key, param in self.optimizer.params.items() if key not in saved}
+            for _, sub in self.optimizer.optimizers:
+                for param in [p for p in sub.state if id(p) in never_stepped]:
+                    del sub.state[param]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
 
