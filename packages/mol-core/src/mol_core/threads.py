@@ -16,10 +16,12 @@ from pathlib import Path
 
 from mol_core.errors import ConfigError
 
-__all__ = ["THREADS_ENV", "available_cpus", "cgroup_cpu_limit", "resolve_threads"]
+__all__ = ["THREADS_ENV", "available_cpus", "cgroup_cpu_limit", "limit_tokenizer_threads", "resolve_threads"]
 
 #: The environment variable that sets the thread count when no flag does.
 THREADS_ENV = "MOL_THREADS"
+#: The thread count of the Rust ``tokenizers`` library's pool (rayon), read when the pool first starts.
+TOKENIZER_THREADS_ENV = "RAYON_NUM_THREADS"
 
 _CGROUP = Path("/sys/fs/cgroup")
 
@@ -72,3 +74,12 @@ def resolve_threads(threads: int | None = None, *, processes: int = 1) -> int:
             raise ConfigError(f"{THREADS_ENV} must be a positive integer; got {text!r}")
         return int(text)
     return max(1, available_cpus() // max(1, processes))
+
+
+def limit_tokenizer_threads(threads: int) -> None:
+    """Gives the ``tokenizers`` library's thread pool ``threads`` threads unless its environment variable
+    (``RAYON_NUM_THREADS``) is set already; without it, the pool takes every CPU of the machine.
+
+    Takes effect only if no text was tokenised in parallel in this process before (the pool starts then).
+    """
+    os.environ.setdefault(TOKENIZER_THREADS_ENV, str(max(1, int(threads))))

@@ -26,7 +26,7 @@ from mol_core.atomic import write_text_atomically
 from mol_core.bundle import ModelBundle, load_bundle
 from mol_core.errors import ArtifactError
 from mol_core.proto.mol.v1 import retrieval_pb2, retrieval_pb2_grpc
-from mol_core.threads import resolve_threads
+from mol_core.threads import limit_tokenizer_threads, resolve_threads
 from mol_serve.auth import TokenAuthInterceptor
 from mol_serve.batcher import MicroBatcher
 from mol_serve.config import ServeConfig
@@ -140,6 +140,7 @@ async def create_server(config: ServeConfig, *, bundle: ModelBundle | None = Non
     """
     threads = resolve_threads(config.torch_threads)  # the flag, MOL_THREADS, or the CPUs we may use
     torch.set_num_threads(threads)
+    limit_tokenizer_threads(threads)  # text queries: tokenizers' own pool, not every CPU of the machine
     if bundle is None and config.bundle is not None:
         bundle = load_bundle(config.bundle)
     registry = IndexRegistry(config.resolved_default_alias)
