@@ -9,6 +9,9 @@ tokenizer's ids, cut at the same length.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,6 +94,17 @@ def test_the_bundle_encodes_texts_as_the_retriever_does(encoder_dir: Path, tmp_p
     torch.testing.assert_close(
         bundle.similarity.score_corpus(got, bundle.items), want_scores, rtol=1e-4, atol=1e-4
     )
+    if head == "mol":  # the same in a process where transformers cannot be imported
+        torch.save(got.embeddings, tmp_path / "want.pt")
+        reader = (
+            "import sys, torch\n"
+            "sys.modules['transformers'] = None  # any import of it fails\n"
+            "from mol_core.bundle import load_bundle\n"
+            f"got = load_bundle({str(path)!r}).encode_texts({QUERIES!r})\n"
+            f"torch.testing.assert_close(got.embeddings, torch.load({str(tmp_path / 'want.pt')!r}))\n"
+            "assert 'transformers' not in sys.modules or sys.modules['transformers'] is None\n"
+        )
+        subprocess.run([sys.executable, "-c", reader], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def test_text_bundle_errors(encoder_dir: Path, tmp_path: Path) -> None:
