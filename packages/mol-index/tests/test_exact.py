@@ -10,6 +10,7 @@ import torch
 from mol_core.errors import ConfigError, ShapeError
 from mol_core.similarity import DotProductSimilarity, ItemSide, QuerySide
 from mol_index import exact_search
+from mol_index.search.exact import sorted_topk, topk_any_order
 
 
 @pytest.mark.parametrize("block_size", [2, 7, 64, None, 10_000])
@@ -99,3 +100,22 @@ def test_bad_exclude_and_block_size(mol_corpus: Callable[..., tuple]) -> None:
         exact_search(sim, query, corpus, 3, block_size=0)
     with pytest.raises(ShapeError):
         exact_search(sim, QuerySide(query.embeddings[:, :, :5], query.gating), corpus, 3)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 40])
+def test_topk_any_order_matches_sorted_topk_on_shuffled_rows_with_ties(k: int) -> None:
+    gen = torch.Generator().manual_seed(k)
+    batch, width = 5, 30
+    scores = torch.randint(0, 6, (batch, width), generator=gen).float()  # many ties
+    scores[1, :25] = float("-inf")  # a query with fewer than k live slots (k = 7, 40)
+    scores[2] = float("-inf")  # a query with none
+    rows = torch.stack([torch.randperm(100, generator=gen)[:width] for _ in range(batch)])  # (B, M) any order
+    # reference: put every query's slots in row order, then the tie rule of sorted_topk applies
+    order = rows.argsort(dim=1)
+    want = sorted_topk(scores.gather(1, order), rows.gather(1, order), k)
+    got = topk_any_order(scores, rows, k)
+    assert torch.equal(got[0], want[0])
+    assert torch.equal(got[1], want[1])
+    # ties at the k-th score go to the smaller row
+    tied = torch.tensor([[2.0, 5.0, 2.0, 2.0]])
+    assert topk_any_order(tied, torch.tensor([[9, 4, 3, 7]]), 2)[1].tolist() == [[4, 3]]

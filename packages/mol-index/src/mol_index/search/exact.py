@@ -17,7 +17,7 @@ from mol_core.errors import ConfigError, ShapeError
 from mol_core.similarity import DEFAULT_BLOCK_PAIRS, ItemSide, QuerySide, Similarity
 from mol_index._inputs import Exclude, check_k, exclusion_tensor
 
-__all__ = ["exact_search", "merge_topk", "sorted_topk"]
+__all__ = ["exact_search", "merge_topk", "sorted_topk", "topk_any_order"]
 
 
 def sorted_topk(scores: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,6 +43,40 @@ def sorted_topk(scores: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch
         top_scores = torch.cat([top_scores, fill], dim=1)  # (B, k)
         top_rows = torch.cat([top_rows, torch.full_like(fill, -1, dtype=torch.int64)], dim=1)  # (B, k)
     return top_scores, top_rows
+
+
+def topk_any_order(scores: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sorted_topk` for slots whose rows are in any order: the same result, ties to the smaller row.
+
+    Keeps only the slots that can be in the top-k (score at least the ``k``-th largest, ties included),
+    then sorts those few by row and applies :func:`sorted_topk`, so no sort runs over all ``M`` slots.
+
+    Args:
+        scores: ``(B, M)`` float scores; ``-inf`` marks a slot that holds no item.
+        rows: ``(B, M)`` int64 corpus rows, any order, distinct within a row of the batch.
+        k: results to keep.
+
+    Returns:
+        ``(scores, rows)`` of shape ``(B, k)``, as :func:`sorted_topk` returns them.
+    """
+    batch, width = scores.shape
+    if width > k:
+        kth = scores.topk(k, dim=1).values[:, -1:]  # (B, 1)
+        keep = scores >= kth  # (B, M): at least k per row
+        kept = int(keep.sum(dim=1).max())
+        if kept < width:
+            position = torch.where(keep, torch.cumsum(keep, dim=1) - 1, kept)  # (B, M); kept = the dump slot
+            packed_scores = torch.full(
+                (batch, kept + 1), float("-inf"), dtype=scores.dtype, device=scores.device
+            )
+            packed_rows = torch.full((batch, kept + 1), -1, dtype=rows.dtype, device=rows.device)
+            packed_scores.scatter_(1, position, scores)
+            packed_rows.scatter_(1, position, rows)
+            scores, rows = packed_scores[:, :kept], packed_rows[:, :kept]  # (B, kept)
+            scores = scores.masked_fill(rows < 0, float("-inf"))
+    missing = rows < 0
+    order = rows.masked_fill(missing, torch.iinfo(rows.dtype).max).argsort(dim=1, stable=True)  # (B, M')
+    return sorted_topk(scores.gather(1, order), rows.gather(1, order), k)
 
 
 def merge_topk(

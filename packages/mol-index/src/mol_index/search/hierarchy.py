@@ -31,7 +31,7 @@ import torch
 from mol_core.errors import ConfigError, ShapeError
 from mol_core.similarity import ItemSide, QuerySide, Similarity
 from mol_index._inputs import Exclude, check_k, exclusion_tensor
-from mol_index.search.exact import sorted_topk
+from mol_index.search.exact import topk_any_order
 from mol_index.search.hierarchy_build import (
     Structure,
     assemble,
@@ -106,6 +106,7 @@ class HierarchicalIndex:
         self.leaf_of, self.residuals, self.removed = leaf_of, residuals, removed
         self.branching = branching
         self._cache: Structure | None = None
+        self._ordered: ItemSide | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -246,6 +247,7 @@ class HierarchicalIndex:
         self.leaf_of = torch.cat([self.leaf_of, leaf])
         self.removed = torch.cat([self.removed, torch.zeros(n, dtype=torch.bool, device=device)])
         self._cache = None
+        self._ordered = None
         return torch.arange(start, start + n, device=device)
 
     def remove(self, rows: torch.Tensor | Sequence[int]) -> None:
@@ -260,6 +262,7 @@ class HierarchicalIndex:
         self.removed = self.removed.clone()
         self.removed[rows] = True
         self._cache = None
+        self._ordered = None
 
     # ------------------------------------------------------------------ search
 
@@ -331,12 +334,13 @@ class HierarchicalIndex:
             ex = None if excluded is None else excluded[b].to(self.leaf_of.device)
             leaves = chosen[b][chosen[b] >= 0].to(self.leaf_of.device)
             leaves, extra = self._widen(similarity, one, leaves, ex, k)
-            rows = self._rows_in(leaves, ex)  # (X,) ascending
-            scores = self._score_rows(similarity, one, rows)  # (1, X)
-            top_scores, top_rows = sorted_topk(scores, rows.to(device).unsqueeze(0), k)  # (1, k)
+            slots = self._slots_in(leaves, ex)  # (X,) positions in the leaf-ordered items
+            scores = self._score_slots(similarity, one, slots)  # (1, X)
+            rows = structure.order[slots].to(device).unsqueeze(0)  # (1, X), grouped by leaf
+            top_scores, top_rows = topk_any_order(scores, rows, k)  # (1, k)
             out_scores.append(top_scores)
             out_rows.append(top_rows)
-            scored[b] += extra + rows.numel()
+            scored[b] += extra + slots.numel()
         return HierarchicalSearchResult(torch.cat(out_scores), torch.cat(out_rows), scored)
 
     def _excluded_rows(self, ex: torch.Tensor | None) -> torch.Tensor | None:
@@ -366,26 +370,37 @@ class HierarchicalIndex:
         count = min(int((reach < need).sum()) + 1, order.numel())
         return torch.cat([leaves, order[:count]]), self.num_leaves
 
-    def _rows_in(self, leaves: torch.Tensor, ex: torch.Tensor | None) -> torch.Tensor:
-        """Live, non-excluded rows of ``leaves``, ascending."""
+    def _leaf_ordered(self) -> ItemSide:
+        """The live items rebuilt (centroid + residual) in ``Structure.order``, so each leaf's items are
+        one contiguous block; built at the first search after a change (one more copy of the live items)."""
+        if self._ordered is None:
+            self._ordered = self.items(self._structure().order)
+        return self._ordered
+
+    def _slots_in(self, leaves: torch.Tensor, ex: torch.Tensor | None) -> torch.Tensor:
+        """Positions in ``Structure.order`` of the live, non-excluded items of ``leaves``, leaf by leaf."""
         structure = self._structure()
-        order, offsets = structure.order, structure.offsets
+        offsets = structure.offsets
         starts, lens = offsets[leaves], offsets[leaves + 1] - offsets[leaves]
         total = int(lens.sum())
         shift = torch.repeat_interleave(starts - (torch.cumsum(lens, 0) - lens), lens)  # (X,)
-        rows = order[shift + torch.arange(total, device=order.device)].sort().values  # (X,)
+        slots = shift + torch.arange(total, device=offsets.device)  # (X,)
         ex_rows = self._excluded_rows(ex)
         if ex_rows is not None and ex_rows.numel():
-            rows = rows[~torch.isin(rows, ex_rows)]
-        return rows
+            slots = slots[~torch.isin(structure.order[slots], ex_rows)]
+        return slots
 
-    def _score_rows(self, similarity: Similarity, one: QuerySide, rows: torch.Tensor) -> torch.Tensor:
-        """``(1, X)`` exact scores of ``rows`` (rebuilt from centroid + residual) for one query."""
+    def _score_slots(self, similarity: Similarity, one: QuerySide, slots: torch.Tensor) -> torch.Tensor:
+        """``(1, X)`` exact scores of the leaf-ordered items at ``slots`` for one query (runs of
+        consecutive slots: the copy reads memory in order)."""
         device = one.embeddings.device
-        if rows.numel() == 0:
+        if slots.numel() == 0:
             return torch.empty(1, 0, device=device)
-        parts = [
-            similarity.score_pairs(one, self.items(rows[s : s + _SCORE_CHUNK]).to(device)).float()
-            for s in range(0, rows.numel(), _SCORE_CHUNK)
-        ]
+        ordered = self._leaf_ordered()
+        parts = []
+        for s in range(0, slots.numel(), _SCORE_CHUNK):
+            part = slots[s : s + _SCORE_CHUNK]
+            gating = None if ordered.gating is None else ordered.gating.index_select(0, part)
+            items = ItemSide(ordered.embeddings.index_select(0, part), gating)
+            parts.append(similarity.score_pairs(one, items.to(device)).float())
         return torch.cat(parts, dim=1)
