@@ -5,13 +5,16 @@
         --plot docs/img/mol_index_recall_latency.png          # full: N = 1e4, 1e5, 1e6
 
 Corpus: :func:`mol_index.evaluation.synthetic_corpus` (Pq x Px x d = 8 x 4 x 64, random-weight gating), or
-a bundle's items with queries from real histories (``--bundle``, ``--histories``).
+a bundle's items with queries from real histories (``--bundle``, ``--histories``), optionally resampled to
+``--bundle-items`` perturbed copies (a corpus of any size with a trained model's geometry).
 
 For every candidate stage, algorithm and ``K'``: recall@k against the exact top-k (same run), the hit
 rate of the exact top-1 (the exact best item is among the ``k`` returned), the fraction of queries the
 bound proves exact, mean candidates reranked, latency p50/p99 per batch at B = 1 and B = 32, and the
 speedup over exact brute force (:func:`~mol_index.search.exact.exact_search`) at the same B, in the same
-run; the peak resident memory of the process while each index is built and while it is searched
+run, and each row's p50 over that of a FAISS ``IndexFlatIP`` scan of the mean item embeddings (the
+dot-product search over the same ``N`` and ``d``, timed in the same run, row ``faiss_flat_mean``); the peak
+resident memory of the process while each index is built and while it is searched
 (:func:`~mol_index.evaluation.peak_rss`; it includes the corpus and queries already in memory). Exit
 status 1 when a result the bound proved exact (or an exact-guaranteed search) differs from exact search.
 """
@@ -39,8 +42,10 @@ from mol_index import MolIndex, SearchParams
 from mol_index.evaluation import (
     bundle_corpus,
     cpu_latency,
+    faiss_flat_mean,
     machine,
     peak_rss,
+    resample_items,
     split_queries,
     synthetic_corpus,
     write_result,
@@ -93,6 +98,13 @@ def _bench_corpus(
         f"N={num_items}: exact p50 B=1 {exact_lat['b1']['p50_ms']:.1f} ms, "
         f"B=32 {exact_lat['b32']['p50_ms']:.1f} ms, peak RSS {exact_memory['peak_rss_mb']:.0f} MB"
     )
+    flat = faiss_flat_mean(corpus)
+    with torch.inference_mode():
+        flat_ids = torch.cat([flat(q, k) for q in b32])  # (Q, k)
+        flat_lat = {
+            "b1": cpu_latency(functools.partial(flat, k=k), b1),
+            "b32": cpu_latency(functools.partial(flat, k=k), b32),
+        }
     results.append(
         {
             "corpus": label,
@@ -114,6 +126,28 @@ def _bench_corpus(
             "peak_rss_scope": exact_memory["scope"],
         }
     )
+    flat_hits = (flat_ids.unsqueeze(2) == truth.unsqueeze(1)).any(2)  # (Q, k)
+    results.append(
+        {
+            "corpus": label,
+            "N": num_items,
+            "stage": "-",
+            "algorithm": "faiss_flat_mean",
+            "k_prime": num_items,
+            "recall": float(flat_hits.float().mean()),
+            "top1_hit": float((flat_ids == truth[:, :1]).any(1).float().mean()),
+            "proven_exact": 0.0,
+            "candidates": num_items,
+            "b1": flat_lat["b1"],
+            "b32": flat_lat["b32"],
+            "speedup_b1": exact_lat["b1"]["p50_ms"] / flat_lat["b1"]["p50_ms"],
+            "speedup_b32": exact_lat["b32"]["p50_ms"] / flat_lat["b32"]["p50_ms"],
+            "index_bytes": num_items * corpus.embeddings.shape[-1] * 4,
+        }
+    )
+    for row in results[-2:]:
+        _add_flat_ratio(row, flat_lat)
+        log(format_row(row))
     for stage in stages:
         search_threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # build with every core, search with --threads
@@ -179,9 +213,16 @@ def _bench_corpus(
                 "nprobe": params.nprobe if nlist else None,
                 "mean_index": index.parameters.get("mean_index", stage),
             }
+            _add_flat_ratio(row, flat_lat)
             results.append(row)
             log(format_row(row))
     return results, violations
+
+
+def _add_flat_ratio(row: dict[str, Any], flat_lat: dict[str, Any]) -> None:
+    """Adds ``vs_flat_b1`` / ``vs_flat_b32``: the row's p50 over the FAISS flat mean scan's, same B."""
+    for batch in ("b1", "b32"):
+        row[f"vs_flat_{batch}"] = row[batch]["p50_ms"] / flat_lat[batch]["p50_ms"]
 
 
 def _variants(
@@ -208,6 +249,17 @@ def _synthetic_of_size(
     return synthetic_corpus(num_items, num_queries, seed=seed)
 
 
+def _resampled(
+    make: Callable[[int], tuple[Similarity, QuerySide, ItemSide]],
+    num_items: int,
+    noise: float,
+    seed: int,
+    num_queries: int,
+) -> tuple[Similarity, QuerySide, ItemSide]:
+    sim, query, items = make(num_queries)
+    return sim, query, resample_items(items, num_items, noise=noise, seed=seed)
+
+
 def run(
     *,
     sizes: list[int],
@@ -222,16 +274,27 @@ def run(
     seed: int = 0,
     bundle: Path | None = None,
     histories: Path | None = None,
+    bundle_items: int | None = None,
+    bundle_noise: float = 0.5,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Runs the benchmark; returns the JSON-ready result (see the module docstring for what is measured)."""
+    """Runs the benchmark; returns the JSON-ready result (see the module docstring for what is measured).
+
+    With ``bundle_items`` the bundle's items are resampled to that many perturbed copies
+    (:func:`~mol_index.evaluation.resample_items` with ``noise=bundle_noise``, seeded by ``seed``).
+    """
     results: list[dict[str, Any]] = []
     violations = 0
     corpora: list[tuple[str, Callable[[int], tuple[Similarity, QuerySide, ItemSide]]]] = [
         ("synthetic", functools.partial(_synthetic_of_size, num_items, seed=seed)) for num_items in sizes
     ]
     if bundle is not None:
-        corpora.append((f"bundle:{bundle.name}", functools.partial(bundle_corpus, bundle, histories)))
+        label = f"bundle:{bundle.name}"
+        make_bundle = functools.partial(bundle_corpus, bundle, histories)
+        if bundle_items is not None:
+            label += f", resampled to {bundle_items} (noise {bundle_noise})"
+            make_bundle = functools.partial(_resampled, make_bundle, bundle_items, bundle_noise, seed)
+        corpora.append((label, make_bundle))
     for label, make in corpora:
         sim, query, corpus = make(32 * batches_b32)
         num_items = corpus.num_items
@@ -240,7 +303,7 @@ def run(
             sim,
             query,
             corpus,
-            stages[0] if label != "synthetic" else stages.get(num_items, []),
+            stages.get(num_items, []) if label == "synthetic" else stages[0],
             k_primes,
             k_primes_avg or [],
             batches_b32,
@@ -260,6 +323,8 @@ def run(
         "config": {
             "bundle": None if bundle is None else str(bundle),
             "histories": None if histories is None else str(histories),
+            "bundle_items": bundle_items,
+            "bundle_noise": None if bundle_items is None else bundle_noise,
             "Pq": 8,
             "Px": 4,
             "d": 64,
@@ -286,7 +351,7 @@ def run(
 HEADER = (
     f"{'N':>8} {'stage':>6} {'algorithm':>24} {'K1/avg':>10} {'recall':>7} {'top1':>5} {'proven':>6} "
     f"{'cands':>7} {'B1 p50':>8} {'B1 p99':>8} {'B32 p50':>8} {'B32 p99':>8} {'x B1':>6} {'x B32':>6} "
-    f"{'MB':>7}"
+    f"{'MB':>7} {'/flat1':>6} {'/flt32':>6}"
 )
 
 
@@ -303,7 +368,8 @@ def format_row(row: dict[str, Any]) -> str:
         f"{row['top1_hit']:>5.3f} {row['proven_exact']:>6.3f} {row['candidates']:>7.0f} "
         f"{row['b1']['p50_ms']:>8.2f} {row['b1']['p99_ms']:>8.2f} {row['b32']['p50_ms']:>8.1f} "
         f"{row['b32']['p99_ms']:>8.1f} {row['speedup_b1']:>6.1f} {row['speedup_b32']:>6.1f} "
-        f"{row['index_bytes'] / 1e6:>7.0f}"
+        f"{row['index_bytes'] / 1e6:>7.0f} {row.get('vs_flat_b1', float('nan')):>6.2f} "
+        f"{row.get('vs_flat_b32', float('nan')):>6.2f}"
     )
 
 
@@ -443,6 +509,18 @@ def main(argv: list[str] | None = None) -> int:
         help="'user item' per line chronological file (e.g. ml-1m/user_movie_chrono.txt) whose users' "
         "histories (without the last item) are the --bundle queries; default: random 20-item histories",
     )
+    parser.add_argument(
+        "--bundle-items",
+        type=int,
+        help="resample the --bundle's items to this many perturbed copies (a large corpus with a trained "
+        "model's geometry, mol_index.evaluation.resample_items); above 100,000 it gets --large-stages",
+    )
+    parser.add_argument(
+        "--bundle-noise",
+        type=float,
+        default=0.5,
+        help="perturbation of --bundle-items copies (default 0.5: component cosine to the base item ~0.89)",
+    )
     parser.add_argument("--output", type=Path, help="write the result as JSON to this path")
     parser.add_argument("--plot", type=Path, help="write a recall-vs-latency PNG here (needs matplotlib)")
     parser.add_argument(
@@ -467,9 +545,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sizes without values needs --bundle (there would be nothing to measure)")
     small = args.stages or ["torch", "flat", "ivf", "hnsw"]
     stages = {n: (small if n <= 100_000 else list(args.large_stages)) for n in sizes}
-    stages[0] = small  # the bundle's corpus (any N)
+    large_bundle = args.bundle_items is not None and args.bundle_items > 100_000
+    stages[0] = list(args.large_stages) if large_bundle else small  # the bundle's corpus
     if args.histories is not None and args.bundle is None:
         parser.error("--histories needs --bundle")
+    if args.bundle_items is not None and args.bundle is None:
+        parser.error("--bundle-items needs --bundle")
+    if args.bundle_items is not None and args.bundle_items < 1:
+        parser.error(f"--bundle-items must be a positive integer; got {args.bundle_items}")
+    if not args.bundle_noise >= 0:
+        parser.error(f"--bundle-noise must be >= 0; got {args.bundle_noise}")
     print(HEADER, flush=True)
     result = run(
         sizes=sizes,
@@ -482,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
         queries_b1=args.b1_queries or (10 if args.quick else 30),
         bundle=args.bundle,
         histories=args.histories,
+        bundle_items=args.bundle_items,
+        bundle_noise=args.bundle_noise,
         log=lambda line: print(line, flush=True),
     )
     result["mode"] = "quick" if args.quick else "full"
@@ -497,3 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL: exact-guaranteed search missed exact results: {bad}", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -229,3 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL: methods over their scorer-call budget: {over}", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import math
 import sys
 import time
@@ -34,9 +35,19 @@ from typing import Any
 
 import torch
 
-from mol_core.similarity import QuerySide
+from mol_core.similarity import ItemSide, QuerySide, Similarity
 from mol_index import MolIndex, SearchParams
-from mol_index.evaluation import cpu_latency, machine, recall, split_queries, synthetic_corpus, write_result
+from mol_index.evaluation import (
+    bundle_corpus,
+    cpu_latency,
+    faiss_flat_mean,
+    machine,
+    recall,
+    resample_items,
+    split_queries,
+    synthetic_corpus,
+    write_result,
+)
 from mol_index.search.exact import exact_search
 from mol_index.search.hierarchy import HierarchicalIndex
 from mol_index.search.rails import Algorithm
@@ -53,10 +64,11 @@ def branching_for(num_items: int) -> tuple[int, int]:
     return first, max(2, math.ceil(math.sqrt(num_items) / first))
 
 
-def _bench_size(
-    num_items: int,
+def _bench_corpus(
+    sim: Similarity,
+    query: QuerySide,
+    corpus: ItemSide,
     *,
-    num_queries: int,
     b1_queries: int,
     b32_batches: int,
     beams: list[tuple[int, int]],
@@ -64,9 +76,10 @@ def _bench_size(
     k: int,
     seed: int,
     log: Callable[[str], None],
+    branching: tuple[int, int] | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """All rows of one corpus size and the sanity failures found."""
-    sim, query, corpus = synthetic_corpus(num_items, num_queries, seed=seed)
+    """All rows of one corpus and the sanity failures found."""
+    num_items = corpus.num_items
     b1, b32 = split_queries(query, 1, b1_queries), split_queries(query, 32, b32_batches)
     failures: list[str] = []
     rows: list[dict[str, Any]] = []
@@ -77,10 +90,33 @@ def _bench_size(
             return exact_search(sim, q, corpus, k)
 
         exact_lat = {"b1": cpu_latency(exact, b1), "b32": cpu_latency(exact, b32) if b32 else None}
-        rows.append(_row(num_items, "exact", "-", "-", 1.0, 1.0, num_items, exact_lat, exact_lat, 0.0))
+        flat = faiss_flat_mean(corpus)
+        flat_lat = {"b1": cpu_latency(lambda q: flat(q, k), b1), "b32": None}
+        if b32:
+            flat_lat["b32"] = cpu_latency(lambda q: flat(q, k), b32)
+        flat_ids = flat(query, k)
+        rows.append(
+            _row(num_items, "exact", "-", "-", 1.0, 1.0, num_items, exact_lat, exact_lat, 0.0, flat_lat)
+        )
+        log(format_row(rows[-1]))
+        rows.append(
+            _row(
+                num_items,
+                "faiss_flat_mean",
+                "-",
+                "-",
+                recall(flat_ids, truth),
+                recall(flat_ids, truth[:, :1]),
+                num_items,
+                flat_lat,
+                exact_lat,
+                0.0,
+                flat_lat,
+            )
+        )
         log(format_row(rows[-1]))
 
-        branching = branching_for(num_items)
+        branching = branching or branching_for(num_items)
         start = time.perf_counter()
         index = HierarchicalIndex.build(corpus, branching, seed=seed)
         build_s = time.perf_counter() - start
@@ -110,6 +146,7 @@ def _bench_size(
                 lat,
                 exact_lat,
                 build_s,
+                flat_lat,
             )
             rows.append(row)
             log(format_row(row))
@@ -136,10 +173,25 @@ def _bench_size(
                 lat,
                 exact_lat,
                 rails_build_s,
+                flat_lat,
             )
             rows.append(row)
             log(format_row(row))
     return rows, failures
+
+
+def _bundle_corpus(
+    bundle: Path,
+    histories: Path | None,
+    num_queries: int,
+    bundle_items: int | None,
+    noise: float,
+    seed: int,
+) -> tuple[Similarity, QuerySide, ItemSide]:
+    sim, query, items = bundle_corpus(bundle, histories, num_queries)
+    if bundle_items is not None:
+        items = resample_items(items, bundle_items, noise=noise, seed=seed)
+    return sim, query, items
 
 
 def _head(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
@@ -157,11 +209,16 @@ def _row(
     lat: dict[str, Any],
     exact_lat: dict[str, Any],
     build_s: float,
+    flat_lat: dict[str, Any],
 ) -> dict[str, Any]:
-    def speedup(batch: str) -> float | None:
-        if lat[batch] is None or exact_lat[batch] is None:
+    def ratio(batch: str, reference: dict[str, Any], inverse: bool) -> float | None:
+        if lat[batch] is None or reference[batch] is None:
             return None
-        return float(exact_lat[batch]["p50_ms"] / lat[batch]["p50_ms"])
+        mine, ref = lat[batch]["p50_ms"], reference[batch]["p50_ms"]
+        return float(mine / ref if inverse else ref / mine)
+
+    def speedup(batch: str) -> float | None:
+        return ratio(batch, exact_lat, inverse=False)
 
     return {
         "N": num_items,
@@ -175,13 +232,15 @@ def _row(
         "b32": lat["b32"],
         "speedup_b1": speedup("b1"),
         "speedup_b32": speedup("b32"),
+        "vs_flat_b1": ratio("b1", flat_lat, inverse=True),  # p50 over the FAISS flat mean scan's
+        "vs_flat_b32": ratio("b32", flat_lat, inverse=True),
         "build_s": build_s,
     }
 
 
 HEADER = (
     f"{'N':>8} {'method':>12} {'structure':>9} {'setting':>8} {'recall':>7} {'top1':>5} {'scored':>9} "
-    f"{'B1 p50':>8} {'B32 p50':>8} {'x B1':>6} {'x B32':>6} {'build s':>7}"
+    f"{'B1 p50':>8} {'B32 p50':>8} {'x B1':>6} {'x B32':>6} {'build s':>7} {'/flat1':>6}"
 )
 
 
@@ -189,10 +248,11 @@ def format_row(row: dict[str, Any]) -> str:
     """One table line (latencies in ms, speedups over exact at the same B)."""
     b32 = row["b32"]["p50_ms"] if row["b32"] else float("nan")
     x32 = row["speedup_b32"] if row["speedup_b32"] is not None else float("nan")
+    vs_flat = row.get("vs_flat_b1") or float("nan")
     return (
         f"{row['N']:>8} {row['method']:>12} {row['structure']:>9} {row['setting']:>8} {row['recall']:>7.4f} "
         f"{row['top1_hit']:>5.3f} {row['scored']:>9.0f} {row['b1']['p50_ms']:>8.2f} {b32:>8.1f} "
-        f"{row['speedup_b1']:>6.1f} {x32:>6.1f} {row['build_s']:>7.1f}"
+        f"{row['speedup_b1']:>6.1f} {x32:>6.1f} {row['build_s']:>7.1f} {vs_flat:>6.2f}"
     )
 
 
@@ -205,16 +265,43 @@ def run(
     b32_batches: int,
     k: int = 10,
     seed: int = 0,
+    bundle: Path | None = None,
+    histories: Path | None = None,
+    bundle_items: int | None = None,
+    bundle_noise: float = 0.5,
+    branching: tuple[int, int] | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Runs the benchmark (see the module docstring); returns the JSON-ready result."""
+    """Runs the benchmark (see the module docstring); returns the JSON-ready result.
+
+    ``sizes`` are synthetic corpora; ``bundle`` adds a model bundle's items (queries from ``histories``),
+    resampled to ``bundle_items`` perturbed copies when given (:func:`~mol_index.evaluation.resample_items`).
+    ``branching`` replaces :func:`branching_for` for every corpus.
+    """
     results: list[dict[str, Any]] = []
     failures: list[str] = []
     num_queries = max(b1_queries, 32 * b32_batches, _WIDE_QUERIES)
-    for num_items in sizes:
-        rows, bad = _bench_size(
-            num_items,
-            num_queries=num_queries,
+    corpora: list[tuple[str, Callable[[], tuple[Similarity, QuerySide, ItemSide]]]] = [
+        ("synthetic", functools.partial(synthetic_corpus, n, num_queries, seed=seed)) for n in sizes
+    ]
+    if bundle is not None:
+        corpora.append(
+            (
+                f"bundle:{bundle.name}"
+                + ("" if bundle_items is None else f", resampled to {bundle_items} (noise {bundle_noise})"),
+                functools.partial(
+                    _bundle_corpus, bundle, histories, num_queries, bundle_items, bundle_noise, seed
+                ),
+            )
+        )
+    for label, make in corpora:
+        sim, query, corpus = make()
+        log(f"corpus {label}: N = {corpus.num_items}")
+        rows, bad = _bench_corpus(
+            sim,
+            query,
+            corpus,
+            branching=branching,
             b1_queries=b1_queries,
             b32_batches=b32_batches,
             beams=beams,
@@ -223,6 +310,8 @@ def run(
             seed=seed,
             log=log,
         )
+        for row in rows:
+            row["corpus"] = label
         results += rows
         failures += bad
     return {
@@ -238,7 +327,11 @@ def run(
             "queries": num_queries,
             "b1_queries": b1_queries,
             "b32_batches": b32_batches,
-            "branching": "(round(N^0.25), ceil(sqrt(N) / b1))",
+            "branching": list(branching) if branching else "(round(N^0.25), ceil(sqrt(N) / b1))",
+            "bundle": None if bundle is None else str(bundle),
+            "histories": None if histories is None else str(histories),
+            "bundle_items": bundle_items,
+            "bundle_noise": None if bundle_items is None else bundle_noise,
             "kmeans": "20 Lloyd iterations, k-means++, at most 256 training points per cluster",
             "wide_beam_queries": _WIDE_QUERIES,
             "latency": "CPU time of the process per batch (time.process_time), wall time in wall_*",
@@ -293,7 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="N = 2,000 and 10,000, fewer queries (under a minute)"
     )
-    parser.add_argument("--sizes", type=int, nargs="+", help="corpus sizes (default 100,000 1,000,000)")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        help="synthetic corpus sizes (default 100,000 1,000,000; none: --bundle only)",
+    )
     parser.add_argument(
         "--beams", type=_beam, nargs="+", help="beams as 'beam1,beam2' (default 2,4 4,8 8,16 16,32)"
     )
@@ -303,13 +401,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1: single-core CPU time)"
     )
+    parser.add_argument(
+        "--branching", type=_beam, help="clusters per level as 'b1,b2' (default round(N^0.25), sqrt(N) / b1)"
+    )
+    parser.add_argument(
+        "--bundle", type=Path, help="also benchmark the items of this mol-train model bundle (e.g. ML-1M)"
+    )
+    parser.add_argument(
+        "--histories",
+        type=Path,
+        help="'user item' chronological file whose users' histories (without the last item) are the "
+        "--bundle queries; default: random 20-item histories",
+    )
+    parser.add_argument(
+        "--bundle-items",
+        type=int,
+        help="resample the --bundle's items to this many perturbed copies "
+        "(mol_index.evaluation.resample_items)",
+    )
+    parser.add_argument(
+        "--bundle-noise",
+        type=float,
+        default=0.5,
+        help="perturbation of the --bundle-items copies (default 0.5)",
+    )
     parser.add_argument("--output", type=Path, help="write the result as JSON to this path")
     parser.add_argument("--plot", type=Path, help="write a scored-items-vs-N PNG here (needs matplotlib)")
     args = parser.parse_args(argv)
+    if (args.histories is not None or args.bundle_items is not None) and args.bundle is None:
+        parser.error("--histories and --bundle-items need --bundle")
+    if args.bundle_items is not None and args.bundle_items < 1:
+        parser.error(f"--bundle-items must be a positive integer; got {args.bundle_items}")
+    if args.branching is not None and min(args.branching) < 2:
+        parser.error(f"--branching needs at least 2 clusters per level; got {args.branching}")
     torch.set_num_threads(args.threads)
     print(HEADER, flush=True)
+    default_sizes = [2_000, 10_000] if args.quick else [100_000, 1_000_000]
     result = run(
-        sizes=args.sizes or ([2_000, 10_000] if args.quick else [100_000, 1_000_000]),
+        sizes=(args.sizes if args.sizes is not None else default_sizes),
+        bundle=args.bundle,
+        histories=args.histories,
+        bundle_items=args.bundle_items,
+        bundle_noise=args.bundle_noise,
+        branching=args.branching,
         beams=args.beams or [(2, 4), (4, 8), (8, 16), (16, 32)],
         k_primes=args.k_primes or [16, 64],
         b1_queries=args.b1_queries or (16 if args.quick else 32),
@@ -325,3 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         print("FAIL: " + "; ".join(result["failures"]), file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

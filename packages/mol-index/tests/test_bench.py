@@ -7,8 +7,11 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
-from mol_index.evaluation import peak_rss, synthetic_corpus
+from mol_core.errors import ConfigError
+from mol_core.similarity import ItemSide, QuerySide
+from mol_index.evaluation import faiss_flat_mean, peak_rss, resample_items, synthetic_corpus
 
 
 def test_synthetic_corpus_is_clustered_and_normalised() -> None:
@@ -29,6 +32,12 @@ def test_tiny_run_has_exact_rows_and_no_violations(index_benchmark: ModuleType) 
     rows = result["results"]
     assert result["violations"] == 0
     assert rows[0]["algorithm"] == "exact"
+    # the dot-product reference: a FAISS flat scan of the mean embeddings, timed in the same run
+    assert rows[1]["algorithm"] == "faiss_flat_mean"
+    assert rows[1]["vs_flat_b1"] == 1.0
+    assert rows[1]["vs_flat_b32"] == 1.0
+    for row in rows:
+        assert row["vs_flat_b32"] == pytest.approx(row["b32"]["p50_ms"] / rows[1]["b32"]["p50_ms"])
     guaranteed = [r for r in rows if "guarantee" in r["algorithm"]]
     assert len(guaranteed) == 1
     assert guaranteed[0]["recall"] == 1.0
@@ -58,7 +67,9 @@ def test_k_prime_avg_rows_widen_the_mean_part_only(index_benchmark: ModuleType) 
     result = index_benchmark.run(
         sizes=[400], stages={400: ["torch"]}, k_primes=[4], k_primes_avg=[50], batches_b32=1, queries_b1=1
     )
-    rows = {(r["algorithm"], r["k_prime"], r["k_prime_avg"]): r for r in result["results"][1:]}
+    rows = {
+        (r["algorithm"], r["k_prime"], r["k_prime_avg"]): r for r in result["results"] if r["stage"] != "-"
+    }
     assert set(rows) == {
         ("topk_per_embd", 4, 4),
         ("topk_avg", 4, 4),
@@ -100,3 +111,38 @@ def test_bench_help(index_benchmark: ModuleType, capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit):
         index_benchmark.main(["--help"])
     assert "--quick" in capsys.readouterr().out
+
+
+def test_resample_items_copies_base_items_with_seeded_noise() -> None:
+    _, _, base = synthetic_corpus(50, 1, pq=2, px=3, dim=8)
+    exact_copies = resample_items(base, 400, noise=0.0, seed=1)
+    assert exact_copies.embeddings.shape == (400, 3, 8)
+    assert exact_copies.gating is not None
+    assert exact_copies.gating.shape == (400, 6)
+    # with no noise every new item is one of the base items, components and gating together
+    flat_base = torch.cat([base.embeddings.flatten(1), base.gating], dim=1)  # (50, 30)
+    flat_new = torch.cat([exact_copies.embeddings.flatten(1), exact_copies.gating], dim=1)  # (400, 30)
+    distance = (flat_new.unsqueeze(1) - flat_base.unsqueeze(0)).abs().amax(dim=-1).min(dim=1).values  # (400,)
+    assert float(distance.max()) < 1e-6
+    noisy = resample_items(base, 400, noise=0.5, seed=1)
+    assert float((noisy.embeddings.norm(dim=-1) - 1).abs().max()) < 1e-5  # unit-norm components
+    # each copy stays close to a base item (cosine about 0.89 per component at noise 0.5) ...
+    cosine = (noisy.embeddings.unsqueeze(1) * base.embeddings.unsqueeze(0)).sum(-1).mean(-1)  # (400, 50)
+    best = cosine.max(dim=1).values
+    assert 0.75 < float(best.mean()) < 0.97
+    # ... and the same seed gives the same corpus, another seed another
+    assert torch.equal(resample_items(base, 400, noise=0.5, seed=1).embeddings, noisy.embeddings)
+    assert not torch.equal(resample_items(base, 400, noise=0.5, seed=2).embeddings, noisy.embeddings)
+    for bad in ({"num_items": 0, "noise": 0.1}, {"num_items": 10, "noise": -1.0}):
+        with pytest.raises(ConfigError):
+            resample_items(base, **bad)  # type: ignore[arg-type]
+
+
+def test_faiss_flat_mean_ranks_by_mean_embeddings() -> None:
+    gen = torch.Generator().manual_seed(0)
+    corpus = ItemSide(torch.randn(200, 3, 8, generator=gen), None)
+    query = QuerySide(torch.randn(4, 2, 8, generator=gen), None)
+    search = faiss_flat_mean(corpus)
+    found = search(query, 5)
+    naive = (query.embeddings.mean(1) @ corpus.embeddings.mean(1).T).topk(5, dim=1).indices
+    assert torch.equal(found, naive)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import faiss
 import torch
 
 from mol_core.atomic import write_text_atomically
@@ -27,10 +28,12 @@ from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide, Similarity
 __all__ = [
     "bundle_corpus",
     "cpu_latency",
+    "faiss_flat_mean",
     "machine",
     "peak_rss",
     "read_histories",
     "recall",
+    "resample_items",
     "split_queries",
     "synthetic_corpus",
     "write_result",
@@ -80,6 +83,25 @@ def synthetic_corpus(
         q_repr = cluster_repr[interests[:, 0]] + torch.randn(num_queries, _REPR_DIM, generator=gen)
         query = QuerySide(f, sim.gating.query_features(q_repr))
     return sim, query, ItemSide(emb, gating)
+
+
+def faiss_flat_mean(corpus: ItemSide) -> Callable[[QuerySide, int], torch.Tensor]:
+    """The dot-product scan a MoL search is compared with: FAISS ``IndexFlatIP`` over the mean items.
+
+    Builds an exact inner-product index over ``mean_b g_b(x)`` ``(N, d)`` and returns a search function
+    ``(query, k) -> (B, k)`` int64 corpus rows by ``<mean_a f_a(q), mean_b g_b(x)>`` (a two-tower model's
+    cost over the same ``N`` and ``d``). The benchmarks time it beside the MoL searches.
+    """
+    means = corpus.embeddings.float().mean(dim=1).contiguous()  # (N, d)
+    index = faiss.IndexFlatIP(means.shape[1])
+    index.add(means.numpy())
+
+    def search(query: QuerySide, k: int) -> torch.Tensor:
+        vectors = query.embeddings.float().mean(dim=1).contiguous()  # (B, d)
+        _, rows = index.search(vectors.numpy(), k)
+        return torch.from_numpy(rows).to(torch.int64)
+
+    return search
 
 
 @contextmanager
@@ -204,6 +226,52 @@ def bundle_corpus(
     with torch.inference_mode():
         query = bundle.encode(histories)
     return bundle.similarity.eval(), query, bundle.items
+
+
+def resample_items(items: ItemSide, num_items: int, *, noise: float, seed: int = 0) -> ItemSide:
+    """``num_items`` perturbed copies of a trained model's items: a large corpus with trained structure.
+
+    Item ``j`` copies a base item ``i`` drawn uniformly (seeded) and perturbs it: each component becomes
+    ``normalize(g_b(i) + noise * e / sqrt(d))`` with ``e ~ N(0, I)`` (for ``noise`` 0.5 the cosine to the
+    base component is about 0.89), and each gating feature gets ``noise * std * N(0, 1)`` added, ``std``
+    that feature's standard deviation over the base items. The copies keep the trained model's geometry
+    (which components and gating features go together) but form near-duplicate groups around the base
+    items, which real corpora of that size do not have to the same degree (docs/mol-index.md).
+
+    Args:
+        items: ``N0`` base items, embeddings ``(N0, Px, d)`` with unit-norm components, gating ``(N0, P)``
+            or ``None``.
+        num_items: ``N``, the size of the new corpus.
+        noise: perturbation size, ``>= 0`` (0 gives exact copies).
+        seed: seeds the base items drawn and the noise.
+
+    Returns:
+        The new item side: embeddings ``(N, Px, d)`` (unit-norm components), gating ``(N, P)`` or ``None``.
+
+    Raises:
+        ConfigError: ``num_items < 1``, a negative ``noise`` or an empty ``items``.
+    """
+    if isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 1:
+        raise ConfigError(f"num_items must be a positive integer; got {num_items!r}")
+    if not noise >= 0:
+        raise ConfigError(f"noise must be >= 0; got {noise!r}")
+    if items.num_items < 1:
+        raise ConfigError("cannot resample an empty item side")
+    gen = torch.Generator().manual_seed(seed)
+    base = items.embeddings.float()
+    _, num_x, dim = base.shape
+    source = torch.randint(0, items.num_items, (num_items,), generator=gen)  # (N,)
+    emb = torch.empty(num_items, num_x, dim)
+    gating = None if items.gating is None else torch.empty(num_items, items.gating.shape[1])
+    spread = None if items.gating is None else items.gating.float().std(dim=0, unbiased=False)  # (P,)
+    for start in range(0, num_items, 65536):  # chunks keep the temporary noise small at N = 1e6
+        rows = source[start : start + 65536]
+        jitter = torch.randn(len(rows), num_x, dim, generator=gen) * (noise / dim**0.5)
+        emb[start : start + len(rows)] = torch.nn.functional.normalize(base[rows] + jitter, dim=-1)
+        if gating is not None and items.gating is not None and spread is not None:
+            jitter_g = torch.randn(len(rows), gating.shape[1], generator=gen) * (noise * spread)
+            gating[start : start + len(rows)] = items.gating[rows].float() + jitter_g
+    return ItemSide(emb, gating)
 
 
 def machine() -> dict[str, Any]:
