@@ -1,4 +1,4 @@
-"""HSNN hierarchical index against exact search and RAILS CombTopK on synthetic clustered MoL corpora.
+r"""HSNN hierarchical index against exact search and RAILS CombTopK on synthetic clustered MoL corpora.
 
     python packages/mol-index/benchmarks/bench_mol_index_hierarchical.py --quick --output bench-results/h.json
     python packages/mol-index/benchmarks/bench_mol_index_hierarchical.py --output bench-results/h.json \
@@ -43,7 +43,6 @@ from mol_index.evaluation import (
     faiss_flat_mean,
     machine,
     recall,
-    resample_items,
     split_queries,
     synthetic_corpus,
     write_result,
@@ -180,20 +179,6 @@ def _bench_corpus(
     return rows, failures
 
 
-def _bundle_corpus(
-    bundle: Path,
-    histories: Path | None,
-    num_queries: int,
-    bundle_items: int | None,
-    noise: float,
-    seed: int,
-) -> tuple[Similarity, QuerySide, ItemSide]:
-    sim, query, items = bundle_corpus(bundle, histories, num_queries)
-    if bundle_items is not None:
-        items = resample_items(items, bundle_items, noise=noise, seed=seed)
-    return sim, query, items
-
-
 def _head(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
     return None if t is None else t[:n]
 
@@ -275,7 +260,7 @@ def run(
     """Runs the benchmark (see the module docstring); returns the JSON-ready result.
 
     ``sizes`` are synthetic corpora; ``bundle`` adds a model bundle's items (queries from ``histories``),
-    resampled to ``bundle_items`` perturbed copies when given (:func:`~mol_index.evaluation.resample_items`).
+    resampled to ``bundle_items`` items when given (:func:`~mol_index.evaluation.resample_items`).
     ``branching`` replaces :func:`branching_for` for every corpus.
     """
     results: list[dict[str, Any]] = []
@@ -290,7 +275,13 @@ def run(
                 f"bundle:{bundle.name}"
                 + ("" if bundle_items is None else f", resampled to {bundle_items} (noise {bundle_noise})"),
                 functools.partial(
-                    _bundle_corpus, bundle, histories, num_queries, bundle_items, bundle_noise, seed
+                    bundle_corpus,
+                    bundle,
+                    histories,
+                    num_queries,
+                    seed=seed,
+                    num_items=bundle_items,
+                    noise=bundle_noise,
                 ),
             )
         )
@@ -416,8 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bundle-items",
         type=int,
-        help="resample the --bundle's items to this many perturbed copies "
-        "(mol_index.evaluation.resample_items)",
+        help="resample the --bundle's items to this many, made by its item tower from perturbed copies of "
+        "its item representations (mol_index.evaluation.resample_items)",
     )
     parser.add_argument(
         "--bundle-noise",

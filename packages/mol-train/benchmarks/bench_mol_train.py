@@ -1,7 +1,7 @@
-"""mol-train benchmarks: training throughput, peak memory, and ML-1M quality with the paper's protocol.
+r"""mol-train benchmarks: training throughput, peak memory, and ML-1M quality with the paper's protocol.
 
     python packages/mol-train/benchmarks/bench_mol_train.py --quick --output bench-results/mol_train.json
-    python packages/mol-train/benchmarks/bench_mol_train.py --output bench-results/mol_train.json \\
+    python packages/mol-train/benchmarks/bench_mol_train.py --output bench-results/mol_train.json \
         --ml1m ../shared/data/ml-1m --epochs 100 --time-budget 0
 
 Quick mode (CI): a synthetic data set with planted structure and the ``tiny_cpu`` preset, MoL and dot

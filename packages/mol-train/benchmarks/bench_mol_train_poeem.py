@@ -1,7 +1,7 @@
-"""Poeem: a PQ index trained jointly with the model against FAISS PQ and OPQ + IVF-PQ built after training.
+r"""Poeem: a PQ index trained jointly with the model against FAISS PQ and OPQ + IVF-PQ built after training.
 
     python packages/mol-train/benchmarks/bench_mol_train_poeem.py --quick --output bench-results/poeem.json
-    python packages/mol-train/benchmarks/bench_mol_train_poeem.py --output bench-results/poeem.json \\
+    python packages/mol-train/benchmarks/bench_mol_train_poeem.py --output bench-results/poeem.json \
         --ml1m ../shared/data/ml-1m --epochs 20
 
 For each similarity (dot product, MoL) two models are trained on the same data for the same epochs:

@@ -1,7 +1,7 @@
-"""MoL against the dot product on real data: several seeds, equal epochs or an equal wall-clock budget.
+r"""MoL against the dot product on real data: several seeds, equal epochs or an equal wall-clock budget.
 
     # the record (docs/benchmarks.md): ML-1M, HSTU with 2 blocks, max_len 50, 32 epochs, 3 seeds each
-    python packages/mol-train/benchmarks/bench_mol_train_quality.py --data ml-1m --seeds 0 1 2 \\
+    python packages/mol-train/benchmarks/bench_mol_train_quality.py --data ml-1m --seeds 0 1 2 \
         --epochs 32 --eval-every 4 --jobs 2 --output bench-results/mol_train_quality_ml1m.json
     # the same models at an equal wall-clock budget of training (seconds per run)
     python packages/mol-train/benchmarks/bench_mol_train_quality.py --data ml-1m --time-budget 1800 ...
