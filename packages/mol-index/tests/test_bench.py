@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mol_core.errors import ConfigError
-from mol_core.similarity import ItemSide, QuerySide
+from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide
 from mol_index.evaluation import faiss_flat_mean, peak_rss, resample_items, synthetic_corpus
 
 
@@ -113,29 +113,38 @@ def test_bench_help(index_benchmark: ModuleType, capsys: pytest.CaptureFixture[s
     assert "--quick" in capsys.readouterr().out
 
 
-def test_resample_items_copies_base_items_with_seeded_noise() -> None:
-    _, _, base = synthetic_corpus(50, 1, pq=2, px=3, dim=8)
-    exact_copies = resample_items(base, 400, noise=0.0, seed=1)
+def test_resample_items_runs_perturbed_representations_through_the_item_tower() -> None:
+    torch.manual_seed(0)
+    sim = MoLSimilarity(
+        query_input_dim=6, item_input_dim=5, query_components=2, item_components=3, component_dim=8
+    ).eval()
+    base = torch.randn(50, 5)
+    exact_copies = resample_items(sim, base, 400, noise=0.0, seed=1)
     assert exact_copies.embeddings.shape == (400, 3, 8)
     assert exact_copies.gating is not None
     assert exact_copies.gating.shape == (400, 6)
-    # with no noise every new item is one of the base items, components and gating together
-    flat_base = torch.cat([base.embeddings.flatten(1), base.gating], dim=1)  # (50, 30)
+    # with no noise every new item is the item side of one base item, components and gating together
+    with torch.inference_mode():
+        reference = sim.item_side(base)
+    flat_base = torch.cat([reference.embeddings.flatten(1), reference.gating], dim=1)  # (50, 30)
     flat_new = torch.cat([exact_copies.embeddings.flatten(1), exact_copies.gating], dim=1)  # (400, 30)
     distance = (flat_new.unsqueeze(1) - flat_base.unsqueeze(0)).abs().amax(dim=-1).min(dim=1).values  # (400,)
-    assert float(distance.max()) < 1e-6
-    noisy = resample_items(base, 400, noise=0.5, seed=1)
-    assert float((noisy.embeddings.norm(dim=-1) - 1).abs().max()) < 1e-5  # unit-norm components
-    # each copy stays close to a base item (cosine about 0.89 per component at noise 0.5) ...
-    cosine = (noisy.embeddings.unsqueeze(1) * base.embeddings.unsqueeze(0)).sum(-1).mean(-1)  # (400, 50)
-    best = cosine.max(dim=1).values
-    assert 0.75 < float(best.mean()) < 0.97
-    # ... and the same seed gives the same corpus, another seed another
-    assert torch.equal(resample_items(base, 400, noise=0.5, seed=1).embeddings, noisy.embeddings)
-    assert not torch.equal(resample_items(base, 400, noise=0.5, seed=2).embeddings, noisy.embeddings)
+    assert float(distance.max()) < 1e-5
+    noisy = resample_items(sim, base, 400, noise=0.5, seed=1)
+    assert float((noisy.embeddings.norm(dim=-1) - 1).abs().max()) < 1e-5  # the tower's unit-norm components
+    flat_noisy = torch.cat([noisy.embeddings.flatten(1), noisy.gating], dim=1)
+    assert (
+        float((flat_noisy.unsqueeze(1) - flat_base.unsqueeze(0)).abs().amax(dim=-1).min(dim=1).values.min())
+        > 1e-3
+    )
+    # the same seed gives the same corpus, another seed another
+    assert torch.equal(resample_items(sim, base, 400, noise=0.5, seed=1).embeddings, noisy.embeddings)
+    assert not torch.equal(resample_items(sim, base, 400, noise=0.5, seed=2).embeddings, noisy.embeddings)
     for bad in ({"num_items": 0, "noise": 0.1}, {"num_items": 10, "noise": -1.0}):
         with pytest.raises(ConfigError):
-            resample_items(base, **bad)  # type: ignore[arg-type]
+            resample_items(sim, base, **bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="representations"):
+        resample_items(sim, torch.randn(5), 10, noise=0.1)
 
 
 def test_faiss_flat_mean_ranks_by_mean_embeddings() -> None:

@@ -79,6 +79,14 @@ def test_bundle_reproduces_scores_without_torchrec(tmp_path: Path, user_ids: boo
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer["loaded"] == []
     torch.testing.assert_close(torch.tensor(answer["scores"]), want, rtol=1e-5, atol=1e-5)
+    # the item representations are stored: the item tower rebuilds the stored item side from them
+    bundle = load_bundle(bundle_dir)
+    assert bundle.item_representations is not None
+    assert torch.equal(bundle.item_representations, encoder.item_table[1:].detach().float())
+    with torch.no_grad():
+        rebuilt = bundle.similarity.item_side(bundle.item_representations)
+    torch.testing.assert_close(rebuilt.embeddings, bundle.items.embeddings)
+    torch.testing.assert_close(rebuilt.gating, bundle.items.gating)
 
 
 def test_bundle_checksums_and_existing_destination(tmp_path: Path) -> None:

@@ -5,8 +5,9 @@ A bundle is a directory::
     manifest.json               ModelBundleManifest (protos/mol/v1/manifest.proto), files with sha256
     query_encoder.pt2           torch.export program: (history, timestamps, next_timestamps, user_ids)
                                 -> (query component embeddings (B, Pq, d), gating features (B, P))
-    item_tensors.safetensors    item_embeddings (N, Px, d), item_gating (N, P) for MoL, and the
-                                similarity's parameters under "similarity."
+    item_tensors.safetensors    item_embeddings (N, Px, d), item_gating (N, P) for MoL, the
+                                similarity's parameters under "similarity.", and (bundles written
+                                since 2026-12-04) item_representations (N, Dx), the item side's input
     item_vocabulary.json        the N external item ids; row i of the item tensors is item_vocabulary[i]
 
 mol-train writes it (``mol-train export``); :func:`load_bundle` reads it without mol-train or torchrec.
@@ -75,6 +76,9 @@ class ModelBundle:
         tokenizer: a text bundle's ``tokenizers.Tokenizer`` (truncating at ``max_query_tokens``, padding
             to the longest text), ``None`` for history bundles.
         max_query_tokens: a text bundle's query length cut, in tokens (0 for history bundles).
+        item_representations: ``(N, Dx)`` the representations ``items`` were computed from
+            (``similarity.item_side(item_representations)``), or ``None`` (bundles written before they
+            were stored, and text bundles).
     """
 
     manifest: ModelBundleManifest
@@ -86,6 +90,7 @@ class ModelBundle:
     query_input: str = "history"
     tokenizer: Any = None
     max_query_tokens: int = 0
+    item_representations: torch.Tensor | None = None
 
     def item_rows(self, external_ids: list[Any]) -> list[int]:
         """External item ids -> rows of the item tensors (internal id minus 1).
@@ -221,6 +226,14 @@ def load_bundle(path: str | Path) -> ModelBundle:
         ) from err
     similarity.eval()
     items = ItemSide(tensors["item_embeddings"], tensors.get("item_gating"))
+    representations = tensors.get("item_representations")
+    if representations is not None and (
+        representations.dim() != 2 or representations.shape[0] != items.embeddings.shape[0]
+    ):
+        raise ArtifactError(
+            f"{root}: item_representations must have shape (N={items.embeddings.shape[0]}, Dx); "
+            f"got {tuple(representations.shape)}"
+        )
     vocabulary = json.loads((root / ITEM_VOCABULARY_FILE).read_text())
     if len(vocabulary) != manifest.num_items or items.embeddings.shape[0] != manifest.num_items:
         raise ArtifactError(
@@ -244,6 +257,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
         query_input=query_input,
         tokenizer=tokenizer,
         max_query_tokens=max_query_tokens,
+        item_representations=representations,
     )
 
 

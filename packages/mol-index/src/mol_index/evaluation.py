@@ -202,13 +202,24 @@ def read_histories(path: Path, limit: int) -> list[list[int]]:
 
 
 def bundle_corpus(
-    bundle_path: Path, histories_path: Path | None, num_queries: int, *, seed: int = 0
+    bundle_path: Path,
+    histories_path: Path | None,
+    num_queries: int,
+    *,
+    seed: int = 0,
+    num_items: int | None = None,
+    noise: float = 0.5,
 ) -> tuple[Similarity, QuerySide, ItemSide]:
     """A model bundle's similarity and item side, with ``num_queries`` queries its encoder makes.
 
     Queries encode real histories when ``histories_path`` is given (each user's history without its last
     item, as in a leave-one-out test; users with fewer than 2 items are skipped), else random histories of
-    20 items drawn uniformly from the vocabulary.
+    20 items drawn uniformly from the vocabulary. With ``num_items`` the item side is that many items
+    resampled from the bundle's (:func:`resample_items` with ``noise`` and ``seed``).
+
+    Raises:
+        ConfigError: too few usable histories, or ``num_items`` with a bundle that stores no
+            ``item_representations`` (exported before they were stored: export it again).
     """
     from mol_core.bundle import load_bundle
 
@@ -225,53 +236,67 @@ def bundle_corpus(
         histories = [[bundle.item_ids[i] for i in row] for row in picks.tolist()]
     with torch.inference_mode():
         query = bundle.encode(histories)
-    return bundle.similarity.eval(), query, bundle.items
+    similarity = bundle.similarity.eval()
+    if num_items is None:
+        return similarity, query, bundle.items
+    if bundle.item_representations is None:
+        raise ConfigError(
+            f"{bundle_path}: the bundle stores no item_representations to resample from; export it again "
+            "with this version of mol-train"
+        )
+    return (
+        similarity,
+        query,
+        resample_items(similarity, bundle.item_representations, num_items, noise=noise, seed=seed),
+    )
 
 
-def resample_items(items: ItemSide, num_items: int, *, noise: float, seed: int = 0) -> ItemSide:
-    """``num_items`` perturbed copies of a trained model's items: a large corpus with trained structure.
+def resample_items(
+    similarity: Similarity, representations: torch.Tensor, num_items: int, *, noise: float, seed: int = 0
+) -> ItemSide:
+    """``num_items`` new items made by the trained item tower from perturbed trained item representations.
 
-    Item ``j`` copies a base item ``i`` drawn uniformly (seeded) and perturbs it: each component becomes
-    ``normalize(g_b(i) + noise * e / sqrt(d))`` with ``e ~ N(0, I)`` (for ``noise`` 0.5 the cosine to the
-    base component is about 0.89), and each gating feature gets ``noise * std * N(0, 1)`` added, ``std``
-    that feature's standard deviation over the base items. The copies keep the trained model's geometry
-    (which components and gating features go together) but form near-duplicate groups around the base
-    items, which real corpora of that size do not have to the same degree (docs/mol-index.md).
+    Item ``j`` takes the representation of a base item ``i`` drawn uniformly (seeded), adds
+    ``noise * std * N(0, 1)`` per dimension (``std``: that dimension's standard deviation over the base
+    items) and goes through ``similarity.item_side``: components and gating features stay what the model
+    makes of one item, as in a larger catalogue of similar items. The copies form groups around the base
+    items, which a real catalogue of that size need not have to the same degree (docs/mol-index.md).
 
     Args:
-        items: ``N0`` base items, embeddings ``(N0, Px, d)`` with unit-norm components, gating ``(N0, P)``
-            or ``None``.
+        similarity: the trained similarity (``eval()`` mode).
+        representations: ``(N0, Dx)`` the base items' representations (a bundle's
+            ``item_representations``).
         num_items: ``N``, the size of the new corpus.
-        noise: perturbation size, ``>= 0`` (0 gives exact copies).
+        noise: perturbation size in units of each dimension's spread, ``>= 0`` (0 gives exact copies).
         seed: seeds the base items drawn and the noise.
 
     Returns:
-        The new item side: embeddings ``(N, Px, d)`` (unit-norm components), gating ``(N, P)`` or ``None``.
+        The new item side: embeddings ``(N, Px, d)``, gating ``(N, P)`` (MoL) or ``None``.
 
     Raises:
-        ConfigError: ``num_items < 1``, a negative ``noise`` or an empty ``items``.
+        ConfigError: ``num_items < 1``, a negative ``noise`` or no base representations.
     """
     if isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 1:
         raise ConfigError(f"num_items must be a positive integer; got {num_items!r}")
     if not noise >= 0:
         raise ConfigError(f"noise must be >= 0; got {noise!r}")
-    if items.num_items < 1:
-        raise ConfigError("cannot resample an empty item side")
+    if representations.dim() != 2 or representations.shape[0] < 1:
+        raise ConfigError(
+            f"representations must have shape (N0 >= 1, Dx); got {tuple(representations.shape)}"
+        )
     gen = torch.Generator().manual_seed(seed)
-    base = items.embeddings.float()
-    _, num_x, dim = base.shape
-    source = torch.randint(0, items.num_items, (num_items,), generator=gen)  # (N,)
-    emb = torch.empty(num_items, num_x, dim)
-    gating = None if items.gating is None else torch.empty(num_items, items.gating.shape[1])
-    spread = None if items.gating is None else items.gating.float().std(dim=0, unbiased=False)  # (P,)
-    for start in range(0, num_items, 65536):  # chunks keep the temporary noise small at N = 1e6
-        rows = source[start : start + 65536]
-        jitter = torch.randn(len(rows), num_x, dim, generator=gen) * (noise / dim**0.5)
-        emb[start : start + len(rows)] = torch.nn.functional.normalize(base[rows] + jitter, dim=-1)
-        if gating is not None and items.gating is not None and spread is not None:
-            jitter_g = torch.randn(len(rows), gating.shape[1], generator=gen) * (noise * spread)
-            gating[start : start + len(rows)] = items.gating[rows].float() + jitter_g
-    return ItemSide(emb, gating)
+    base = representations.float()
+    spread = base.std(dim=0, unbiased=False)  # (Dx,)
+    source = torch.randint(0, base.shape[0], (num_items,), generator=gen)  # (N,)
+    parts: list[ItemSide] = []
+    with torch.inference_mode():
+        for start in range(0, num_items, 65536):  # chunks keep the temporaries small at N = 1e6
+            rows = source[start : start + 65536]
+            jitter = torch.randn(len(rows), base.shape[1], generator=gen) * (noise * spread)
+            parts.append(similarity.item_side(base[rows] + jitter))
+    gatings = [part.gating for part in parts if part.gating is not None]
+    gating = torch.cat(gatings) if len(gatings) == len(parts) else None
+    return ItemSide(torch.cat([part.embeddings for part in parts]), gating)
 
 
 def machine() -> dict[str, Any]:

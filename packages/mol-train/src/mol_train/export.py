@@ -140,7 +140,10 @@ def export_bundle(
         torch.export.save(program, str(staging / QUERY_ENCODER_FILE))
 
         items = similarity.item_side(encoder.item_table[1:])  # (N, Px, d)
-        tensors = {"item_embeddings": items.embeddings.float().contiguous()}
+        tensors = {
+            "item_embeddings": items.embeddings.float().contiguous(),
+            "item_representations": encoder.item_table[1:].float().contiguous(),  # (N, Dx)
+        }
         if items.gating is not None:
             tensors["item_gating"] = items.gating.float().contiguous()
         for name, value in similarity.state_dict().items():
