@@ -1,4 +1,4 @@
-"""Recall and latency of exact and RAILS MoL top-k on synthetic clustered corpora (or a model bundle).
+r"""Recall and latency of exact and RAILS MoL top-k on synthetic clustered corpora (or a model bundle).
 
     python packages/mol-index/benchmarks/bench_mol_index.py --quick --output bench-results/mol_index.json
     python packages/mol-index/benchmarks/bench_mol_index.py --output bench-results/mol_index.json \
@@ -6,17 +6,20 @@
 
 Corpus: :func:`mol_index.evaluation.synthetic_corpus` (Pq x Px x d = 8 x 4 x 64, random-weight gating), or
 a bundle's items with queries from real histories (``--bundle``, ``--histories``), optionally resampled to
-``--bundle-items`` perturbed copies (a corpus of any size with a trained model's geometry).
+``--bundle-items`` items made by its item tower from perturbed copies of its item representations (a
+corpus of any size from a trained model).
 
-For every candidate stage, algorithm and ``K'``: recall@k against the exact top-k (same run), the hit
-rate of the exact top-1 (the exact best item is among the ``k`` returned), the fraction of queries the
-bound proves exact, mean candidates reranked, latency p50/p99 per batch at B = 1 and B = 32, and the
-speedup over exact brute force (:func:`~mol_index.search.exact.exact_search`) at the same B, in the same
-run, and each row's p50 over that of a FAISS ``IndexFlatIP`` scan of the mean item embeddings (the
-dot-product search over the same ``N`` and ``d``, timed in the same run, row ``faiss_flat_mean``); the peak
-resident memory of the process while each index is built and while it is searched
-(:func:`~mol_index.evaluation.peak_rss`; it includes the corpus and queries already in memory). Exit
-status 1 when a result the bound proved exact (or an exact-guaranteed search) differs from exact search.
+For every candidate stage, algorithm and ``K'`` (and the linearized search,
+:mod:`mol_index.search.linearized`, at each ``--linearized`` setting): recall@k against the exact top-k
+(same run), the hit rate of the exact top-1 (the exact best item is among the ``k`` returned), the
+fraction of queries the bound proves exact, mean candidates reranked, latency p50/p99 per batch at B = 1
+and B = 32, and the speedup over exact brute force (:func:`~mol_index.search.exact.exact_search`) at the
+same B, in the same run, and each row's p50 over that of a FAISS ``IndexFlatIP`` scan of the mean item
+embeddings (the dot-product search over the same ``N`` and ``d``, timed in the same run, row
+``faiss_flat_mean``); the peak resident memory of the process while each index is built and while it is
+searched (:func:`~mol_index.evaluation.peak_rss`; it includes the corpus and queries already in memory).
+Exit status 1 when a result the bound proved exact (or an exact-guaranteed search) differs from exact
+search.
 """
 
 from __future__ import annotations
@@ -45,7 +48,6 @@ from mol_index.evaluation import (
     faiss_flat_mean,
     machine,
     peak_rss,
-    resample_items,
     split_queries,
     synthetic_corpus,
     write_result,
@@ -82,8 +84,12 @@ def _bench_corpus(
     *,
     nprobe: int | None = None,
     exact_mean: bool = True,
+    linearized: list[tuple[int, int, int, int | None]] | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Exact search, then every stage x algorithm x K' on one corpus: (result rows, proven-but-wrong)."""
+    """Exact search, then every stage x algorithm x K' on one corpus: (result rows, proven-but-wrong).
+
+    ``linearized``: settings ``(K'_avg, K', rounds, nprobe or None)`` of linearized-search rows."""
+    linearized = linearized or []
     num_items = corpus.num_items
     results: list[dict[str, Any]] = []
     violations = 0
@@ -161,20 +167,24 @@ def _bench_corpus(
                 hnsw_m=16,
                 ef_construction=80,
                 exact_mean=exact_mean,
+                linearized=bool(linearized) and stage != "torch",
             )
         build_s = time.perf_counter() - start
         log(f"N={num_items}: {stage} built in {build_s:.1f} s, peak RSS {build_memory['peak_rss_mb']:.0f} MB")
         faiss.omp_set_num_threads(search_threads)
         nlist = int(index.parameters.get("nlist", "0"))
         stage_nprobe = index.faiss_stage.default_nprobe if nlist and index.faiss_stage else None
-        for algorithm, k_prime, k_prime_avg, guarantee in _variants(stage, k_primes, k_primes_avg):
+        variants = [(*v, 1, None) for v in _variants(stage, k_primes, k_primes_avg)]
+        variants += [(Algorithm.LINEARIZED, kp, ka, False, r, np_) for ka, kp, r, np_ in linearized]
+        for algorithm, k_prime, k_prime_avg, guarantee, rounds, own_nprobe in variants:
             params = SearchParams(
                 algorithm=algorithm,
                 k_prime=k_prime,
                 k_prime_avg=k_prime_avg,
                 guarantee_exact=guarantee,
-                nprobe=nprobe or stage_nprobe,
+                nprobe=own_nprobe or nprobe or stage_nprobe,
                 ef_search=2 * k_prime,
+                rounds=rounds,
             )
 
             def search(q: QuerySide, p: SearchParams = params, idx: MolIndex = index) -> SearchResult:
@@ -192,7 +202,10 @@ def _bench_corpus(
                 "corpus": label,
                 "N": num_items,
                 "stage": stage,
-                "algorithm": algorithm.value + (" +guarantee" if guarantee else ""),
+                "algorithm": algorithm.value
+                + (" +guarantee" if guarantee else "")
+                + (f" x{rounds}" if algorithm is Algorithm.LINEARIZED else ""),
+                "rounds": rounds if algorithm is Algorithm.LINEARIZED else None,
                 "k_prime": k_prime,
                 "k_prime_avg": k_prime_avg or k_prime,
                 "recall": float(hits.float().mean()),
@@ -249,17 +262,6 @@ def _synthetic_of_size(
     return synthetic_corpus(num_items, num_queries, seed=seed)
 
 
-def _resampled(
-    make: Callable[[int], tuple[Similarity, QuerySide, ItemSide]],
-    num_items: int,
-    noise: float,
-    seed: int,
-    num_queries: int,
-) -> tuple[Similarity, QuerySide, ItemSide]:
-    sim, query, items = make(num_queries)
-    return sim, query, resample_items(items, num_items, noise=noise, seed=seed)
-
-
 def run(
     *,
     sizes: list[int],
@@ -269,6 +271,7 @@ def run(
     k_primes_avg: list[int] | None = None,
     nprobe: int | None = None,
     exact_mean: bool = True,
+    linearized: list[tuple[int, int, int, int | None]] | None = None,
     queries_b1: int,
     k: int = 10,
     seed: int = 0,
@@ -280,8 +283,9 @@ def run(
 ) -> dict[str, Any]:
     """Runs the benchmark; returns the JSON-ready result (see the module docstring for what is measured).
 
-    With ``bundle_items`` the bundle's items are resampled to that many perturbed copies
-    (:func:`~mol_index.evaluation.resample_items` with ``noise=bundle_noise``, seeded by ``seed``).
+    With ``bundle_items`` the bundle's items are resampled to that many items made from perturbed copies
+    of its item representations (:func:`~mol_index.evaluation.resample_items` with ``noise=bundle_noise``,
+    seeded by ``seed``).
     """
     results: list[dict[str, Any]] = []
     violations = 0
@@ -290,10 +294,11 @@ def run(
     ]
     if bundle is not None:
         label = f"bundle:{bundle.name}"
-        make_bundle = functools.partial(bundle_corpus, bundle, histories)
         if bundle_items is not None:
             label += f", resampled to {bundle_items} (noise {bundle_noise})"
-            make_bundle = functools.partial(_resampled, make_bundle, bundle_items, bundle_noise, seed)
+        make_bundle = functools.partial(
+            bundle_corpus, bundle, histories, seed=seed, num_items=bundle_items, noise=bundle_noise
+        )
         corpora.append((label, make_bundle))
     for label, make in corpora:
         sim, query, corpus = make(32 * batches_b32)
@@ -312,6 +317,7 @@ def run(
             log,
             nprobe=nprobe,
             exact_mean=exact_mean,
+            linearized=linearized,
         )
         results += rows
         violations += wrong
@@ -338,6 +344,7 @@ def run(
             "nlist": "index default, 4 sqrt(N) at most N / 39",
             "mean_index": "IndexFlatIP (exact)" if exact_mean else "the stage's kind",
             "k_primes_avg": k_primes_avg or [],
+            "linearized": [list(v) for v in linearized or []],
             "ef_search": "2K'",
             "faiss_threads": faiss.omp_get_max_threads(),
             "latency": "CPU time of the process per batch (time.process_time), wall time in wall_*",
@@ -446,6 +453,20 @@ def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {**results[0], "results": list(rows.values())}
 
 
+def _linearized_setting(text: str) -> tuple[int, int, int, int | None]:
+    """``K_AVG,K,ROUNDS[,NPROBE]`` -> a linearized-search setting (argparse type)."""
+    parts = text.split(",")
+    try:
+        numbers = [int(part) for part in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (3, 4) or min(numbers) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected K_AVG,K,ROUNDS[,NPROBE] (positive integers); got {text!r}"
+        )
+    return numbers[0], numbers[1], numbers[2], numbers[3] if len(numbers) == 4 else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI of the benchmark; exit 1 when a result the bound proved exact differs from exact search."""
     parser = argparse.ArgumentParser(
@@ -470,6 +491,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--nprobe", type=int, help="IVF lists visited (default: the index's, max(8, round(sqrt(nlist) / 2)))"
+    )
+    parser.add_argument(
+        "--linearized",
+        type=_linearized_setting,
+        nargs="*",
+        help="linearized-search rows as K_AVG,K,ROUNDS[,NPROBE] (default 512,512,2; quick 128,128,2; "
+        "none: no such rows); FAISS stages then also build the concatenated-components index",
     )
     parser.add_argument(
         "--approximate-mean",
@@ -512,14 +540,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bundle-items",
         type=int,
-        help="resample the --bundle's items to this many perturbed copies (a large corpus with a trained "
-        "model's geometry, mol_index.evaluation.resample_items); above 100,000 it gets --large-stages",
+        help="resample the --bundle's items to this many, made by its item tower from perturbed copies of "
+        "its item representations (mol_index.evaluation.resample_items); above 100,000: --large-stages",
     )
     parser.add_argument(
         "--bundle-noise",
         type=float,
         default=0.5,
-        help="perturbation of --bundle-items copies (default 0.5: component cosine to the base item ~0.89)",
+        help="perturbation of the --bundle-items representations, in units of each dimension's spread "
+        "(default 0.5)",
     )
     parser.add_argument("--output", type=Path, help="write the result as JSON to this path")
     parser.add_argument("--plot", type=Path, help="write a recall-vs-latency PNG here (needs matplotlib)")
@@ -562,6 +591,9 @@ def main(argv: list[str] | None = None) -> int:
         k_primes=args.k_primes or ([16, 64] if args.quick else [16, 64, 256]),
         k_primes_avg=([256] if args.quick else [1024]) if args.k_primes_avg is None else args.k_primes_avg,
         nprobe=args.nprobe,
+        linearized=([(128, 128, 2, None)] if args.quick else [(512, 512, 2, None)])
+        if args.linearized is None
+        else args.linearized,
         exact_mean=not args.approximate_mean,
         batches_b32=args.batches or (2 if args.quick else 5),
         queries_b1=args.b1_queries or (10 if args.quick else 30),

@@ -36,6 +36,7 @@ from mol_index.params import (
     AdaptiveParams,
     ExactParams,
     HierarchicalParams,
+    LinearizedParams,
     PQParams,
     RailsParams,
     SearchParams,
@@ -43,6 +44,7 @@ from mol_index.params import (
 from mol_index.search.candidates import FaissStage, StageParams, TorchStage
 from mol_index.search.exact import exact_search
 from mol_index.search.hierarchy import HierarchicalIndex
+from mol_index.search.linearized import linearized_search
 from mol_index.search.rails import Algorithm, SearchResult, rails_search
 from mol_index.sharding import ShardedIndex, merge_top_k, shard_of
 
@@ -60,6 +62,7 @@ __all__ = [
     "IndexFaiss",
     "IndexHierarchical",
     "IndexPQ",
+    "LinearizedParams",
     "MolIndex",
     "PQItemLayer",
     "PQParams",
@@ -77,6 +80,7 @@ __all__ = [
     "build_pq",
     "exact_search",
     "index_factory",
+    "linearized_search",
     "load_index",
     "merge_top_k",
     "rails_search",

@@ -87,6 +87,7 @@ def _build(args: argparse.Namespace) -> int:
             hnsw_m=args.hnsw_m,
             ef_construction=args.ef_construction,
             exact_mean=not args.approximate_mean,
+            linearized=args.linearized,
         )
         if kind == "adaptive":
             index = _adaptive_from_bundle(index, args)
@@ -132,6 +133,7 @@ def _build(args: argparse.Namespace) -> int:
         hnsw_m=args.hnsw_m,
         ef_construction=args.ef_construction,
         exact_mean=not args.approximate_mean,
+        linearized=args.linearized,
     )
     if kind in ("pq", "hierarchical"):
         index = _learned(index, kind, args)
@@ -362,6 +364,12 @@ def _parser() -> argparse.ArgumentParser:
         "kind instead of an exact IndexFlatIP",
     )
     build.add_argument(
+        "--linearized",
+        action="store_true",
+        help="faiss-flat / faiss-ivf / faiss-hnsw: also index the concatenated item components, for "
+        "--algorithm linearized",
+    )
+    build.add_argument(
         "--shards",
         type=int,
         default=1,
@@ -387,8 +395,8 @@ def _parser() -> argparse.ArgumentParser:
         "--algorithm",
         choices=[a.value for a in Algorithm],
         default="comb_topk",
-        help="exact, a RAILS algorithm (default comb_topk), or adaptive / pq / hierarchical (indexes of "
-        "that kind)",
+        help="exact, a RAILS algorithm (default comb_topk), linearized (exact indexes and indexes built "
+        "with --linearized), or adaptive / pq / hierarchical (indexes of that kind)",
     )
     search.add_argument("--beam", type=int, default=8, help="hierarchical: clusters kept per level (8)")
     search.add_argument(
@@ -399,7 +407,7 @@ def _parser() -> argparse.ArgumentParser:
         "codes fitted after training, no for codes of a jointly trained layer)",
     )
     search.add_argument("--budget", type=int, help="adaptive: scorer calls per query (default max(k, 200))")
-    search.add_argument("--rounds", type=int, default=5, help="adaptive: rounds (default 5)")
+    search.add_argument("--rounds", type=int, default=5, help="adaptive, linearized: rounds (default 5)")
     search.add_argument(
         "--k-prime", type=int, default=64, help="K', candidates per component pair (default 64)"
     )

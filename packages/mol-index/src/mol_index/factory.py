@@ -174,6 +174,7 @@ def build_from_bundle(
     hnsw_m: int = 32,
     ef_construction: int = 200,
     exact_mean: bool = True,
+    linearized: bool = False,
 ) -> MolIndex:
     """An ``exact`` or FAISS-stage index over every item of a mol-train model bundle (``mol_core.bundle``).
 
@@ -208,6 +209,7 @@ def build_from_bundle(
         hnsw_m=hnsw_m,
         ef_construction=ef_construction,
         exact_mean=exact_mean,
+        linearized=linearized,
     )
     index.source_bundle_sha256 = sha256_file(Path(bundle_path) / MANIFEST_FILENAME)
     return index

@@ -23,8 +23,9 @@ from mol_core.similarity import ItemSide, QuerySide, Similarity
 from mol_index._inputs import Exclude, as_query_side, exclusion_tensor
 from mol_index.artifact import KINDS, LoadedArtifact, read_artifact, write_artifact
 from mol_index.kernels import choose_kernel, exact_topk
-from mol_index.params import AlgorithmParams, ExactParams, RailsParams, SearchParams
+from mol_index.params import AlgorithmParams, ExactParams, LinearizedParams, RailsParams, SearchParams
 from mol_index.search.candidates import CandidateStage, FaissStage, StageParams, TorchStage
+from mol_index.search.linearized import linearized_search
 from mol_index.search.rails import Algorithm, SearchResult, rails_search
 
 __all__ = ["MolIndex", "check_item_ids"]
@@ -87,6 +88,7 @@ class MolIndex:
         hnsw_m: int = 32,
         ef_construction: int = 200,
         exact_mean: bool = True,
+        linearized: bool = False,
     ) -> MolIndex:
         """An ``exact`` (``stage="torch"``) or FAISS-stage (``flat``, ``ivf``, ``hnsw``) index of ``N`` items.
 
@@ -106,6 +108,7 @@ class MolIndex:
             hnsw_m=hnsw_m,
             ef_construction=ef_construction,
             exact_mean=exact_mean,
+            linearized=linearized,
         )
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -302,6 +305,19 @@ class MolIndex:
                     ef_search=None if rails is None else rails.ef_search,
                 ),
                 block_size=params.block_size,
+            )
+        if isinstance(params, LinearizedParams):
+            return linearized_search(
+                self.similarity,
+                query,
+                self.corpus,
+                k,
+                self._stage,
+                k_prime=params.k_prime,
+                k_prime_avg=params.k_prime_avg,
+                rounds=params.rounds,
+                exclude=rows_excluded,
+                stage_params=StageParams(nprobe=params.nprobe, ef_search=params.ef_search),
             )
         name = params.algorithm.value
         raise ConfigError(

@@ -1,8 +1,9 @@
 """Search parameters: one class per algorithm (as FAISS's ``SearchParametersIVF`` / ``...HNSW``), and the
 request form that names an algorithm with its knobs.
 
-Every index kind takes :class:`ExactParams` and :class:`RailsParams` (each kind keeps the whole item side)
-and its own class: :class:`PQParams` (``pq``), :class:`HierarchicalParams` (``hierarchical``),
+Every index kind takes :class:`ExactParams`, :class:`RailsParams` and :class:`LinearizedParams` (each kind
+keeps the whole item side; the linearized search needs a stage with a concatenated-components index) and
+its own class: :class:`PQParams` (``pq``), :class:`HierarchicalParams` (``hierarchical``),
 :class:`AdaptiveParams` (``adaptive``). :class:`SearchParams` is one request as mol-serve's wire and the
 CLI carry it (an algorithm name and the knobs of every algorithm); :meth:`SearchParams.resolve` turns it
 into the algorithm's own class.
@@ -23,6 +24,7 @@ __all__ = [
     "AlgorithmParams",
     "ExactParams",
     "HierarchicalParams",
+    "LinearizedParams",
     "PQParams",
     "RailsParams",
     "SearchParams",
@@ -82,6 +84,36 @@ class RailsParams:
 
     def __post_init__(self) -> None:
         check_settings(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinearizedParams:
+    """The linearized search (:mod:`mol_index.search.linearized`): TopKAvg candidates, then ``rounds`` of a
+    per-query least-squares linear proxy searched over the concatenated item components, exact scoring.
+
+    Attributes:
+        k_prime: items taken from the concatenated-components index per round.
+        k_prime_avg: TopKAvg candidates scored first (the first fit's sample).
+        rounds: fit-and-search rounds.
+        nprobe: IVF lists to visit (``faiss-ivf`` indexes), for the mean and the concatenated index.
+        ef_search: HNSW beam width (``faiss-hnsw`` indexes; at least ``K'`` is used).
+
+    The defaults are the setting measured at N = 1e6 in docs/mol-index.md ("Linearized search").
+    """
+
+    k_prime: int = setting(2000, minimum=1)
+    k_prime_avg: int = setting(2000, minimum=1)
+    rounds: int = setting(2, minimum=1)
+    nprobe: int | None = setting(None, minimum=1)
+    ef_search: int | None = setting(None, minimum=1)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+    @property
+    def algorithm(self) -> Algorithm:
+        """:attr:`Algorithm.LINEARIZED`."""
+        return Algorithm.LINEARIZED
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,7 +184,9 @@ class AdaptiveParams:
         return Algorithm.ADAPTIVE
 
 
-AlgorithmParams = ExactParams | RailsParams | PQParams | HierarchicalParams | AdaptiveParams
+AlgorithmParams = (
+    ExactParams | RailsParams | LinearizedParams | PQParams | HierarchicalParams | AdaptiveParams
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,7 +201,8 @@ class SearchParams:
             :class:`PQParams`.
         block_size: :class:`ExactParams`, :class:`RailsParams`.
         kernel: :class:`ExactParams`.
-        budget, rounds: :class:`AdaptiveParams`.
+        budget, rounds: :class:`AdaptiveParams`; ``k_prime``, ``k_prime_avg`` (default ``k_prime``),
+            ``rounds``, ``nprobe`` and ``ef_search`` also :class:`LinearizedParams`.
         beam: :class:`HierarchicalParams`.
         rerank: :class:`PQParams`.
     """
@@ -204,6 +239,14 @@ class SearchParams:
             return HierarchicalParams(beam=self.beam)
         if algorithm is Algorithm.ADAPTIVE:
             return AdaptiveParams(budget=self.budget, rounds=self.rounds)
+        if algorithm is Algorithm.LINEARIZED:
+            return LinearizedParams(
+                k_prime=self.k_prime,
+                k_prime_avg=self.k_prime_avg or self.k_prime,
+                rounds=self.rounds,
+                nprobe=self.nprobe,
+                ef_search=self.ef_search,
+            )
         return RailsParams(
             algorithm=algorithm,
             k_prime=self.k_prime,

@@ -39,6 +39,7 @@ ALGORITHMS = (
     "topk_per_embd",
     "topk_avg",
     "comb_topk",
+    "linearized",
     "adaptive",
     "pq",
     "hierarchical",

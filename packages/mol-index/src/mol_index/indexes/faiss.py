@@ -17,7 +17,8 @@ __all__ = ["IndexFaiss"]
 
 class IndexFaiss(MolIndex):
     """RAILS whose candidates come from FAISS indexes over each item component and the mean
-    (:class:`~mol_index.params.RailsParams`: ``nprobe`` for IVF, ``ef_search`` for HNSW), plus the exact
+    (:class:`~mol_index.params.RailsParams`: ``nprobe`` for IVF, ``ef_search`` for HNSW), the linearized
+    search when built with ``linearized=True`` (:class:`~mol_index.params.LinearizedParams`), plus the exact
     scan. FAISS stages here are CPU indexes: the index stays on the CPU.
 
     Args:
@@ -53,6 +54,7 @@ class IndexFaiss(MolIndex):
         hnsw_m: int = 32,
         ef_construction: int = 200,
         exact_mean: bool = True,
+        linearized: bool = False,
     ) -> IndexFaiss:
         """A FAISS-stage index over ``N`` items.
 
@@ -66,6 +68,8 @@ class IndexFaiss(MolIndex):
             ef_construction: HNSW build beam width.
             exact_mean: index the mean item embeddings (the TopKAvg search) exactly with ``IndexFlatIP``
                 (default), or with the stage's own kind when False.
+            linearized: also index the concatenated item components with the stage's kind, for the
+                linearized search (:class:`~mol_index.params.LinearizedParams`).
 
         Raises:
             ConfigError: unknown stage, duplicate or negative ids.
@@ -82,8 +86,11 @@ class IndexFaiss(MolIndex):
             hnsw_m=hnsw_m,
             ef_construction=ef_construction,
             exact_mean=exact_mean,
+            concatenated=linearized,
         )
         parameters = {"mean_index": "flat" if exact_mean else stage}
+        if linearized:
+            parameters["concatenated_index"] = stage
         if stage == "ivf":
             parameters["nlist"] = str(faiss_stage.nlist)
         if stage == "hnsw":

@@ -36,6 +36,8 @@ __all__ = ["STAGE_KINDS", "CandidateStage", "FaissStage", "StageParams", "TorchS
 #: Candidate stages by name: ``torch`` (exact, no extra files) and the FAISS ones.
 STAGE_KINDS = ("torch", "flat", "ivf", "hnsw")
 
+#: The concatenated-components index file of a FAISS stage (built for the linearized search).
+_CONCATENATED_FILE = "faiss/concatenated.faiss"
 #: Inner products computed per GEMM block of the torch stage (about 16 MB of float32).
 _TORCH_BLOCK_VALUES = 1 << 22
 
@@ -74,6 +76,13 @@ class CandidateStage(Protocol):
         """``(B, d)`` mean query components -> values and rows ``(B, K')``, values descending."""
         ...
 
+    def concatenated(
+        self, queries: torch.Tensor, k_prime: int, params: StageParams
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, Px * d)`` query vectors -> the top ``K'`` rows by ``<u, concat_b g_b(x)>``: values and rows
+        ``(B, K')``, values descending (the linearized search, :mod:`mol_index.search.linearized`)."""
+        ...
+
 
 def _running_topk(
     best: tuple[torch.Tensor, torch.Tensor] | None, values: torch.Tensor, rows: torch.Tensor, k: int
@@ -96,6 +105,7 @@ class TorchStage:
     def __init__(self, item_embeddings: torch.Tensor) -> None:
         self.items = item_embeddings  # (N, Px, d)
         self.mean_items = item_embeddings.mean(dim=1)  # (N, d)
+        self.concatenated_items = item_embeddings.reshape(item_embeddings.shape[0], -1)  # (N, Px * d)
 
     @property
     def exact(self) -> bool:
@@ -126,21 +136,40 @@ class TorchStage:
         self, queries: torch.Tensor, k_prime: int, params: StageParams
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top ``K'`` rows by ``<mean f, mean g>``; see :class:`CandidateStage`."""
-        num_items = self.mean_items.shape[0]
-        block = max(k_prime, _TORCH_BLOCK_VALUES // max(1, queries.shape[0]))
-        best: tuple[torch.Tensor, torch.Tensor] | None = None
-        for start in range(0, num_items, block):
-            stop = min(start + block, num_items)
-            ip = queries @ self.mean_items[start:stop].T  # (B, n)
-            top = torch.topk(ip, min(k_prime, stop - start), dim=-1)  # (B, k')
-            best = _running_topk(best, top.values, top.indices + start, k_prime)
-        if best is None:
-            raise ConfigError("the corpus is empty")
-        return best
+        return _blockwise_mips(queries, self.mean_items, k_prime)
+
+    def concatenated(
+        self, queries: torch.Tensor, k_prime: int, params: StageParams
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top ``K'`` rows by ``<u, concat g>``; see :class:`CandidateStage`."""
+        return _blockwise_mips(queries.to(self.concatenated_items.dtype), self.concatenated_items, k_prime)
+
+
+def _blockwise_mips(
+    queries: torch.Tensor, vectors: torch.Tensor, k_prime: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top ``K'`` of ``(B, D)`` queries over ``(N, D)`` vectors by inner product, blockwise."""
+    num_items = vectors.shape[0]
+    block = max(k_prime, _TORCH_BLOCK_VALUES // max(1, queries.shape[0]))
+    best: tuple[torch.Tensor, torch.Tensor] | None = None
+    for start in range(0, num_items, block):
+        stop = min(start + block, num_items)
+        ip = queries @ vectors[start:stop].T  # (B, n)
+        top = torch.topk(ip, min(k_prime, stop - start), dim=-1)  # (B, k')
+        best = _running_topk(best, top.values, top.indices + start, k_prime)
+    if best is None:
+        raise ConfigError("the corpus is empty")
+    return best
 
 
 def _new_faiss_index(
-    kind: str, vectors: np.ndarray, *, nlist: int, hnsw_m: int, ef_construction: int
+    kind: str,
+    vectors: np.ndarray,
+    *,
+    nlist: int,
+    hnsw_m: int,
+    ef_construction: int,
+    max_points_per_centroid: int = 256,
 ) -> faiss.Index:
     dim = vectors.shape[1]
     if kind == "flat":
@@ -148,6 +177,7 @@ def _new_faiss_index(
     elif kind == "ivf":
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.max_points_per_centroid = max_points_per_centroid  # k-means on a sample of this many
         index.train(vectors)  # the Python wrapper keeps a reference to the quantizer
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -168,19 +198,28 @@ def _index_kind(index: faiss.Index) -> str:
 
 
 class FaissStage:
-    """Candidate stage with one FAISS inner-product index per item component plus one over mean items.
+    """Candidate stage with one FAISS inner-product index per item component plus one over mean items,
+    and optionally one over the concatenated components (the linearized search).
 
-    Build it with :meth:`build`; :meth:`save` / :meth:`load` write and read the ``Px + 1`` index files.
+    Build it with :meth:`build`; :meth:`save` / :meth:`load` write and read the ``Px + 1`` (``+ 1``)
+    index files.
 
     Args:
         kind: ``flat``, ``ivf`` or ``hnsw``.
         component_indexes: ``Px`` FAISS indexes over ``g_b(x)``, each with ``N`` vectors of dimension ``d``.
         mean_index: a FAISS index over ``mean_b g_b(x)`` (``IndexFlatIP`` or one of ``kind``).
         nlist: IVF lists (recorded for the manifest; 0 for other kinds).
+        concatenated_index: a FAISS index of ``kind`` over ``concat_b g_b(x)`` (``Px * d`` wide), or None.
     """
 
     def __init__(
-        self, kind: str, component_indexes: list[faiss.Index], mean_index: faiss.Index, *, nlist: int = 0
+        self,
+        kind: str,
+        component_indexes: list[faiss.Index],
+        mean_index: faiss.Index,
+        *,
+        nlist: int = 0,
+        concatenated_index: faiss.Index | None = None,
     ) -> None:
         if kind not in STAGE_KINDS[1:]:
             raise ConfigError(f"unknown FAISS stage {kind!r}; expected one of flat, ivf, hnsw")
@@ -188,6 +227,7 @@ class FaissStage:
         self.nlist = nlist
         self.component_indexes = component_indexes
         self.mean_index = mean_index
+        self.concatenated_index = concatenated_index
 
     @classmethod
     def build(
@@ -199,6 +239,7 @@ class FaissStage:
         hnsw_m: int = 32,
         ef_construction: int = 200,
         exact_mean: bool = True,
+        concatenated: bool = False,
     ) -> FaissStage:
         """Builds the indexes from ``(N, Px, d)`` item component embeddings.
 
@@ -211,6 +252,8 @@ class FaissStage:
             ef_construction: HNSW build beam width.
             exact_mean: index the mean item embeddings with ``IndexFlatIP`` (default); False builds the
                 mean index of ``kind`` too (cheaper per search on very large corpora, lower recall).
+            concatenated: also index the concatenated components ``(N, Px * d)`` with ``kind`` (the
+                linearized search); an IVF one runs k-means on at most 64 points per list.
         """
         num_items = item_embeddings.shape[0]
         if nlist is None:
@@ -225,7 +268,11 @@ class FaissStage:
         ]
         mean_kind = "flat" if exact_mean else kind
         mean = _new_faiss_index(mean_kind, np.ascontiguousarray(items.mean(dim=1).numpy()), **knobs)
-        return cls(kind, components, mean, nlist=nlist if kind == "ivf" else 0)
+        joined = None
+        if concatenated:
+            flat_items = np.ascontiguousarray(items.reshape(num_items, -1).numpy())  # (N, Px * d)
+            joined = _new_faiss_index(kind, flat_items, **knobs, max_points_per_centroid=64)
+        return cls(kind, components, mean, nlist=nlist if kind == "ivf" else 0, concatenated_index=joined)
 
     @property
     def default_nprobe(self) -> int:
@@ -282,27 +329,57 @@ class FaissStage:
         """Top ``K'`` rows by ``<mean f, mean g>``; see :class:`CandidateStage`."""
         return self._search(self.mean_index, queries, k_prime, params)
 
+    def concatenated(
+        self, queries: torch.Tensor, k_prime: int, params: StageParams
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top ``K'`` rows by ``<u, concat g>``; see :class:`CandidateStage`.
+
+        Raises:
+            ConfigError: the stage was built without its concatenated-components index.
+        """
+        if self.concatenated_index is None:
+            raise ConfigError(
+                "the linearized search needs an index over the concatenated item components: build the "
+                "index with linearized=True (mol-index build --linearized)"
+            )
+        return self._search(self.concatenated_index, queries, k_prime, params)
+
     def file_names(self) -> list[str]:
-        """Relative paths of the index files :meth:`save` writes: ``Px`` component files, then the mean."""
-        return [f"faiss/component_{b}.faiss" for b in range(len(self.component_indexes))] + [
-            "faiss/mean.faiss"
-        ]
+        """Relative paths of the index files :meth:`save` writes: ``Px`` component files, the mean, then
+        the concatenated components when the stage has that index."""
+        names = [f"faiss/component_{b}.faiss" for b in range(len(self.component_indexes))]
+        names.append("faiss/mean.faiss")
+        if self.concatenated_index is not None:
+            names.append(_CONCATENATED_FILE)
+        return names
 
     def save(self, root: Path) -> list[Path]:
         """Writes the index files under ``root``; returns their paths in :meth:`file_names` order."""
         (root / "faiss").mkdir(parents=True, exist_ok=True)
         paths = [root / name for name in self.file_names()]
-        for index, path in zip([*self.component_indexes, self.mean_index], paths, strict=True):
+        indexes = [*self.component_indexes, self.mean_index]
+        if self.concatenated_index is not None:
+            indexes.append(self.concatenated_index)
+        for index, path in zip(indexes, paths, strict=True):
             faiss.write_index(index, str(path))
         return paths
 
     @classmethod
     def load(cls, kind: str, root: Path, num_item_components: int) -> FaissStage:
-        """Reads the ``Px + 1`` index files written by :meth:`save`."""
+        """Reads the index files written by :meth:`save` (the concatenated one when present)."""
         names = [f"faiss/component_{b}.faiss" for b in range(num_item_components)] + ["faiss/mean.faiss"]
+        if (root / _CONCATENATED_FILE).exists():
+            names.append(_CONCATENATED_FILE)
         try:
             indexes = [faiss.read_index(str(root / name)) for name in names]
         except RuntimeError as err:  # FAISS reports unreadable files as RuntimeError
             raise ArtifactError(f"cannot read the FAISS index files of {root}: {err}") from err
         nlist = int(faiss.extract_index_ivf(indexes[0]).nlist) if kind == "ivf" else 0
-        return cls(kind, indexes[:-1], indexes[-1], nlist=nlist)
+        joined = indexes[num_item_components + 1] if len(indexes) > num_item_components + 1 else None
+        return cls(
+            kind,
+            indexes[:num_item_components],
+            indexes[num_item_components],
+            nlist=nlist,
+            concatenated_index=joined,
+        )

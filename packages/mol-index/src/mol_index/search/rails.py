@@ -57,6 +57,7 @@ class Algorithm(str, Enum):
     ADAPTIVE = "adaptive"  # adaptive indexes only (mol_index.search.adaptive); rails_search refuses it
     PQ = "pq"  # pq indexes only (mol_index.search.pq); rails_search refuses it
     HIERARCHICAL = "hierarchical"  # hierarchical indexes only (mol_index.search.hierarchy)
+    LINEARIZED = "linearized"  # mol_index.search.linearized; rails_search refuses it
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,10 @@ def rails_search(
         raise ConfigError(
             f"algorithm {algorithm.value!r} needs an index of that kind "
             f"(a MolIndex of kind {algorithm.value!r})"
+        )
+    if algorithm is Algorithm.LINEARIZED:
+        raise ConfigError(
+            "the linearized algorithm runs through mol_index.search.linearized.linearized_search"
         )
     if algorithm is Algorithm.EXACT:
         scores, rows = exact_search(similarity, query, corpus, k, exclude=exclude, block_size=block_size)

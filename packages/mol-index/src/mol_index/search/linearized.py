@@ -1,0 +1,163 @@
+"""Linearized MoL top-k: a linear proxy of the learned similarity fitted per query, searched as a MIPS.
+
+For one query, the proxy ``sum_p w_p l_p(x)`` over the ``P`` component logits
+``l_ab(x) = <f_a(q), g_b(x)> / tau`` is one inner product with the item's concatenated components:
+``<u, concat_b g_b(x)>`` with ``u_b = sum_a w_ab f_a(q) / tau`` (``Px * d`` wide). The search
+
+1. scores exactly the TopKAvg candidates: the ``k_prime_avg`` items by ``<mean_a f_a, mean_b g_b(x)>``
+   from the stage's mean index;
+2. fits ``w`` (and a constant) by least squares to the exact scores of the best quarter of the items
+   scored so far (at least ``4 (P + 1)``), so the proxy follows the similarity where it ranks highest;
+3. scores exactly the stage's top ``k_prime`` items by ``<u, concat g>`` (its concatenated-components
+   index) that were not scored yet, and goes back to 2, ``rounds`` times in all;
+4. returns the top-k of every item scored (exclusions honoured; ties to the smaller row).
+
+Nothing proves the result exact (``SearchResult.exact`` is False unless every item was scored); how close
+it comes and at what cost is measured in docs/mol-index.md ("Linearized search").
+
+Shape symbols: ``B`` queries, ``N`` items, ``Pq`` / ``Px`` components, ``P = Pq * Px``, ``d`` width.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mol_core.errors import ConfigError
+from mol_core.similarity import ItemSide, QuerySide, Similarity
+from mol_index._inputs import Exclude, check_k, exclusion_tensor
+from mol_index.search.candidates import CandidateStage, StageParams
+from mol_index.search.exact import topk_any_order
+from mol_index.search.rails import SearchResult
+
+__all__ = ["linearized_search"]
+
+#: Query-item pairs scored per ``component_logits`` call (bounds the gathered ``(b, X, Px, d)`` items).
+_SCORE_BLOCK_PAIRS = 16384
+
+
+def _score(
+    similarity: Similarity, query: QuerySide, corpus: ItemSide, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Component logits ``(B, X, P)`` and exact scores ``(B, X)`` of ``(B, X)`` rows (``-1`` slots: 0 and
+    ``-inf``)."""
+    batch, width = rows.shape
+    valid = rows >= 0
+    safe = rows.clamp_min(0)
+    chunk = max(16, _SCORE_BLOCK_PAIRS // max(1, batch))
+    logits_parts, score_parts = [], []
+    query_gating = None if query.gating is None else query.gating.unsqueeze(1)  # (B, 1, P)
+    for start in range(0, width, chunk):
+        idx = safe[:, start : start + chunk]  # (B, x)
+        flat = idx.reshape(-1)
+        items = corpus.embeddings.index_select(0, flat).view(*idx.shape, *corpus.embeddings.shape[1:])
+        gating = None
+        if corpus.gating is not None:
+            gating = corpus.gating.index_select(0, flat).view(*idx.shape, corpus.gating.shape[1])  # (B, x, P)
+        logits = similarity.component_logits(query, ItemSide(items, gating))  # (B, x, P)
+        logits_parts.append(logits.float())
+        score_parts.append(similarity.mix_scores(logits, query_gating, gating).float())  # (B, x)
+    logits = torch.cat(logits_parts, dim=1).masked_fill(~valid.unsqueeze(2), 0.0)
+    scores = torch.cat(score_parts, dim=1).masked_fill(~valid, float("-inf"))
+    return logits, scores
+
+
+def _fit_directions(
+    similarity: Similarity, query: QuerySide, logits: torch.Tensor, scores: torch.Tensor
+) -> torch.Tensor:
+    """``(B, Px * d)`` query vectors ``u`` of the least-squares proxy fitted to the best scored items."""
+    batch, width, num_p = logits.shape
+    live = torch.isfinite(scores)  # (B, X)
+    fit = min(width, max(4 * (num_p + 1), int(live.sum(dim=1).max()) // 4))
+    top = scores.topk(fit, dim=1)  # (B, F)
+    weight = torch.isfinite(top.values).float().unsqueeze(2)  # (B, F, 1): empty slots do not count
+    design = torch.cat(
+        [logits.gather(1, top.indices.unsqueeze(2).expand(-1, -1, num_p)), torch.ones_like(weight)], 2
+    )
+    target = torch.where(torch.isfinite(top.values), top.values, torch.zeros_like(top.values)).unsqueeze(2)
+    solution = torch.linalg.lstsq(design * weight, target * weight).solution  # (B, P + 1, 1)
+    coef = solution[:, :num_p, 0].reshape(
+        batch, similarity.num_query_components, similarity.num_item_components
+    )
+    f = query.embeddings.float()  # (B, Pq, d)
+    u = torch.einsum("bqx,bqd->bxd", coef, f) / similarity.temperature  # (B, Px, d)
+    return u.reshape(batch, -1)
+
+
+def _drop_seen(new_rows: torch.Tensor, seen: torch.Tensor, num_items: int) -> torch.Tensor:
+    """``(B, K)`` rows with those already in ``seen`` ``(B, S)`` (or repeated) set to ``-1``."""
+    batch = new_rows.shape[0]
+    stride = num_items + 1
+    offsets = torch.arange(batch, device=new_rows.device).unsqueeze(1) * stride  # (B, 1)
+    seen_keys = (seen + offsets)[(seen >= 0) & (seen < num_items)]
+    repeated = torch.isin(new_rows + offsets, seen_keys) | (new_rows < 0)
+    return new_rows.masked_fill(repeated, -1)
+
+
+def linearized_search(
+    similarity: Similarity,
+    query: QuerySide,
+    corpus: ItemSide,
+    k: int,
+    stage: CandidateStage,
+    *,
+    k_prime: int,
+    k_prime_avg: int,
+    rounds: int,
+    exclude: Exclude | None = None,
+    stage_params: StageParams | None = None,
+) -> SearchResult:
+    """Top-k corpus rows by the linearized search (module docstring).
+
+    Args:
+        similarity: the similarity to score with (``eval()`` mode).
+        query: ``B`` queries, embeddings ``(B, Pq, d)``.
+        corpus: ``N`` items, embeddings ``(N, Px, d)``; ``stage`` must have been built over the same items,
+            with a concatenated-components index (:meth:`CandidateStage.concatenated`).
+        k: results per query, ``1 <= k <= N``.
+        stage: the candidate stage.
+        k_prime: items taken from the concatenated-components index per round; clamped to ``N``.
+        k_prime_avg: TopKAvg candidates scored first (the first fit's sample); clamped to ``N``.
+        rounds: fit-and-search rounds, ``>= 1``.
+        exclude: corpus rows to leave out per query, as for :func:`~mol_index.search.exact.exact_search`.
+        stage_params: FAISS search knobs (``nprobe``, ``ef_search``), for the mean and concatenated indexes.
+
+    Returns:
+        A :class:`~mol_index.search.rails.SearchResult` with corpus rows; ``num_candidates`` counts the
+        items scored exactly, ``k_prime`` is ``k_prime``.
+
+    Raises:
+        ConfigError: ``k``, ``k_prime``, ``k_prime_avg`` or ``rounds`` out of range.
+    """
+    num_items = corpus.num_items
+    check_k(k, num_items)
+    for name, value in (("k_prime", k_prime), ("k_prime_avg", k_prime_avg), ("rounds", rounds)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+    params = stage_params or StageParams()
+    device = query.embeddings.device
+    batch = query.batch_size
+    excluded = exclusion_tensor(exclude, batch)
+    _, rows = stage.mean(query.embeddings.mean(dim=1), min(k_prime_avg, num_items), params)  # (B, K'avg)
+    rows = _drop_seen(rows.to(device), torch.full((batch, 1), -1, device=device), num_items)
+    logits, scores = _score(similarity, query, corpus, rows)
+    for _ in range(rounds):
+        directions = _fit_directions(similarity, query, logits, scores)  # (B, Px * d)
+        _, found = stage.concatenated(directions, min(k_prime, num_items), params)  # (B, K')
+        found = _drop_seen(found.to(device), rows, num_items)
+        new_logits, new_scores = _score(similarity, query, corpus, found)
+        rows = torch.cat([rows, found], dim=1)
+        logits = torch.cat([logits, new_logits], dim=1)
+        scores = torch.cat([scores, new_scores], dim=1)
+    num_candidates = (rows >= 0).sum(dim=1)
+    if excluded is not None:
+        kept = _drop_seen(rows, excluded.to(device), num_items)  # excluded rows become -1
+        scores = scores.masked_fill(kept < 0, float("-inf"))
+    rows = rows.masked_fill(torch.isneginf(scores), -1)
+    top_scores, top_rows = topk_any_order(scores, rows, k)
+    return SearchResult(
+        scores=top_scores,
+        ids=top_rows,
+        exact=num_candidates >= num_items,
+        num_candidates=num_candidates,
+        k_prime=torch.full((batch,), k_prime, dtype=torch.int64, device=device),
+    )

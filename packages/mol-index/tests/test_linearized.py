@@ -1,0 +1,165 @@
+"""The linearized search (mol_index.search.linearized) against the naive reference top-k."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from mol_core.errors import ConfigError
+from mol_core.similarity import DotProductSimilarity, ItemSide, QuerySide
+from mol_index import (
+    FaissStage,
+    LinearizedParams,
+    MolIndex,
+    SearchParams,
+    StageParams,
+    TorchStage,
+    linearized_search,
+    load_index,
+)
+
+
+def test_scoring_every_item_is_exact_search(
+    mol_corpus: Callable[..., tuple], reference: Callable[..., tuple], same_topk: Callable[..., None]
+) -> None:
+    sim, query, corpus = mol_corpus(0, 300, 5)
+    ref_scores, ref_ids, full = reference(sim, query, corpus, 10)
+    with torch.inference_mode():
+        found = linearized_search(
+            sim, query, corpus, 10, TorchStage(corpus.embeddings), k_prime=20, k_prime_avg=300, rounds=1
+        )
+    same_topk(found.scores, found.ids, ref_scores, ref_ids, full)
+    assert bool(found.exact.all())
+    assert found.num_candidates.tolist() == [300] * 5
+
+
+def test_dot_product_proxy_is_exact() -> None:
+    # with one component the fitted proxy is the similarity itself: its top k' holds the exact top-k
+    gen = torch.Generator().manual_seed(3)
+    sim = DotProductSimilarity(12).eval()
+    corpus = ItemSide(torch.randn(500, 1, 12, generator=gen), None)
+    query = QuerySide(torch.randn(4, 1, 12, generator=gen), None)
+    with torch.inference_mode():
+        found = linearized_search(
+            sim, query, corpus, 5, TorchStage(corpus.embeddings), k_prime=5, k_prime_avg=20, rounds=1
+        )
+        want = sim.score_pairs(query, corpus).topk(5, dim=1)
+    assert torch.equal(found.ids, want.indices)
+    torch.testing.assert_close(found.scores, want.values)
+    assert not bool(found.exact.any())  # 25 of 500 items scored: nothing proven
+
+
+def test_finds_most_of_the_exact_top_k_from_few_candidates(
+    mol_corpus: Callable[..., tuple], reference: Callable[..., tuple]
+) -> None:
+    sim, query, corpus = mol_corpus(1, 4000, 16, clusters=40)
+    _, ref_ids, _ = reference(sim, query, corpus, 10)
+    stage = TorchStage(corpus.embeddings)
+    with torch.inference_mode():
+        found = linearized_search(sim, query, corpus, 10, stage, k_prime=200, k_prime_avg=200, rounds=2)
+        mean_only = linearized_search(sim, query, corpus, 10, stage, k_prime=1, k_prime_avg=200, rounds=1)
+    recall = (found.ids.unsqueeze(2) == ref_ids.unsqueeze(1)).any(2).float().mean()
+    recall_mean = (mean_only.ids.unsqueeze(2) == ref_ids.unsqueeze(1)).any(2).float().mean()
+    assert int(found.num_candidates.max()) <= 600  # at most 15 % of the corpus scored
+    assert float(recall) >= 0.9
+    assert float(recall) > float(recall_mean)  # the fitted rounds add what the mean proxy missed
+    # results are sorted, distinct and exactly scored
+    assert bool((found.scores[:, :-1] >= found.scores[:, 1:]).all())
+    for b in range(query.batch_size):
+        assert len(set(found.ids[b].tolist())) == 10
+    with torch.inference_mode():
+        one = QuerySide(query.embeddings[:1], query.gating[:1])
+        rescored = sim.score_pairs(
+            one, ItemSide(corpus.embeddings[found.ids[0]], corpus.gating[found.ids[0]])
+        )
+    torch.testing.assert_close(found.scores[0], rescored[0], atol=1e-5, rtol=0)
+
+
+def test_exclusions_are_honoured(mol_corpus: Callable[..., tuple], reference: Callable[..., tuple]) -> None:
+    sim, query, corpus = mol_corpus(2, 200, 3)
+    _, best, _ = reference(sim, query, corpus, 5)
+    exclude = [best[0, :3].tolist(), [], [7, 7, -1, 999]]  # repeated, padding and unknown rows too
+    ref_scores, ref_ids, _ = reference(sim, query, corpus, 5, exclude)
+    with torch.inference_mode():
+        found = linearized_search(
+            sim,
+            query,
+            corpus,
+            5,
+            TorchStage(corpus.embeddings),
+            k_prime=10,
+            k_prime_avg=200,
+            rounds=1,
+            exclude=exclude,
+        )
+    assert not set(found.ids[0].tolist()) & set(exclude[0])
+    assert torch.equal(found.ids, ref_ids)
+    torch.testing.assert_close(found.scores, ref_scores, atol=1e-4, rtol=0)
+
+
+def test_fewer_items_than_k_after_exclusion_pads(mol_corpus: Callable[..., tuple]) -> None:
+    sim, query, corpus = mol_corpus(4, 12, 1)
+    with torch.inference_mode():
+        found = linearized_search(
+            sim,
+            query,
+            corpus,
+            5,
+            TorchStage(corpus.embeddings),
+            k_prime=12,
+            k_prime_avg=12,
+            rounds=1,
+            exclude=[list(range(9))],
+        )
+    assert found.ids[0, 3:].tolist() == [-1, -1]
+    assert bool(torch.isneginf(found.scores[0, 3:]).all())
+
+
+def test_faiss_stages_match_the_torch_stage_and_survive_save_and_load(
+    mol_corpus: Callable[..., tuple], tmp_path: Path
+) -> None:
+    sim, query, corpus = mol_corpus(5, 2000, 6, clusters=20)
+    params = LinearizedParams(k_prime=100, k_prime_avg=100, rounds=2)
+    exact_index = MolIndex.build(sim, torch.arange(2000), corpus)
+    flat_index = MolIndex.build(sim, torch.arange(2000), corpus, stage="flat", linearized=True)
+    want = exact_index.search(query, 10, params=params)
+    got = flat_index.search(query, 10, params=params)
+    assert torch.equal(got[1], want[1])  # FAISS flat is exact: the same candidates, the same result
+    ivf = MolIndex.build(sim, torch.arange(2000), corpus, stage="ivf", nlist=16, linearized=True)
+    ivf_params = LinearizedParams(k_prime=100, k_prime_avg=100, rounds=2, nprobe=4)
+    before = ivf.search(query, 10, params=ivf_params)
+    ivf.save(tmp_path / "ivf")
+    loaded = load_index(tmp_path / "ivf")
+    after = loaded.search(
+        query, 10, params=SearchParams(algorithm="linearized", k_prime=100, rounds=2, nprobe=4)
+    )
+    assert torch.equal(after[1], before[1])
+    assert (tmp_path / "ivf" / "faiss" / "concatenated.faiss").exists()
+
+
+def test_a_faiss_stage_without_the_concatenated_index_is_refused(mol_corpus: Callable[..., tuple]) -> None:
+    sim, query, corpus = mol_corpus(6, 300, 2)
+    index = MolIndex.build(sim, torch.arange(300), corpus, stage="flat")
+    with pytest.raises(ConfigError, match="--linearized"):
+        index.search(query, 5, params=LinearizedParams())
+    stage = FaissStage.build("flat", corpus.embeddings)
+    with pytest.raises(ConfigError, match="concatenated"):
+        stage.concatenated(torch.zeros(1, 32), 3, StageParams())
+
+
+def test_params_and_bad_values(mol_corpus: Callable[..., tuple]) -> None:
+    resolved = SearchParams(algorithm="linearized", k_prime=300, rounds=3).resolve()
+    assert resolved == LinearizedParams(k_prime=300, k_prime_avg=300, rounds=3)
+    assert SearchParams(algorithm="linearized", k_prime=50, k_prime_avg=80).resolve().k_prime_avg == 80
+    for bad in ({"k_prime": 0}, {"k_prime_avg": 0}, {"rounds": 0}):
+        with pytest.raises(ConfigError):
+            LinearizedParams(**bad)  # type: ignore[arg-type]
+    sim, query, corpus = mol_corpus(7, 50, 1)
+    stage = TorchStage(corpus.embeddings)
+    with pytest.raises(ConfigError, match="rounds"):
+        linearized_search(sim, query, corpus, 5, stage, k_prime=5, k_prime_avg=5, rounds=0)
+    with pytest.raises(ConfigError):
+        linearized_search(sim, query, corpus, 51, stage, k_prime=5, k_prime_avg=5, rounds=1)
