@@ -53,7 +53,7 @@ requests = st.builds(
     top_k=st.integers(min_value=0, max_value=2**32 - 1) | st.integers(0, 70),
     exclude_ids=st.lists(ids, max_size=4),
     exclude_history=st.booleans(),
-    algorithm=st.sampled_from(["", "exact", "comb_topk", "topk_avg", "topk_per_embd", "bogus"]),
+    algorithm=st.sampled_from(["", "exact", "comb_topk", "topk_avg", "topk_per_embd", "linearized", "bogus"]),
     algorithm_params=st.dictionaries(
         st.sampled_from(["k_prime", "k_prime_avg", "nprobe", "guarantee_exact", "rerank", "zzz"]),
         st.sampled_from(["1", "64", "-3", "x", "true"]),

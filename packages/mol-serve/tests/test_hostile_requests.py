@@ -21,7 +21,7 @@ from mol_core.bundle import load_bundle
 from mol_index import MolIndex, SearchParams
 from mol_serve import InvalidRequest, RetrievalClient
 
-ALGORITHMS = ["exact", "comb_topk", "topk_avg", "topk_per_embd"]
+ALGORITHMS = ["exact", "comb_topk", "topk_avg", "topk_per_embd", "linearized"]
 
 
 @pytest.fixture(scope="module")
