@@ -194,3 +194,27 @@ def test_build_shards_then_search_and_info(
     assert [line["ids"] for line in lines] == want.tolist()
     assert main(["build", str(tmp_path / "pq"), *arrays_in, "--kind", "pq", "--shards", "2"]) == 2
     assert "cannot be sharded" in capsys.readouterr().err
+
+
+def test_build_linearized_then_search_linearized(
+    arrays: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    items, config, state, queries, (sim, query, corpus) = arrays
+    out = tmp_path / "ix"
+    inputs = ["--items", str(items), "--similarity-config", str(config), "--similarity-state", str(state)]
+    assert main(["build", str(out), *inputs, "--stage", "flat", "--linearized"]) == 0
+    assert (out / "faiss" / "concatenated.faiss").exists()
+    capsys.readouterr()
+    search = ["search", str(out), "--queries", str(queries), "-k", "5", "--algorithm", "linearized"]
+    assert main([*search, "--k-prime", "20", "--k-prime-avg", "20", "--rounds", "2"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    want = MolIndex.build(sim, torch.arange(200) + 500, corpus).search(
+        query, 5, params=SearchParams(algorithm="linearized", k_prime=20, k_prime_avg=20, rounds=2)
+    )[1]
+    assert [line["ids"] for line in lines] == want.tolist()
+    plain = tmp_path / "plain"
+    assert main(["build", str(plain), *inputs, "--stage", "flat"]) == 0
+    assert (
+        main(["search", str(plain), "--queries", str(queries), "-k", "5", "--algorithm", "linearized"]) == 2
+    )
+    assert "--linearized" in capsys.readouterr().err
