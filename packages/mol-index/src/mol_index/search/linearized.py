@@ -24,6 +24,7 @@ import torch
 
 from mol_core.errors import ConfigError
 from mol_core.similarity import ItemSide, QuerySide, Similarity
+from mol_core.similarity.base import gather_rows
 from mol_index._inputs import Exclude, check_k, exclusion_tensor
 from mol_index.search.candidates import CandidateStage, StageParams
 from mol_index.search.exact import topk_any_order
@@ -48,11 +49,8 @@ def _score(
     query_gating = None if query.gating is None else query.gating.unsqueeze(1)  # (B, 1, P)
     for start in range(0, width, chunk):
         idx = safe[:, start : start + chunk]  # (B, x)
-        flat = idx.reshape(-1)
-        items = corpus.embeddings.index_select(0, flat).view(*idx.shape, *corpus.embeddings.shape[1:])
-        gating = None
-        if corpus.gating is not None:
-            gating = corpus.gating.index_select(0, flat).view(*idx.shape, corpus.gating.shape[1])  # (B, x, P)
+        items = gather_rows(corpus.embeddings, idx)  # (B, x, Px, d)
+        gating = None if corpus.gating is None else gather_rows(corpus.gating, idx)  # (B, x, P)
         logits = similarity.component_logits(query, ItemSide(items, gating))  # (B, x, P)
         logits_parts.append(logits.float())
         score_parts.append(similarity.mix_scores(logits, query_gating, gating).float())  # (B, x)
@@ -84,7 +82,8 @@ def _fit_directions(
 
 
 def _drop_seen(new_rows: torch.Tensor, seen: torch.Tensor, num_items: int) -> torch.Tensor:
-    """``(B, K)`` rows with those already in ``seen`` ``(B, S)`` (or repeated) set to ``-1``."""
+    """``(B, K)`` rows with those in the same query's ``seen`` ``(B, S)`` set to ``-1`` (``seen`` entries
+    outside ``[0, N)`` are ignored)."""
     batch = new_rows.shape[0]
     stride = num_items + 1
     offsets = torch.arange(batch, device=new_rows.device).unsqueeze(1) * stride  # (B, 1)
@@ -138,7 +137,7 @@ def linearized_search(
     batch = query.batch_size
     excluded = exclusion_tensor(exclude, batch)
     _, rows = stage.mean(query.embeddings.mean(dim=1), min(k_prime_avg, num_items), params)  # (B, K'avg)
-    rows = _drop_seen(rows.to(device), torch.full((batch, 1), -1, device=device), num_items)
+    rows = rows.to(device)  # (B, K'avg), -1 where the stage found fewer
     logits, scores = _score(similarity, query, corpus, rows)
     for _ in range(rounds):
         directions = _fit_directions(similarity, query, logits, scores)  # (B, Px * d)
