@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mol_core.errors import ConfigError
-from mol_core.similarity import DotProductSimilarity, ItemSide, QuerySide
+from mol_core.similarity import DotProductSimilarity, ItemSide, MoLSimilarity, QuerySide
 from mol_index import (
     FaissStage,
     LinearizedParams,
@@ -20,6 +20,7 @@ from mol_index import (
     linearized_search,
     load_index,
 )
+from mol_index.search.candidates import linearized_item_vectors
 
 
 def test_scoring_every_item_is_exact_search(
@@ -163,3 +164,84 @@ def test_params_and_bad_values(mol_corpus: Callable[..., tuple]) -> None:
         linearized_search(sim, query, corpus, 5, stage, k_prime=5, k_prime_avg=5, rounds=0)
     with pytest.raises(ConfigError):
         linearized_search(sim, query, corpus, 51, stage, k_prime=5, k_prime_avg=5, rounds=1)
+
+
+class _LinearGateMoL(MoLSimilarity):
+    """A MoL whose mixture is linear in the component logits and the item gating features:
+    ``0.01 * sum_p l_p + 10 <c, h(x)>`` (so a proxy over both is the score itself)."""
+
+    def mix_scores(
+        self, logits: torch.Tensor, query_gating: torch.Tensor | None, item_gating: torch.Tensor | None
+    ) -> torch.Tensor:
+        assert item_gating is not None
+        weights = torch.linspace(-3.0, 3.0, item_gating.shape[-1])  # (P,)
+        return 0.01 * logits.sum(dim=-1) + 10.0 * (item_gating * weights).sum(dim=-1)
+
+
+def test_the_item_gating_features_make_a_gate_linear_proxy_exact(mol_corpus: Callable[..., tuple]) -> None:
+    _, query, corpus = mol_corpus(8, 1500, 4)
+    linear = _LinearGateMoL(
+        query_input_dim=8, item_input_dim=8, query_components=4, item_components=2, component_dim=16
+    ).eval()
+    with torch.inference_mode():
+        want = linear.mix_scores(
+            linear.component_logits(query, corpus), query.gating.unsqueeze(1), corpus.gating.unsqueeze(0)
+        ).topk(5, dim=1)
+        with_gating = linearized_search(
+            linear,
+            query,
+            corpus,
+            5,
+            TorchStage(corpus.embeddings, corpus.gating),
+            k_prime=5,
+            k_prime_avg=68,
+            rounds=1,
+        )
+        without = linearized_search(
+            linear, query, corpus, 5, TorchStage(corpus.embeddings), k_prime=5, k_prime_avg=68, rounds=1
+        )
+    assert torch.equal(with_gating.ids, want.indices)
+    torch.testing.assert_close(with_gating.scores, want.values, atol=1e-4, rtol=0)
+    assert not torch.equal(without.ids, want.indices)  # the gate term is invisible to the component proxy
+
+
+def test_stages_rank_the_linearized_item_vectors(mol_corpus: Callable[..., tuple]) -> None:
+    _, _, corpus = mol_corpus(9, 700, 1)
+    vectors = linearized_item_vectors(corpus.embeddings, corpus.gating)  # (N, Px * d + P)
+    assert vectors.shape == (700, 2 * 16 + 8)
+    assert torch.equal(vectors[:, 32:], corpus.gating)
+    u = torch.randn(3, 40, generator=torch.Generator().manual_seed(0))
+    want = (u @ vectors.T).topk(20, dim=1)
+    torch_stage = TorchStage(corpus.embeddings, corpus.gating)
+    faiss_stage = FaissStage.build("flat", corpus.embeddings, concatenated=True, item_gating=corpus.gating)
+    for stage in (torch_stage, faiss_stage):
+        assert stage.linearized_width == 40
+        values, rows = stage.concatenated(u, 20, StageParams())
+        assert torch.equal(rows, want.indices)
+        torch.testing.assert_close(values, want.values, atol=1e-4, rtol=0)
+        with pytest.raises(ConfigError, match="40 wide"):
+            stage.concatenated(u[:, :32], 20, StageParams())
+    assert TorchStage(corpus.embeddings).linearized_width == 32
+    assert FaissStage.build("flat", corpus.embeddings).linearized_width == 0
+
+
+def test_an_index_without_the_gating_features_still_searches(mol_corpus: Callable[..., tuple]) -> None:
+    # indexes built before the gating features were indexed hold Px * d wide concatenated vectors
+    sim, query, corpus = mol_corpus(10, 800, 3)
+    old = FaissStage.build("flat", corpus.embeddings, concatenated=True)
+    with torch.inference_mode():
+        found = linearized_search(sim, query, corpus, 5, old, k_prime=800, k_prime_avg=10, rounds=1)
+        everything = linearized_search(
+            sim,
+            query,
+            corpus,
+            5,
+            TorchStage(corpus.embeddings, corpus.gating),
+            k_prime=800,
+            k_prime_avg=10,
+            rounds=1,
+        )
+    assert torch.equal(found.ids, everything.ids)  # both scored every item
+    other = FaissStage.build("flat", corpus.embeddings[:, :, :8].contiguous(), concatenated=True)
+    with pytest.raises(ConfigError, match="16 wide; expected Px \\* d = 32 or Px \\* d \\+ P = 40"):
+        linearized_search(sim, query, corpus, 5, other, k_prime=10, k_prime_avg=10, rounds=1)

@@ -71,7 +71,7 @@ class MolIndex:
         self.item_ids = check_item_ids(item_ids, corpus.num_items)
         self.corpus = corpus
         self.parameters = dict(parameters or {})
-        self._stage: CandidateStage = TorchStage(corpus.embeddings)
+        self._stage: CandidateStage = TorchStage(corpus.embeddings, corpus.gating)
         self._sorted_ids, self._order = torch.sort(self.item_ids)  # (N,), (N,) for id -> row lookups
 
     # ------------------------------------------------------------------ build, save, load
@@ -203,7 +203,7 @@ class MolIndex:
         self.corpus = self.corpus.to(target)
         self.item_ids = self.item_ids.to(target)
         self._sorted_ids, self._order = self._sorted_ids.to(target), self._order.to(target)
-        self._stage = TorchStage(self.corpus.embeddings)
+        self._stage = TorchStage(self.corpus.embeddings, self.corpus.gating)
         return self
 
     # ------------------------------------------------------------------ search

@@ -68,8 +68,9 @@ class IndexFaiss(MolIndex):
             ef_construction: HNSW build beam width.
             exact_mean: index the mean item embeddings (the TopKAvg search) exactly with ``IndexFlatIP``
                 (default), or with the stage's own kind when False.
-            linearized: also index the concatenated item components with the stage's kind, for the
-                linearized search (:class:`~mol_index.params.LinearizedParams`).
+            linearized: also index the linearized item vectors (the concatenated item components, then
+                the item gating features of a MoL similarity) with the stage's kind, for the linearized
+                search (:class:`~mol_index.params.LinearizedParams`).
 
         Raises:
             ConfigError: unknown stage, duplicate or negative ids.
@@ -87,6 +88,7 @@ class IndexFaiss(MolIndex):
             ef_construction=ef_construction,
             exact_mean=exact_mean,
             concatenated=linearized,
+            item_gating=corpus.gating,
         )
         parameters = {"mean_index": "flat" if exact_mean else stage}
         if linearized:

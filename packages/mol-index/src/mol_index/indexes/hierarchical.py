@@ -148,7 +148,7 @@ class IndexHierarchical(MolIndex):
         self.item_ids = torch.cat([self.item_ids, ids.to(device)])
         if int(rows[0]) != self.corpus.num_items - n:
             raise RuntimeError("the cluster tree and the corpus disagree on row numbers")
-        self._stage = TorchStage(self.corpus.embeddings)
+        self._stage = TorchStage(self.corpus.embeddings, self.corpus.gating)
         self._sorted_ids, self._order = torch.sort(self.item_ids)
 
     def remove_items(self, item_ids: torch.Tensor | list[int]) -> None:

@@ -4,7 +4,9 @@ A stage answers two questions for a batch of queries:
 
 - :meth:`CandidateStage.per_component`: for every query component ``a`` and item component ``b``, the
   top ``K'`` items by ``<f_a(q), g_b(x)>`` (TopKPerEmbd);
-- :meth:`CandidateStage.mean`: the top ``K'`` items by ``<mean_a f_a(q), mean_b g_b(x)>`` (TopKAvg).
+- :meth:`CandidateStage.mean`: the top ``K'`` items by ``<mean_a f_a(q), mean_b g_b(x)>`` (TopKAvg);
+- :meth:`CandidateStage.concatenated`: the top ``K'`` items by ``<u, v(x)>`` over the linearized item
+  vectors (:func:`linearized_item_vectors`), for the linearized search.
 
 :class:`TorchStage` computes both exactly with blockwise GEMMs over the corpus. :class:`FaissStage` keeps
 one FAISS index per item component ``b`` (queried with all ``Pq`` query components) plus one over the mean
@@ -31,7 +33,14 @@ import torch
 
 from mol_core.errors import ArtifactError, ConfigError
 
-__all__ = ["STAGE_KINDS", "CandidateStage", "FaissStage", "StageParams", "TorchStage"]
+__all__ = [
+    "STAGE_KINDS",
+    "CandidateStage",
+    "FaissStage",
+    "StageParams",
+    "TorchStage",
+    "linearized_item_vectors",
+]
 
 #: Candidate stages by name: ``torch`` (exact, no extra files) and the FAISS ones.
 STAGE_KINDS = ("torch", "flat", "ivf", "hnsw")
@@ -76,12 +85,28 @@ class CandidateStage(Protocol):
         """``(B, d)`` mean query components -> values and rows ``(B, K')``, values descending."""
         ...
 
+    @property
+    def linearized_width(self) -> int:
+        """Width ``F`` of the item vectors the concatenated search ranks (:func:`linearized_item_vectors`):
+        ``Px * d``, or ``Px * d + P`` with the item gating features; 0 when the stage has no such index."""
+        ...
+
     def concatenated(
         self, queries: torch.Tensor, k_prime: int, params: StageParams
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, Px * d)`` query vectors -> the top ``K'`` rows by ``<u, concat_b g_b(x)>``: values and rows
-        ``(B, K')``, values descending (the linearized search, :mod:`mol_index.search.linearized`)."""
+        """``(B, F)`` query vectors -> the top ``K'`` rows by ``<u, v(x)>`` over the linearized item
+        vectors ``v(x)`` (:func:`linearized_item_vectors`): values and rows ``(B, K')``, values descending
+        (the linearized search, :mod:`mol_index.search.linearized`)."""
         ...
+
+
+def linearized_item_vectors(item_embeddings: torch.Tensor, item_gating: torch.Tensor | None) -> torch.Tensor:
+    """``(N, F)`` float32 vectors of the linearized search: the concatenated components
+    ``concat_b g_b(x)`` (``Px * d``), followed by the item gating features ``(N, P)`` when given."""
+    parts = [item_embeddings.detach().float().reshape(item_embeddings.shape[0], -1)]
+    if item_gating is not None:
+        parts.append(item_gating.detach().float())
+    return torch.cat(parts, dim=1)
 
 
 def _running_topk(
@@ -100,12 +125,21 @@ class TorchStage:
 
     Args:
         item_embeddings: ``(N, Px, d)`` item component embeddings.
+        item_gating: ``(N, P)`` item gating features, or None; with them the concatenated search ranks
+            :func:`linearized_item_vectors` with gating (no copy of the items is made).
     """
 
-    def __init__(self, item_embeddings: torch.Tensor) -> None:
+    def __init__(self, item_embeddings: torch.Tensor, item_gating: torch.Tensor | None = None) -> None:
         self.items = item_embeddings  # (N, Px, d)
         self.mean_items = item_embeddings.mean(dim=1)  # (N, d)
         self.concatenated_items = item_embeddings.reshape(item_embeddings.shape[0], -1)  # (N, Px * d)
+        self.item_gating = item_gating  # (N, P) or None
+
+    @property
+    def linearized_width(self) -> int:
+        """``Px * d``, plus ``P`` with item gating features; see :class:`CandidateStage`."""
+        extra = 0 if self.item_gating is None else self.item_gating.shape[1]
+        return int(self.concatenated_items.shape[1]) + extra
 
     @property
     def exact(self) -> bool:
@@ -141,20 +175,41 @@ class TorchStage:
     def concatenated(
         self, queries: torch.Tensor, k_prime: int, params: StageParams
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top ``K'`` rows by ``<u, concat g>``; see :class:`CandidateStage`."""
-        return _blockwise_mips(queries.to(self.concatenated_items.dtype), self.concatenated_items, k_prime)
+        """Top ``K'`` rows by ``<u, v(x)>``; see :class:`CandidateStage`.
+
+        Raises:
+            ConfigError: ``queries`` is not ``linearized_width`` wide.
+        """
+        if queries.shape[-1] != self.linearized_width:
+            raise ConfigError(
+                f"linearized query vectors must be {self.linearized_width} wide; got {queries.shape[-1]}"
+            )
+        width = self.concatenated_items.shape[1]
+        queries = queries.to(self.concatenated_items.dtype)
+        if self.item_gating is None:
+            return _blockwise_mips(queries, self.concatenated_items, k_prime)
+        return _blockwise_mips(
+            queries[:, :width], self.concatenated_items, k_prime, queries[:, width:], self.item_gating
+        )
 
 
 def _blockwise_mips(
-    queries: torch.Tensor, vectors: torch.Tensor, k_prime: int
+    queries: torch.Tensor,
+    vectors: torch.Tensor,
+    k_prime: int,
+    extra_queries: torch.Tensor | None = None,
+    extra_vectors: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top ``K'`` of ``(B, D)`` queries over ``(N, D)`` vectors by inner product, blockwise."""
+    """Exact top ``K'`` of ``(B, D)`` queries over ``(N, D)`` vectors by inner product, blockwise; with
+    ``(B, E)`` ``extra_queries`` and ``(N, E)`` ``extra_vectors`` the inner product is over both parts."""
     num_items = vectors.shape[0]
     block = max(k_prime, _TORCH_BLOCK_VALUES // max(1, queries.shape[0]))
     best: tuple[torch.Tensor, torch.Tensor] | None = None
     for start in range(0, num_items, block):
         stop = min(start + block, num_items)
         ip = queries @ vectors[start:stop].T  # (B, n)
+        if extra_queries is not None and extra_vectors is not None:
+            ip += extra_queries @ extra_vectors[start:stop].to(extra_queries.dtype).T
         top = torch.topk(ip, min(k_prime, stop - start), dim=-1)  # (B, k')
         best = _running_topk(best, top.values, top.indices + start, k_prime)
     if best is None:
@@ -240,6 +295,7 @@ class FaissStage:
         ef_construction: int = 200,
         exact_mean: bool = True,
         concatenated: bool = False,
+        item_gating: torch.Tensor | None = None,
     ) -> FaissStage:
         """Builds the indexes from ``(N, Px, d)`` item component embeddings.
 
@@ -252,8 +308,10 @@ class FaissStage:
             ef_construction: HNSW build beam width.
             exact_mean: index the mean item embeddings with ``IndexFlatIP`` (default); False builds the
                 mean index of ``kind`` too (cheaper per search on very large corpora, lower recall).
-            concatenated: also index the concatenated components ``(N, Px * d)`` with ``kind`` (the
-                linearized search); an IVF one runs k-means on at most 64 points per list.
+            concatenated: also index the linearized item vectors with ``kind`` (the linearized search;
+                :func:`linearized_item_vectors`); an IVF one runs k-means on at most 64 points per list.
+            item_gating: ``(N, P)`` item gating features, appended to the linearized item vectors; None
+                indexes the concatenated components alone.
         """
         num_items = item_embeddings.shape[0]
         if nlist is None:
@@ -270,8 +328,8 @@ class FaissStage:
         mean = _new_faiss_index(mean_kind, np.ascontiguousarray(items.mean(dim=1).numpy()), **knobs)
         joined = None
         if concatenated:
-            flat_items = np.ascontiguousarray(items.reshape(num_items, -1).numpy())  # (N, Px * d)
-            joined = _new_faiss_index(kind, flat_items, **knobs, max_points_per_centroid=64)
+            vectors = np.ascontiguousarray(linearized_item_vectors(items, item_gating).numpy())  # (N, F)
+            joined = _new_faiss_index(kind, vectors, **knobs, max_points_per_centroid=64)
         return cls(kind, components, mean, nlist=nlist if kind == "ivf" else 0, concatenated_index=joined)
 
     @property
@@ -329,18 +387,28 @@ class FaissStage:
         """Top ``K'`` rows by ``<mean f, mean g>``; see :class:`CandidateStage`."""
         return self._search(self.mean_index, queries, k_prime, params)
 
+    @property
+    def linearized_width(self) -> int:
+        """The concatenated index's dimension, 0 without one; see :class:`CandidateStage`."""
+        return 0 if self.concatenated_index is None else int(self.concatenated_index.d)
+
     def concatenated(
         self, queries: torch.Tensor, k_prime: int, params: StageParams
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top ``K'`` rows by ``<u, concat g>``; see :class:`CandidateStage`.
+        """Top ``K'`` rows by ``<u, v(x)>``; see :class:`CandidateStage`.
 
         Raises:
-            ConfigError: the stage was built without its concatenated-components index.
+            ConfigError: the stage was built without its concatenated-components index, or ``queries`` is
+                not as wide as it.
         """
         if self.concatenated_index is None:
             raise ConfigError(
                 "the linearized search needs an index over the concatenated item components: build the "
                 "index with linearized=True (mol-index build --linearized)"
+            )
+        if queries.shape[-1] != self.linearized_width:
+            raise ConfigError(
+                f"linearized query vectors must be {self.linearized_width} wide; got {queries.shape[-1]}"
             )
         return self._search(self.concatenated_index, queries, k_prime, params)
 

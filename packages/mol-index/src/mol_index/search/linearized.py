@@ -1,15 +1,18 @@
 """Linearized MoL top-k: a linear proxy of the learned similarity fitted per query, searched as a MIPS.
 
-For one query, the proxy ``sum_p w_p l_p(x)`` over the ``P`` component logits
-``l_ab(x) = <f_a(q), g_b(x)> / tau`` is one inner product with the item's concatenated components:
-``<u, concat_b g_b(x)>`` with ``u_b = sum_a w_ab f_a(q) / tau`` (``Px * d`` wide). The search
+For one query, the proxy ``sum_p w_p l_p(x) + sum_p v_p h_p(x)`` over the ``P`` component logits
+``l_ab(x) = <f_a(q), g_b(x)> / tau`` and the ``P`` item gating features ``h_p(x)`` (the item's part of the
+gate, where the similarity has one and the stage indexed it) is one inner product with the item's
+linearized vector ``concat(g_1(x), ..., g_Px(x), h(x))``: ``<u, v(x)>`` with ``u_b = sum_a w_ab f_a(q) / tau``
+followed by ``v``. The search
 
 1. scores exactly the TopKAvg candidates: the ``k_prime_avg`` items by ``<mean_a f_a, mean_b g_b(x)>``
    from the stage's mean index;
-2. fits ``w`` (and a constant) by least squares to the exact scores of the best quarter of the items
-   scored so far (at least ``4 (P + 1)``), so the proxy follows the similarity where it ranks highest;
-3. scores exactly the stage's top ``k_prime`` items by ``<u, concat g>`` (its concatenated-components
-   index) that were not scored yet, and goes back to 2, ``rounds`` times in all;
+2. fits ``w`` (and ``v``, and a constant) by least squares to the exact scores of the best quarter of the
+   items scored so far (at least ``4`` times the unknowns), so the proxy follows the similarity where it
+   ranks highest;
+3. scores exactly the stage's top ``k_prime`` items by ``<u, v(x)>`` (its concatenated index) that were
+   not scored yet, and goes back to 2, ``rounds`` times in all;
 4. returns the top-k of every item scored (exclusions honoured; ties to the smaller row).
 
 Nothing proves the result exact (``SearchResult.exact`` is False unless every item was scored); how close
@@ -37,10 +40,11 @@ _SCORE_BLOCK_PAIRS = 16384
 
 
 def _score(
-    similarity: Similarity, query: QuerySide, corpus: ItemSide, rows: torch.Tensor
+    similarity: Similarity, query: QuerySide, corpus: ItemSide, rows: torch.Tensor, with_gating: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Component logits ``(B, X, P)`` and exact scores ``(B, X)`` of ``(B, X)`` rows (``-1`` slots: 0 and
-    ``-inf``)."""
+    """Proxy features and exact scores ``(B, X)`` of ``(B, X)`` rows (``-1`` slots: 0 and ``-inf``); the
+    features are the component logits ``(B, X, P)``, followed by the item gating features when
+    ``with_gating`` (``(B, X, 2P)``)."""
     batch, width = rows.shape
     valid = rows >= 0
     safe = rows.clamp_min(0)
@@ -52,33 +56,74 @@ def _score(
         items = gather_rows(corpus.embeddings, idx)  # (B, x, Px, d)
         gating = None if corpus.gating is None else gather_rows(corpus.gating, idx)  # (B, x, P)
         logits = similarity.component_logits(query, ItemSide(items, gating))  # (B, x, P)
-        logits_parts.append(logits.float())
+        features = torch.cat([logits, gating], dim=2) if with_gating and gating is not None else logits
+        logits_parts.append(features.float())
         score_parts.append(similarity.mix_scores(logits, query_gating, gating).float())  # (B, x)
     logits = torch.cat(logits_parts, dim=1).masked_fill(~valid.unsqueeze(2), 0.0)
     scores = torch.cat(score_parts, dim=1).masked_fill(~valid, float("-inf"))
     return logits, scores
 
 
+def _least_squares(design: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(B, F, 1)`` float32 minimisers of ``|design @ w - target|`` for ``(B, S, F)`` and ``(B, S, 1)``, by
+    the normal equations in float64 with a ridge of ``1e-9`` times their mean diagonal (so constant or
+    repeated columns still give a finite answer)."""
+    a = design.double()
+    gram = a.transpose(1, 2) @ a  # (B, F, F)
+    rhs = a.transpose(1, 2) @ target.double()  # (B, F, 1)
+    ridge = 1e-9 * gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)  # (B,)
+    eye = torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
+    return torch.linalg.solve(gram + ridge.view(-1, 1, 1) * eye, rhs).float()
+
+
 def _fit_directions(
-    similarity: Similarity, query: QuerySide, logits: torch.Tensor, scores: torch.Tensor
+    similarity: Similarity, query: QuerySide, features: torch.Tensor, scores: torch.Tensor
 ) -> torch.Tensor:
-    """``(B, Px * d)`` query vectors ``u`` of the least-squares proxy fitted to the best scored items."""
-    batch, width, num_p = logits.shape
+    """``(B, F)`` query vectors ``u`` of the least-squares proxy fitted to the best scored items, from their
+    ``(B, X, P)`` or ``(B, X, 2P)`` features (:func:`_score`)."""
+    batch, width, num_features = features.shape
+    num_p = similarity.num_query_components * similarity.num_item_components
     live = torch.isfinite(scores)  # (B, X)
-    fit = min(width, max(4 * (num_p + 1), int(live.sum(dim=1).max()) // 4))
-    top = scores.topk(fit, dim=1)  # (B, F)
-    weight = torch.isfinite(top.values).float().unsqueeze(2)  # (B, F, 1): empty slots do not count
+    fit = min(width, max(4 * (num_features + 1), int(live.sum(dim=1).max()) // 4))
+    top = scores.topk(fit, dim=1)  # (B, S)
+    weight = torch.isfinite(top.values).float().unsqueeze(2)  # (B, S, 1): empty slots do not count
     design = torch.cat(
-        [logits.gather(1, top.indices.unsqueeze(2).expand(-1, -1, num_p)), torch.ones_like(weight)], 2
+        [features.gather(1, top.indices.unsqueeze(2).expand(-1, -1, num_features)), torch.ones_like(weight)],
+        2,
     )
     target = torch.where(torch.isfinite(top.values), top.values, torch.zeros_like(top.values)).unsqueeze(2)
-    solution = torch.linalg.lstsq(design * weight, target * weight).solution  # (B, P + 1, 1)
+    solution = _least_squares(design * weight, target * weight)  # (B, features + 1, 1)
     coef = solution[:, :num_p, 0].reshape(
         batch, similarity.num_query_components, similarity.num_item_components
     )
     f = query.embeddings.float()  # (B, Pq, d)
     u = torch.einsum("bqx,bqd->bxd", coef, f) / similarity.temperature  # (B, Px, d)
-    return u.reshape(batch, -1)
+    return torch.cat([u.reshape(batch, -1), solution[:, num_p:num_features, 0]], dim=1)  # (B, F)
+
+
+def _uses_gating(similarity: Similarity, corpus: ItemSide, stage: CandidateStage) -> bool:
+    """Whether the proxy includes the item gating features: True when the stage's concatenated index is
+    ``Px * d + P`` wide (and the corpus has them), False when it is ``Px * d`` wide.
+
+    Raises:
+        ConfigError: the stage has no concatenated index, or one of another width.
+    """
+    components = similarity.num_item_components * corpus.embeddings.shape[-1]
+    num_p = similarity.num_query_components * similarity.num_item_components
+    width = stage.linearized_width
+    if width == components:
+        return False
+    if width == components + num_p and corpus.gating is not None and corpus.gating.shape[-1] == num_p:
+        return True
+    if width == 0:
+        raise ConfigError(
+            "the linearized search needs an index over the concatenated item components: build the "
+            "index with linearized=True (mol-index build --linearized)"
+        )
+    raise ConfigError(
+        f"the stage's concatenated index is {width} wide; expected Px * d = {components}"
+        + ("" if corpus.gating is None else f" or Px * d + P = {components + num_p} (with the item gating)")
+    )
 
 
 def _drop_seen(new_rows: torch.Tensor, seen: torch.Tensor, num_items: int) -> torch.Tensor:
@@ -111,7 +156,8 @@ def linearized_search(
         similarity: the similarity to score with (``eval()`` mode).
         query: ``B`` queries, embeddings ``(B, Pq, d)``.
         corpus: ``N`` items, embeddings ``(N, Px, d)``; ``stage`` must have been built over the same items,
-            with a concatenated-components index (:meth:`CandidateStage.concatenated`).
+            with a concatenated index (:meth:`CandidateStage.concatenated`); the proxy uses the item gating
+            features when that index includes them (``Px * d + P`` wide).
         k: results per query, ``1 <= k <= N``.
         stage: the candidate stage.
         k_prime: items taken from the concatenated-components index per round; clamped to ``N``.
@@ -125,7 +171,8 @@ def linearized_search(
         items scored exactly, ``k_prime`` is ``k_prime``.
 
     Raises:
-        ConfigError: ``k``, ``k_prime``, ``k_prime_avg`` or ``rounds`` out of range.
+        ConfigError: ``k``, ``k_prime``, ``k_prime_avg`` or ``rounds`` out of range; the stage has no
+            concatenated index, or one of another width.
     """
     num_items = corpus.num_items
     check_k(k, num_items)
@@ -136,14 +183,15 @@ def linearized_search(
     device = query.embeddings.device
     batch = query.batch_size
     excluded = exclusion_tensor(exclude, batch)
+    with_gating = _uses_gating(similarity, corpus, stage)
     _, rows = stage.mean(query.embeddings.mean(dim=1), min(k_prime_avg, num_items), params)  # (B, K'avg)
     rows = rows.to(device)  # (B, K'avg), -1 where the stage found fewer
-    logits, scores = _score(similarity, query, corpus, rows)
+    logits, scores = _score(similarity, query, corpus, rows, with_gating)
     for _ in range(rounds):
-        directions = _fit_directions(similarity, query, logits, scores)  # (B, Px * d)
+        directions = _fit_directions(similarity, query, logits, scores)  # (B, F)
         _, found = stage.concatenated(directions, min(k_prime, num_items), params)  # (B, K')
         found = _drop_seen(found.to(device), rows, num_items)
-        new_logits, new_scores = _score(similarity, query, corpus, found)
+        new_logits, new_scores = _score(similarity, query, corpus, found, with_gating)
         rows = torch.cat([rows, found], dim=1)
         logits = torch.cat([logits, new_logits], dim=1)
         scores = torch.cat([scores, new_scores], dim=1)
