@@ -218,3 +218,21 @@ def test_build_linearized_then_search_linearized(
         main(["search", str(plain), "--queries", str(queries), "-k", "5", "--algorithm", "linearized"]) == 2
     )
     assert "--linearized" in capsys.readouterr().err
+
+
+def test_build_shards_linearized_gives_every_shard_its_concatenated_index(
+    arrays: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    items, config, state, queries, (sim, query, corpus) = arrays
+    out = tmp_path / "set"
+    inputs = ["--items", str(items), "--similarity-config", str(config), "--similarity-state", str(state)]
+    assert main(["build", str(out), *inputs, "--kind", "faiss-flat", "--linearized", "--shards", "2"]) == 0
+    assert len(list(out.glob("*/faiss/concatenated.faiss"))) == 2
+    capsys.readouterr()
+    search = ["search", str(out), "--queries", str(queries), "-k", "5", "--algorithm", "linearized"]
+    assert main([*search, "--k-prime", "200", "--k-prime-avg", "200", "--rounds", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    want = MolIndex.build(sim, torch.arange(200) + 500, corpus).search(
+        query, 5, params=SearchParams(algorithm="exact")
+    )[1]
+    assert [line["ids"] for line in lines] == want.tolist()  # K' covers each shard: every item scored

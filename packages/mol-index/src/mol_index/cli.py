@@ -147,6 +147,8 @@ def _build(args: argparse.Namespace) -> int:
 def _save_shards(index: MolIndex, stage: str, args: argparse.Namespace) -> int:
     """Splits ``index`` into ``--shards`` shards of the same kind and writes the shard set."""
     options = {"nlist": args.nlist, "hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction}
+    if stage != "torch":
+        options["linearized"] = args.linearized  # each FAISS shard builds its own concatenated index
     sharded = ShardedIndex.from_index(
         index, args.shards, stage=stage, exact_mean=not args.approximate_mean, **options
     )
