@@ -73,7 +73,8 @@ def _least_squares(design: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     rhs = a.transpose(1, 2) @ target.double()  # (B, F, 1)
     ridge = 1e-9 * gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)  # (B,)
     eye = torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
-    return torch.linalg.solve(gram + ridge.view(-1, 1, 1) * eye, rhs).float()
+    solution: torch.Tensor = torch.linalg.solve(gram + ridge.view(-1, 1, 1) * eye, rhs)  # (B, F, 1)
+    return solution.float()
 
 
 def _fit_directions(
