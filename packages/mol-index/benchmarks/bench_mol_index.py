@@ -60,11 +60,15 @@ _ALGORITHMS = (Algorithm.TOP_K_PER_EMBD, Algorithm.TOP_K_AVG, Algorithm.COMB_TOP
 
 
 def _index_bytes(index: MolIndex) -> int:
+    """Bytes of the item side plus the serialized size of every FAISS index of the stage."""
     corpus = index.corpus
     total = corpus.embeddings.nbytes + (0 if corpus.gating is None else corpus.gating.nbytes)
     stage = index.faiss_stage
     if stage is not None:
-        for sub in [*stage.component_indexes, stage.mean_index]:
+        subs = [*stage.component_indexes, stage.mean_index]
+        if stage.concatenated_index is not None:
+            subs.append(stage.concatenated_index)
+        for sub in subs:
             total += int(faiss.serialize_index(sub).nbytes)
     return int(total)
 

@@ -11,6 +11,7 @@ import torch
 
 from mol_core.errors import ConfigError
 from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide
+from mol_index import MolIndex
 from mol_index.evaluation import faiss_flat_mean, peak_rss, resample_items, synthetic_corpus
 
 
@@ -155,3 +156,13 @@ def test_faiss_flat_mean_ranks_by_mean_embeddings() -> None:
     found = search(query, 5)
     naive = (query.embeddings.mean(1) @ corpus.embeddings.mean(1).T).topk(5, dim=1).indices
     assert torch.equal(found, naive)
+
+
+def test_index_bytes_count_the_concatenated_index(index_benchmark: ModuleType) -> None:
+    sim, _, corpus = synthetic_corpus(400, 1, pq=4, px=2, dim=16)
+    ids = torch.arange(400)
+    plain = MolIndex.build(sim, ids, corpus, stage="flat")
+    linearized = MolIndex.build(sim, ids, corpus, stage="flat", linearized=True)
+    vectors = 400 * (2 * 16 + 8) * 4  # the linearized item vectors, Px * d + P float32 each
+    extra = index_benchmark._index_bytes(linearized) - index_benchmark._index_bytes(plain)
+    assert vectors <= extra <= vectors + 4096  # plus FAISS's header
