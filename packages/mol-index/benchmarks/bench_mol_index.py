@@ -18,6 +18,11 @@ same B, in the same run, and each row's p50 over that of a FAISS ``IndexFlatIP``
 embeddings (the dot-product search over the same ``N`` and ``d``, timed in the same run, row
 ``faiss_flat_mean``); the peak resident memory of the process while each index is built and while it is
 searched (:func:`~mol_index.evaluation.peak_rss`; it includes the corpus and queries already in memory).
+The speedups and flat ratios above come from timings minutes apart (exact first, each stage after its
+build); every row also gets them from timings interleaved with exact search and with the flat scan on the
+first ``adjacent_b1`` single queries and ``adjacent_b32`` batches (``speedup_adjacent_b1`` / ``_b32``,
+``vs_flat_adjacent_b1`` / ``_b32``, :func:`~mol_index.evaluation.interleaved_cpu_ratio`), which a drift
+in a shared machine's speed moves little.
 Exit status 1 when a result the bound proved exact (or an exact-guaranteed search) differs from exact
 search.
 """
@@ -46,6 +51,7 @@ from mol_index.evaluation import (
     bundle_corpus,
     cpu_latency,
     faiss_flat_mean,
+    interleaved_cpu_ratio,
     machine,
     peak_rss,
     split_queries,
@@ -89,15 +95,31 @@ def _bench_corpus(
     nprobe: int | None = None,
     exact_mean: bool = True,
     linearized: list[tuple[int, int, int, int | None]] | None = None,
+    adjacent_b1: int = 8,
+    adjacent_b32: int = 2,
 ) -> tuple[list[dict[str, Any]], int]:
     """Exact search, then every stage x algorithm x K' on one corpus: (result rows, proven-but-wrong).
 
-    ``linearized``: settings ``(K'_avg, K', rounds, nprobe or None)`` of linearized-search rows."""
+    ``linearized``: settings ``(K'_avg, K', rounds, nprobe or None)`` of linearized-search rows;
+    ``adjacent_b1`` / ``adjacent_b32``: single queries and batches of the interleaved ratios."""
     linearized = linearized or []
     num_items = corpus.num_items
     results: list[dict[str, Any]] = []
     violations = 0
     b32, b1 = split_queries(query, 32, batches_b32), split_queries(query, 1, queries_b1)
+    exact_fn = functools.partial(exact_search, sim, corpus=corpus, k=k)
+
+    def add_adjacent(row: dict[str, Any], search: Callable[[QuerySide], Any]) -> None:
+        """The row's speedups and flat ratios from timings interleaved with exact search and the flat scan."""
+        for name, batches in (("b1", b1[:adjacent_b1]), ("b32", b32[:adjacent_b32])):
+            with torch.inference_mode():
+                over_exact = interleaved_cpu_ratio(search, exact_fn, batches)
+                over_flat = interleaved_cpu_ratio(search, flat_fn, batches)
+            row[f"speedup_adjacent_{name}"] = over_exact["ratio_p50"]
+            row[f"speedup_adjacent_min_{name}"] = over_exact["ratio_min"]
+            row[f"vs_flat_adjacent_{name}"] = 1.0 / over_flat["ratio_p50"]
+            row[f"adjacent_queries_{name}"] = len(batches) * (1 if name == "b1" else 32)
+
     with torch.inference_mode(), peak_rss() as exact_memory:
         truth = torch.cat([exact_search(sim, q, corpus, k)[1] for q in b32])  # (Q, k)
         exact_lat = {
@@ -109,6 +131,7 @@ def _bench_corpus(
         f"B=32 {exact_lat['b32']['p50_ms']:.1f} ms, peak RSS {exact_memory['peak_rss_mb']:.0f} MB"
     )
     flat = faiss_flat_mean(corpus)
+    flat_fn = functools.partial(flat, k=k)
     with torch.inference_mode():
         flat_ids = torch.cat([flat(q, k) for q in b32])  # (Q, k)
         flat_lat = {
@@ -155,7 +178,13 @@ def _bench_corpus(
             "index_bytes": num_items * corpus.embeddings.shape[-1] * 4,
         }
     )
-    for row in results[-2:]:
+    exact_row, flat_row = results[-2:]
+    add_adjacent(flat_row, flat_fn)  # its speedup: exact over flat, interleaved
+    for name in ("b1", "b32"):
+        exact_row[f"speedup_adjacent_{name}"] = exact_row[f"speedup_adjacent_min_{name}"] = 1.0
+        exact_row[f"vs_flat_adjacent_{name}"] = flat_row[f"speedup_adjacent_{name}"]
+        exact_row[f"adjacent_queries_{name}"] = flat_row[f"adjacent_queries_{name}"]
+    for row in (exact_row, flat_row):
         _add_flat_ratio(row, flat_lat)
         log(format_row(row))
     for stage in stages:
@@ -231,6 +260,7 @@ def _bench_corpus(
                 "mean_index": index.parameters.get("mean_index", stage),
             }
             _add_flat_ratio(row, flat_lat)
+            add_adjacent(row, search)
             results.append(row)
             log(format_row(row))
     return results, violations
@@ -276,6 +306,8 @@ def run(
     nprobe: int | None = None,
     exact_mean: bool = True,
     linearized: list[tuple[int, int, int, int | None]] | None = None,
+    adjacent_b1: int = 8,
+    adjacent_b32: int = 2,
     queries_b1: int,
     k: int = 10,
     seed: int = 0,
@@ -322,6 +354,8 @@ def run(
             nprobe=nprobe,
             exact_mean=exact_mean,
             linearized=linearized,
+            adjacent_b1=adjacent_b1,
+            adjacent_b32=adjacent_b32,
         )
         results += rows
         violations += wrong
@@ -342,6 +376,8 @@ def run(
             "k": k,
             "batches_b32": batches_b32,
             "queries_b1": queries_b1,
+            "adjacent_b1": adjacent_b1,
+            "adjacent_b32": adjacent_b32,
             "hnsw_m": 16,
             "ef_construction": 80,
             "nprobe": nprobe or "index default, max(8, round(sqrt(nlist) / 2))",
@@ -362,7 +398,7 @@ def run(
 HEADER = (
     f"{'N':>8} {'stage':>6} {'algorithm':>24} {'K1/avg':>10} {'recall':>7} {'top1':>5} {'proven':>6} "
     f"{'cands':>7} {'B1 p50':>8} {'B1 p99':>8} {'B32 p50':>8} {'B32 p99':>8} {'x B1':>6} {'x B32':>6} "
-    f"{'MB':>7} {'/flat1':>6} {'/flt32':>6}"
+    f"{'MB':>7} {'/flat1':>6} {'/flt32':>6} {'adj1':>6} {'adj32':>6} {'/fadj1':>6} {'/fad32':>6}"
 )
 
 
@@ -374,13 +410,16 @@ def _k_label(row: dict[str, Any]) -> str:
 
 def format_row(row: dict[str, Any]) -> str:
     """One table line of a result row (latencies in ms, speedups over exact at the same B)."""
+    nan = float("nan")
     return (
         f"{row['N']:>8} {row['stage']:>6} {row['algorithm']:>24} {_k_label(row):>10} {row['recall']:>7.4f} "
         f"{row['top1_hit']:>5.3f} {row['proven_exact']:>6.3f} {row['candidates']:>7.0f} "
         f"{row['b1']['p50_ms']:>8.2f} {row['b1']['p99_ms']:>8.2f} {row['b32']['p50_ms']:>8.1f} "
         f"{row['b32']['p99_ms']:>8.1f} {row['speedup_b1']:>6.1f} {row['speedup_b32']:>6.1f} "
-        f"{row['index_bytes'] / 1e6:>7.0f} {row.get('vs_flat_b1', float('nan')):>6.2f} "
-        f"{row.get('vs_flat_b32', float('nan')):>6.2f}"
+        f"{row['index_bytes'] / 1e6:>7.0f} {row.get('vs_flat_b1', nan):>6.2f} "
+        f"{row.get('vs_flat_b32', nan):>6.2f} {row.get('speedup_adjacent_b1', nan):>6.1f} "
+        f"{row.get('speedup_adjacent_b32', nan):>6.1f} {row.get('vs_flat_adjacent_b1', nan):>6.2f} "
+        f"{row.get('vs_flat_adjacent_b32', nan):>6.2f}"
     )
 
 
@@ -554,6 +593,18 @@ def main(argv: list[str] | None = None) -> int:
         help="perturbation of the --bundle-items representations, in units of each dimension's spread "
         "(default 0.5)",
     )
+    parser.add_argument(
+        "--adjacent-b1",
+        type=int,
+        default=8,
+        help="single queries of the interleaved ratios (speedup_adjacent_b1 etc.; default 8)",
+    )
+    parser.add_argument(
+        "--adjacent-batches",
+        type=int,
+        default=2,
+        help="batches of 32 of the interleaved ratios (speedup_adjacent_b32 etc.; default 2)",
+    )
     parser.add_argument("--output", type=Path, help="write the result as JSON to this path")
     parser.add_argument("--plot", type=Path, help="write a recall-vs-latency PNG here (needs matplotlib)")
     parser.add_argument(
@@ -605,6 +656,8 @@ def main(argv: list[str] | None = None) -> int:
         histories=args.histories,
         bundle_items=args.bundle_items,
         bundle_noise=args.bundle_noise,
+        adjacent_b1=args.adjacent_b1,
+        adjacent_b32=args.adjacent_batches,
         log=lambda line: print(line, flush=True),
     )
     result["mode"] = "quick" if args.quick else "full"

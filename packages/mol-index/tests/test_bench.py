@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -12,7 +15,14 @@ import torch
 from mol_core.errors import ConfigError
 from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide
 from mol_index import MolIndex
-from mol_index.evaluation import faiss_flat_mean, peak_rss, resample_items, synthetic_corpus
+from mol_index.evaluation import (
+    faiss_flat_mean,
+    interleaved_cpu_ratio,
+    peak_rss,
+    resample_items,
+    split_queries,
+    synthetic_corpus,
+)
 
 
 def test_synthetic_corpus_is_clustered_and_normalised() -> None:
@@ -39,6 +49,13 @@ def test_tiny_run_has_exact_rows_and_no_violations(index_benchmark: ModuleType) 
     assert rows[1]["vs_flat_b32"] == 1.0
     for row in rows:
         assert row["vs_flat_b32"] == pytest.approx(row["b32"]["p50_ms"] / rows[1]["b32"]["p50_ms"])
+        # the interleaved ratios: every row has them, positive, over the requested queries
+        assert row["speedup_adjacent_b1"] > 0
+        assert row["vs_flat_adjacent_b32"] > 0
+        assert row["adjacent_queries_b1"] == 1
+        assert row["adjacent_queries_b32"] == 32
+    assert rows[0]["speedup_adjacent_b32"] == 1.0
+    assert rows[0]["vs_flat_adjacent_b32"] == rows[1]["speedup_adjacent_b32"]
     guaranteed = [r for r in rows if "guarantee" in r["algorithm"]]
     assert len(guaranteed) == 1
     assert guaranteed[0]["recall"] == 1.0
@@ -156,6 +173,25 @@ def test_faiss_flat_mean_ranks_by_mean_embeddings() -> None:
     found = search(query, 5)
     naive = (query.embeddings.mean(1) @ corpus.embeddings.mean(1).T).topk(5, dim=1).indices
     assert torch.equal(found, naive)
+
+
+def test_interleaved_ratio_sees_a_slower_contender() -> None:
+    _, query, _ = synthetic_corpus(50, 4, pq=2, px=2, dim=8)
+    batches = split_queries(query, 1, 4)
+
+    def spin(seconds: float) -> Callable[[QuerySide], None]:
+        def run(_: QuerySide) -> None:
+            end = time.process_time() + seconds
+            while time.process_time() < end:
+                pass
+
+        return run
+
+    ratio = interleaved_cpu_ratio(spin(0.004), spin(0.012), batches)
+    assert 2.0 < ratio["ratio_p50"] < 4.5  # the reference burns 3x the CPU
+    assert 2.0 < ratio["ratio_min"] < 4.5
+    assert ratio["p50_ms"] == pytest.approx(4.0, rel=0.5)
+    assert math.isnan(interleaved_cpu_ratio(spin(0.0), spin(0.0), [])["ratio_p50"])
 
 
 def test_index_bytes_count_the_concatenated_index(index_benchmark: ModuleType) -> None:

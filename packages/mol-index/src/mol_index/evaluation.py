@@ -29,6 +29,7 @@ __all__ = [
     "bundle_corpus",
     "cpu_latency",
     "faiss_flat_mean",
+    "interleaved_cpu_ratio",
     "machine",
     "peak_rss",
     "read_histories",
@@ -171,6 +172,36 @@ def cpu_latency(fn: Callable[[QuerySide], Any], batches: list[QuerySide]) -> dic
         cpu.append(time.process_time() - start_cpu)
         wall.append(time.perf_counter() - start_wall)
     return {**_percentiles(cpu, ""), **_percentiles(wall, "wall_")}
+
+
+def interleaved_cpu_ratio(
+    fn: Callable[[QuerySide], Any], reference: Callable[[QuerySide], Any], batches: list[QuerySide]
+) -> dict[str, float]:
+    """``reference``'s CPU time over ``fn``'s, the two run back to back on every batch (which goes first
+    alternates) after a warm-up call of each, so that a drift in the machine's speed moves both alike.
+
+    Returns ``ratio_p50`` (median over median), ``ratio_min`` (minimum over minimum), and the per-batch
+    CPU times' medians ``p50_ms`` (``fn``) and ``reference_p50_ms``. An empty ``batches`` gives NaNs.
+    """
+    if not batches:
+        nan = float("nan")
+        return {"ratio_p50": nan, "ratio_min": nan, "p50_ms": nan, "reference_p50_ms": nan}
+    fn(batches[0])
+    reference(batches[0])
+    mine: list[float] = []
+    theirs: list[float] = []
+    for position, batch in enumerate(batches):
+        order = [(fn, mine), (reference, theirs)]
+        for call, times in order if position % 2 == 0 else order[::-1]:
+            start = time.process_time()
+            call(batch)
+            times.append(time.process_time() - start)
+    return {
+        "ratio_p50": statistics.median(theirs) / max(statistics.median(mine), 1e-9),
+        "ratio_min": min(theirs) / max(min(mine), 1e-9),
+        "p50_ms": 1e3 * statistics.median(mine),
+        "reference_p50_ms": 1e3 * statistics.median(theirs),
+    }
 
 
 def split_queries(query: QuerySide, size: int, count: int) -> list[QuerySide]:
