@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import faiss
 import pytest
 import torch
 
@@ -245,3 +246,16 @@ def test_an_index_without_the_gating_features_still_searches(mol_corpus: Callabl
     other = FaissStage.build("flat", corpus.embeddings[:, :, :8].contiguous(), concatenated=True)
     with pytest.raises(ConfigError, match="16 wide; expected Px \\* d = 32 or Px \\* d \\+ P = 40"):
         linearized_search(sim, query, corpus, 5, other, k_prime=10, k_prime_avg=10, rounds=1)
+
+
+def test_an_ivf_concatenated_index_holds_float16_vectors(mol_corpus: Callable[..., tuple]) -> None:
+    _, _, corpus = mol_corpus(11, 1200, 1)
+    stage = FaissStage.build("ivf", corpus.embeddings, nlist=8, concatenated=True, item_gating=corpus.gating)
+    assert isinstance(stage.concatenated_index, faiss.IndexIVFScalarQuantizer)
+    vectors = linearized_item_vectors(corpus.embeddings, corpus.gating)  # (N, 40)
+    u = torch.randn(4, 40, generator=torch.Generator().manual_seed(1))
+    want = (u @ vectors.T).topk(20, dim=1)
+    values, rows = stage.concatenated(u, 20, StageParams(nprobe=8))  # every list: only fp16 rounding left
+    torch.testing.assert_close(values, want.values, atol=2e-2, rtol=2e-3)
+    overlap = (rows.unsqueeze(2) == want.indices.unsqueeze(1)).any(2).float().mean()
+    assert float(overlap) >= 0.95

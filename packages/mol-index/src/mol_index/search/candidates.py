@@ -225,13 +225,19 @@ def _new_faiss_index(
     hnsw_m: int,
     ef_construction: int,
     max_points_per_centroid: int = 256,
+    ivf_fp16: bool = False,
 ) -> faiss.Index:
     dim = vectors.shape[1]
     if kind == "flat":
         index: faiss.Index = faiss.IndexFlatIP(dim)
     elif kind == "ivf":
         quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        if ivf_fp16:  # the lists hold float16 vectors: half the bytes to scan, ranks barely change
+            index = faiss.IndexIVFScalarQuantizer(
+                quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+            )
+        else:
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.max_points_per_centroid = max_points_per_centroid  # k-means on a sample of this many
         index.train(vectors)  # the Python wrapper keeps a reference to the quantizer
     elif kind == "hnsw":
@@ -309,7 +315,8 @@ class FaissStage:
             exact_mean: index the mean item embeddings with ``IndexFlatIP`` (default); False builds the
                 mean index of ``kind`` too (cheaper per search on very large corpora, lower recall).
             concatenated: also index the linearized item vectors with ``kind`` (the linearized search;
-                :func:`linearized_item_vectors`); an IVF one runs k-means on at most 64 points per list.
+                :func:`linearized_item_vectors`); an IVF one runs k-means on at most 64 points per list
+                and stores the vectors in float16 (``IndexIVFScalarQuantizer``, ``QT_fp16``).
             item_gating: ``(N, P)`` item gating features, appended to the linearized item vectors; None
                 indexes the concatenated components alone.
         """
@@ -329,7 +336,7 @@ class FaissStage:
         joined = None
         if concatenated:
             vectors = np.ascontiguousarray(linearized_item_vectors(items, item_gating).numpy())  # (N, F)
-            joined = _new_faiss_index(kind, vectors, **knobs, max_points_per_centroid=64)
+            joined = _new_faiss_index(kind, vectors, **knobs, max_points_per_centroid=64, ivf_fp16=True)
         return cls(kind, components, mean, nlist=nlist if kind == "ivf" else 0, concatenated_index=joined)
 
     @property
