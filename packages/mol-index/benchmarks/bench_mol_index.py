@@ -22,7 +22,9 @@ The speedups and flat ratios above come from timings minutes apart (exact first,
 build); every row also gets them from timings interleaved with exact search and with the flat scan on the
 first ``adjacent_b1`` single queries and ``adjacent_b32`` batches (``speedup_adjacent_b1`` / ``_b32``,
 ``vs_flat_adjacent_b1`` / ``_b32``, :func:`~mol_index.evaluation.interleaved_cpu_ratio`), which a drift
-in a shared machine's speed moves little.
+in a shared machine's speed moves little. Where the fused C++ CPU kernel runs, row ``exact_cpu_kernel``
+is exact search through it (:func:`~mol_index.kernels.mol_cpu.cpu_exact_search`); its speedup is over
+the torch scan, so a row's speedup over the faster exact search is the row's speedup over this one's.
 Exit status 1 when a result the bound proved exact (or an exact-guaranteed search) differs from exact
 search.
 """
@@ -45,7 +47,7 @@ import faiss
 import torch
 
 from mol_core.errors import ConfigError
-from mol_core.similarity import ItemSide, QuerySide, Similarity
+from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide, Similarity
 from mol_index import MolIndex, SearchParams
 from mol_index.evaluation import (
     bundle_corpus,
@@ -58,6 +60,7 @@ from mol_index.evaluation import (
     synthetic_corpus,
     write_result,
 )
+from mol_index.kernels import mol_cpu
 from mol_index.search.exact import exact_search
 from mol_index.search.rails import Algorithm, SearchResult
 
@@ -187,6 +190,12 @@ def _bench_corpus(
     for row in (exact_row, flat_row):
         _add_flat_ratio(row, flat_lat)
         log(format_row(row))
+    fused_row = _fused_exact_row(sim, corpus, k, truth, b1, b32, exact_lat, label)
+    if fused_row is not None:
+        add_adjacent(fused_row, functools.partial(mol_cpu.cpu_exact_search, sim, corpus=corpus, k=k))
+        _add_flat_ratio(fused_row, flat_lat)
+        results.append(fused_row)
+        log(format_row(fused_row))
     for stage in stages:
         search_threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # build with every core, search with --threads
@@ -264,6 +273,45 @@ def _bench_corpus(
             results.append(row)
             log(format_row(row))
     return results, violations
+
+
+def _fused_exact_row(
+    sim: Similarity,
+    corpus: ItemSide,
+    k: int,
+    truth: torch.Tensor,
+    b1: list[QuerySide],
+    b32: list[QuerySide],
+    exact_lat: dict[str, dict[str, float]],
+    label: str,
+) -> dict[str, Any] | None:
+    """Exact search through the fused C++ CPU kernel (``exact_cpu_kernel``), or None where it cannot run:
+    its speedups are over the torch scan, so an approximate row's speedup over this faster exact search is
+    its own speedup divided by this row's."""
+    if mol_cpu.unavailable_reason() is not None or mol_cpu.unsupported_reason(sim, b1[0], corpus) is not None:
+        return None
+    assert isinstance(sim, MoLSimilarity)  # unsupported_reason admits MoL only
+    fused = functools.partial(mol_cpu.cpu_exact_search, sim, corpus=corpus, k=k)
+    with torch.inference_mode():
+        rows = torch.cat([fused(q)[1] for q in b32])  # (Q, k)
+        lat = {"b1": cpu_latency(fused, b1), "b32": cpu_latency(fused, b32)}
+    hits = (rows.unsqueeze(2) == truth.unsqueeze(1)).any(2)  # (Q, k)
+    return {
+        "corpus": label,
+        "N": corpus.num_items,
+        "stage": "-",
+        "algorithm": "exact_cpu_kernel",
+        "k_prime": corpus.num_items,
+        "recall": float(hits.float().mean()),
+        "top1_hit": float((rows[:, 0] == truth[:, 0]).float().mean()),
+        "proven_exact": 1.0,
+        "candidates": corpus.num_items,
+        "b1": lat["b1"],
+        "b32": lat["b32"],
+        "speedup_b1": exact_lat["b1"]["p50_ms"] / lat["b1"]["p50_ms"],
+        "speedup_b32": exact_lat["b32"]["p50_ms"] / lat["b32"]["p50_ms"],
+        "index_bytes": corpus.embeddings.nbytes + (corpus.gating.nbytes if corpus.gating is not None else 0),
+    }
 
 
 def _add_flat_ratio(row: dict[str, Any], flat_lat: dict[str, Any]) -> None:

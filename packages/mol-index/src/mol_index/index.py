@@ -278,10 +278,10 @@ class MolIndex:
         """The top ``k`` corpus rows; subclasses answer their own parameters class and defer the rest here."""
         if (
             isinstance(params, ExactParams)
-            and choose_kernel(params.kernel, self.similarity, self.device) == "triton"
+            and choose_kernel(params.kernel, self.similarity, self.device) != "torch"
         ):
             scores, rows = exact_topk(
-                self.similarity, query, self.corpus, k, exclude=rows_excluded, kernel="triton"
+                self.similarity, query, self.corpus, k, exclude=rows_excluded, kernel=params.kernel
             )
             batch, device = query.batch_size, query.embeddings.device
             everything = torch.full((batch,), self.num_items, dtype=torch.int64, device=device)

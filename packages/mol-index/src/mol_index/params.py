@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 #: Values of :attr:`ExactParams.kernel`.
-KERNELS = ("auto", "torch", "triton")
+KERNELS = ("auto", "torch", "cpu", "triton")
 #: The RAILS algorithms of :class:`RailsParams`.
 RAILS_ALGORITHMS = (Algorithm.TOP_K_PER_EMBD, Algorithm.TOP_K_AVG, Algorithm.COMB_TOP_K)
 
@@ -42,10 +42,12 @@ class ExactParams:
 
     Attributes:
         block_size: items per block of the torch scan (default: chosen by the scan).
-        kernel: ``torch`` (blockwise, any device), ``triton`` (the fused kernel of
-            :mod:`mol_index.kernels.triton_topk`: MoL on CUDA, or on the CPU under ``TRITON_INTERPRET=1``), or
-            ``auto`` (``triton`` when the index is on a CUDA device, Triton is installed and the similarity
-            fits the kernel, else ``torch``).
+        kernel: ``torch`` (blockwise, any device), ``cpu`` (the fused C++ kernel of
+            :mod:`mol_index.kernels.mol_cpu`: MoL on an x86-64 CPU with AVX2 and FMA, compiled on first use),
+            ``triton`` (the fused kernel of :mod:`mol_index.kernels.triton_topk`: MoL on CUDA, or on the CPU
+            under ``TRITON_INTERPRET=1``), or ``auto`` (``triton`` when the index is on a CUDA device, Triton
+            is installed and the similarity fits the kernel; ``cpu`` when the index is on the CPU and the
+            C++ kernel builds and fits; else ``torch``).
     """
 
     block_size: int | None = setting(None, minimum=1)

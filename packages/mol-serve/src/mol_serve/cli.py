@@ -105,7 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--kernel",
-        help="exact-scan kernel: auto (fused Triton top-k on a GPU when the index fits it), torch, triton",
+        help=(
+            "exact-scan kernel: auto (fused Triton top-k on a GPU, the fused C++ kernel on a CPU, when the "
+            "index fits them), torch, cpu, triton"
+        ),
     )
     serve.add_argument(
         "--shutdown-grace-s", type=float, help="seconds SIGTERM waits for in-flight calls (default 5)"

@@ -45,7 +45,7 @@ ALGORITHMS = (
     "hierarchical",
 )
 #: ``mol_index.SearchParams.kernel`` values (kept here so that the client imports without torch).
-KERNELS = ("auto", "torch", "triton")
+KERNELS = ("auto", "torch", "cpu", "triton")
 #: What a front tier answers when a shard does not: ``fail`` (UNAVAILABLE) or ``partial`` (the other
 #: shards' merged results, marked ``partial`` in the response).
 SHARD_POLICIES = ("fail", "partial")

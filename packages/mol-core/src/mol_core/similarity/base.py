@@ -277,6 +277,16 @@ class Similarity(nn.Module, ABC):
 
     # ---------------------------------------------------------------- validation
 
+    def check_corpus_inputs(self, query: QuerySide, corpus: ItemSide) -> None:
+        """Checks ``B`` queries against a shared corpus before scoring them.
+
+        Raises:
+            ShapeError: query embeddings not ``(B, Pq, d)`` or gating not ``(B, P)``; corpus embeddings not
+                ``(N, Px, d)`` or gating not ``(N, P)``.
+        """
+        self._check_query(query)
+        self._check_items(corpus, query.batch_size, corpus_only=True)
+
     def _check_query(self, query: QuerySide) -> None:
         f = query.embeddings
         want = ("B", self.num_query_components, self.component_dim)

@@ -1,6 +1,8 @@
 """Exact top-k kernels and the one dispatcher that picks between them.
 
 - the torch reference: :func:`mol_index.search.exact.exact_search` (blockwise, any device, any similarity);
+- :mod:`mol_index.kernels.mol_cpu`: the fused C++ kernel (MoL on x86-64 CPUs with AVX2 and FMA), compiled
+  on first use by :mod:`mol_index.kernels.cpu_build`;
 - :mod:`mol_index.kernels.triton_topk`: the fused Triton kernel (MoL on CUDA, or on the CPU under
   ``TRITON_INTERPRET=1``; the optional ``triton`` extra), imported only when used.
 
@@ -18,13 +20,27 @@ __all__ = ["choose_kernel", "exact_topk"]
 
 
 def choose_kernel(kernel: str, similarity: Similarity, device: torch.device) -> str:
-    """``"triton"`` or ``"torch"``: what ``kernel`` (``auto``, ``torch``, ``triton``) means for this
-    similarity on ``device``; ``auto`` takes Triton on CUDA when it is installed and the similarity fits.
+    """``"triton"``, ``"cpu"`` or ``"torch"``: what ``kernel`` (``auto``, ``torch``, ``cpu``, ``triton``)
+    means for this similarity on ``device``. ``auto`` takes Triton on CUDA when it is installed and the
+    similarity fits, the C++ kernel on the CPU when it builds here and the similarity fits, else torch.
 
     Raises:
-        ConfigError: ``triton`` asked for a similarity the kernel cannot score (the reason is named).
+        ConfigError: ``triton`` or ``cpu`` asked for where that kernel cannot run (the reason is named).
     """
-    if kernel == "torch" or (kernel == "auto" and device.type != "cuda"):
+    if kernel == "torch":
+        return "torch"
+    if kernel == "cpu" or (kernel == "auto" and device.type == "cpu"):
+        from mol_index.kernels import mol_cpu
+
+        reason = (
+            (f"the index is on {device}" if device.type != "cpu" else None)
+            or mol_cpu.unavailable_reason()
+            or mol_cpu.unsupported_reason(similarity)
+        )
+        if kernel == "cpu" and reason is not None:
+            raise ConfigError(f"kernel='cpu' cannot search this index: {reason}")
+        return "torch" if reason is not None else "cpu"
+    if kernel == "auto" and device.type != "cuda":
         return "torch"
     from mol_index.kernels import triton_topk
 
@@ -45,17 +61,28 @@ def exact_topk(
     block_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k rows by the kernel :func:`choose_kernel` picks: ``(B, k)`` scores and rows, as
-    :func:`mol_index.search.exact.exact_search` returns them.
+    :func:`mol_index.search.exact.exact_search` returns them. Under ``auto``, inputs the C++ kernel cannot
+    take (not float32, say) go to torch; under ``cpu`` they raise.
 
     Raises:
         ConfigError: as :func:`choose_kernel`, or a bad ``k`` / ``block_size``.
         ShapeError: inputs that do not fit the similarity.
     """
-    if choose_kernel(kernel, similarity, corpus.embeddings.device) == "triton":
+    chosen = choose_kernel(kernel, similarity, corpus.embeddings.device)
+    if chosen == "triton":
         from mol_index.kernels.triton_topk import triton_exact_search
 
         assert isinstance(similarity, MoLSimilarity)  # unsupported_reason admits MoL only
         return triton_exact_search(similarity, query, corpus, k, exclude=exclude)
+    if chosen == "cpu":
+        from mol_index.kernels import mol_cpu
+
+        assert isinstance(similarity, MoLSimilarity)  # unsupported_reason admits MoL only
+        reason = mol_cpu.unsupported_reason(similarity, query, corpus)
+        if reason is None:
+            return mol_cpu.cpu_exact_search(similarity, query, corpus, k, exclude=exclude)
+        if kernel == "cpu":
+            raise ConfigError(f"kernel='cpu' cannot search these inputs: {reason}")
     from mol_index.search.exact import exact_search
 
     return exact_search(similarity, query, corpus, k, exclude=exclude, block_size=block_size)

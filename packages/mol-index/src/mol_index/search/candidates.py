@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import faiss
 import numpy as np
@@ -326,17 +326,21 @@ class FaissStage:
         if nlist < 1 or nlist > num_items:
             raise ConfigError(f"nlist must be in [1, N={num_items}]; got {nlist}")
         items = item_embeddings.detach().float().cpu()
-        knobs = {"nlist": nlist, "hnsw_m": hnsw_m, "ef_construction": ef_construction}
+
+        def new_index(kind: str, vectors: np.ndarray, **extra: Any) -> faiss.Index:
+            return _new_faiss_index(
+                kind, vectors, nlist=nlist, hnsw_m=hnsw_m, ef_construction=ef_construction, **extra
+            )
+
         components = [
-            _new_faiss_index(kind, np.ascontiguousarray(items[:, b].numpy()), **knobs)
-            for b in range(items.shape[1])
+            new_index(kind, np.ascontiguousarray(items[:, b].numpy())) for b in range(items.shape[1])
         ]
         mean_kind = "flat" if exact_mean else kind
-        mean = _new_faiss_index(mean_kind, np.ascontiguousarray(items.mean(dim=1).numpy()), **knobs)
+        mean = new_index(mean_kind, np.ascontiguousarray(items.mean(dim=1).numpy()))
         joined = None
         if concatenated:
             vectors = np.ascontiguousarray(linearized_item_vectors(items, item_gating).numpy())  # (N, F)
-            joined = _new_faiss_index(kind, vectors, **knobs, max_points_per_centroid=64, ivf_fp16=True)
+            joined = new_index(kind, vectors, max_points_per_centroid=64, ivf_fp16=True)
         return cls(kind, components, mean, nlist=nlist if kind == "ivf" else 0, concatenated_index=joined)
 
     @property

@@ -11,13 +11,25 @@ same for every block size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from mol_core.errors import ConfigError, ShapeError
 from mol_core.similarity import DEFAULT_BLOCK_PAIRS, ItemSide, QuerySide, Similarity
 from mol_index._inputs import Exclude, check_k, exclusion_tensor
 
-__all__ = ["exact_search", "merge_topk", "sorted_topk", "topk_any_order"]
+__all__ = [
+    "blockwise_topk",
+    "check_exact_inputs",
+    "exact_search",
+    "merge_topk",
+    "sorted_topk",
+    "topk_any_order",
+]
+
+#: Blocks at least this many times wider than k are merged by selection (topk) rather than a full sort.
+_SELECT_FIRST = 16
 
 
 def sorted_topk(scores: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,31 +165,68 @@ def exact_search(
         >>> scores.shape, rows.shape
         (torch.Size([2, 10]), torch.Size([2, 10]))
     """
-    if corpus.embeddings.dim() != 3:
-        raise ShapeError(
-            f"corpus embeddings must have shape (N, Px, d); got {tuple(corpus.embeddings.shape)}"
-        )
-    num_items = corpus.num_items
-    check_k(k, num_items)
+    excluded = check_exact_inputs(similarity, query, corpus, k, exclude)
     batch = query.batch_size
     if block_size is None:
         block_size = max(16, DEFAULT_BLOCK_PAIRS // max(1, batch))
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ConfigError(f"block_size must be a positive integer; got {block_size!r}")
-    excluded = exclusion_tensor(exclude, batch)
-    device = query.embeddings.device
-    if excluded is not None:
-        excluded = excluded.to(device)
+    return blockwise_topk(
+        lambda start, stop: similarity.score_pairs(query, corpus.slice(start, stop)).float(),
+        corpus.num_items,
+        batch,
+        k,
+        excluded,
+        block_size,
+        device=query.embeddings.device,
+    )
+
+
+def check_exact_inputs(
+    similarity: Similarity, query: QuerySide, corpus: ItemSide, k: int, exclude: Exclude | None
+) -> torch.Tensor | None:
+    """Checks an exact search's inputs as :func:`exact_search` documents them; returns the ``(B, L)``
+    exclusion tensor on the query's device (``-1`` padding) or ``None``.
+
+    Raises:
+        ConfigError, ShapeError: as :func:`exact_search`.
+    """
+    if corpus.embeddings.dim() != 3:
+        raise ShapeError(
+            f"corpus embeddings must have shape (N, Px, d); got {tuple(corpus.embeddings.shape)}"
+        )
+    check_k(k, corpus.num_items)
+    similarity.check_corpus_inputs(query, corpus)
+    excluded = exclusion_tensor(exclude, query.batch_size)
+    return None if excluded is None else excluded.to(query.embeddings.device)
+
+
+def blockwise_topk(
+    score_block: Callable[[int, int], torch.Tensor],
+    num_items: int,
+    batch: int,
+    k: int,
+    excluded: torch.Tensor | None,
+    block_size: int,
+    *,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running top-k over ``score_block(start, stop)``, the ``(B, stop - start)`` float32 scores of
+    corpus rows ``start .. stop - 1``, called for consecutive blocks of ``block_size`` rows; excluded rows
+    (``(B, L)``, ``-1`` padding) are masked. Returns :func:`exact_search`'s ``(scores, rows)``.
+    """
     running = (
         torch.full((batch, k), float("-inf"), dtype=torch.float32, device=device),  # (B, k)
         torch.full((batch, k), -1, dtype=torch.int64, device=device),  # (B, k)
     )
     for start in range(0, num_items, block_size):
         stop = min(start + block_size, num_items)
-        scores = similarity.score_pairs(query, corpus.slice(start, stop)).float()  # (B, n)
-        scores = mask_excluded(scores, excluded, start)  # (B, n)
+        scores = mask_excluded(score_block(start, stop), excluded, start)  # (B, n)
         if not bool((scores > running[0][:, -1:]).any()):
             continue  # nothing beats a k-th score (ties go to the earlier, smaller row): skip the merge
         rows = torch.arange(start, stop, device=device).unsqueeze(0).expand(batch, -1)  # (B, n)
-        running = merge_topk(running, (scores, rows), k)
+        if stop - start >= _SELECT_FIRST * k:  # a wide block: select, then sort the few kept
+            running = topk_any_order(torch.cat([running[0], scores], 1), torch.cat([running[1], rows], 1), k)
+        else:
+            running = merge_topk(running, (scores, rows), k)
     return running

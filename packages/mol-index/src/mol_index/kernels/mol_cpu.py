@@ -1,0 +1,223 @@
+"""Exact MoL top-k on x86-64 CPUs through the fused C++ kernel ``mol_cpu.cpp`` (AVX2 and FMA).
+
+The kernel computes a (query, item) pair's component logits, the gating MLP, the gate and the mixture in
+registers and writes only the ``(B, N)`` scores; no ``(B, N, P)`` or ``(B, N, H)`` tensor exists. It is
+compiled on first use (:mod:`mol_index.kernels.cpu_build`) and called through ``ctypes``, which releases
+the GIL. Its threads split the items; there are ``torch.get_num_threads()`` of them.
+
+Scores agree with :meth:`MoLSimilarity.score_pairs` to about ``1e-5`` (a polynomial ``exp``, and a
+different order of the sums); every pair is computed by the same instruction sequence wherever it sits
+in the corpus, so equal items get equal scores and the tie rule of :func:`exact_search` holds.
+
+Set ``MOL_CPU_KERNEL=0`` to keep ``kernel="auto"`` on the torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import platform
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide, Similarity
+from mol_core.similarity.gating import GatingMLP, GluSiluGating
+from mol_index._inputs import Exclude
+from mol_index.kernels.cpu_build import KernelUnavailable, load_library
+from mol_index.search.exact import blockwise_topk, check_exact_inputs
+
+__all__ = ["cpu_exact_search", "cpu_score_corpus", "unavailable_reason", "unsupported_reason"]
+
+SOURCE = Path(__file__).with_name("mol_cpu.cpp")
+FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-pthread")
+#: Query-item pairs per block of the top-k scan: the kernel's threads split a block's items.
+BLOCK_PAIRS = 1 << 16
+
+_c_float_p = ctypes.POINTER(ctypes.c_float)
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | str:
+    """The loaded kernel, or why there is none (memoised: a failed build is not retried)."""
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64"):
+        return f"the kernel needs an x86-64 CPU; this one is {platform.machine()!r}"
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX2", "AVX512"):
+        return f"the kernel needs AVX2 and FMA; torch reports CPU capability {capability!r}"
+    try:
+        lib = load_library(SOURCE, FLAGS)
+    except KernelUnavailable as error:
+        return str(error)
+    lib.mol_cpu_scores.restype = ctypes.c_int
+    lib.mol_cpu_scores.argtypes = [ctypes.c_void_p] * 8 + [
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+    ]
+    return lib
+
+
+def unavailable_reason() -> str | None:
+    """Why the kernel cannot run on this machine (disabled, wrong CPU, no compiler), or ``None``."""
+    if os.environ.get("MOL_CPU_KERNEL", "1").strip() == "0":
+        return "disabled by MOL_CPU_KERNEL=0"
+    lib = _library()
+    return lib if isinstance(lib, str) else None
+
+
+def _padded(size: int, multiple: int) -> int:
+    return -(-size // multiple) * multiple
+
+
+def _pair_mlp(similarity: Similarity) -> GatingMLP | None:
+    gating = getattr(similarity, "gating", None)
+    if not isinstance(gating, GluSiluGating) or not isinstance(gating.logits_mlp, GatingMLP):
+        return None
+    mlp = gating.logits_mlp
+    return mlp if isinstance(mlp.hidden, nn.Linear) and isinstance(mlp.out, nn.Linear) else None
+
+
+def unsupported_reason(
+    similarity: Similarity, query: QuerySide | None = None, corpus: ItemSide | None = None
+) -> str | None:
+    """Why the kernel cannot score this similarity (and these inputs, when given), or ``None``."""
+    if not isinstance(similarity, MoLSimilarity):
+        return f"the kernel scores MoLSimilarity only; got {type(similarity).__name__}"
+    mlp = _pair_mlp(similarity)
+    if mlp is None:
+        return "the kernel needs the glu_silu gating with a Linear-SiLU-Linear pair-wise MLP"
+    if similarity.training or similarity.gating.training:
+        return "the similarity is in training mode (gating dropout); call eval()"
+    if similarity.component_dim % 8 != 0:
+        return f"the kernel needs a component dimension d divisible by 8; got {similarity.component_dim}"
+    if _padded(similarity.num_components, 8) > 256:
+        return f"the kernel handles P <= 256 components; got {similarity.num_components}"
+    if _padded(mlp.hidden.out_features, 16) > 1024:
+        return f"the kernel handles a gating hidden width <= 1024; got {mlp.hidden.out_features}"
+    tensors: list[torch.Tensor | None] = [mlp.hidden.weight, mlp.hidden.bias, mlp.out.weight, mlp.out.bias]
+    if query is not None:
+        tensors += [query.embeddings, query.gating]
+    if corpus is not None:
+        if corpus.embeddings.dim() != 3:
+            return "the kernel scores a shared corpus (N, Px, d)"
+        tensors += [corpus.embeddings, corpus.gating]
+    for tensor in tensors:
+        if tensor is None:
+            return "the kernel needs query and item gating features"
+        if tensor.device.type != "cpu" or tensor.dtype != torch.float32:
+            return f"the kernel needs float32 tensors on the CPU; got {tensor.dtype} on {tensor.device}"
+    return None
+
+
+class _Prepared:
+    """The padded query side and gating weights of one search, in the layouts the kernel reads."""
+
+    def __init__(self, similarity: MoLSimilarity, query: QuerySide) -> None:
+        mlp = _pair_mlp(similarity)
+        assert mlp is not None
+        assert query.gating is not None
+        batch, pq, dim = query.embeddings.shape
+        p, hidden = similarity.num_components, mlp.hidden.out_features
+        p8, h16 = _padded(p, 8), _padded(hidden, 16)
+        self.pq, self.px, self.dim, self.h16 = pq, similarity.num_item_components, dim, h16
+        self.fq = torch.zeros(batch, _padded(pq, 8), dim)  # (B, pq8, d)
+        self.fq[:, :pq] = query.embeddings / similarity.temperature
+        self.qf = torch.zeros(batch, p8)  # (B, p8)
+        self.qf[:, :p] = query.gating
+        self.w1t = torch.zeros(p, h16)  # (P, h16)
+        self.w1t[:, :hidden] = mlp.hidden.weight.detach().T
+        self.b1 = torch.zeros(h16)
+        self.b1[:hidden] = mlp.hidden.bias.detach()
+        self.w2t = torch.zeros(h16, p8)  # (h16, p8)
+        self.w2t[:hidden, :p] = mlp.out.weight.detach().T
+        self.b2 = torch.zeros(p8)
+        self.b2[:p] = mlp.out.bias.detach()
+
+    def scores(self, corpus: ItemSide, start: int, stop: int, lib: ctypes.CDLL) -> torch.Tensor:
+        """``(B, stop - start)`` scores of corpus rows ``start .. stop - 1``."""
+        assert corpus.gating is not None
+        items = corpus.embeddings[start:stop].contiguous()  # (n, Px, d)
+        gating = corpus.gating[start:stop].contiguous()  # (n, P)
+        out = torch.empty(self.fq.shape[0], stop - start)  # (B, n)
+        status = lib.mol_cpu_scores(
+            self.fq.data_ptr(),
+            self.qf.data_ptr(),
+            items.data_ptr(),
+            gating.data_ptr(),
+            self.w1t.data_ptr(),
+            self.b1.data_ptr(),
+            self.w2t.data_ptr(),
+            self.b2.data_ptr(),
+            self.fq.shape[0],
+            stop - start,
+            self.pq,
+            self.px,
+            self.dim,
+            self.h16,
+            torch.get_num_threads(),
+            out.data_ptr(),
+            out.shape[1],
+        )
+        if status != 0:  # unsupported_reason checks the same limits first
+            raise RuntimeError(f"mol_cpu_scores rejected the shapes (status {status})")
+        return out
+
+
+def _checked(similarity: Similarity, query: QuerySide, corpus: ItemSide) -> ctypes.CDLL:
+    reason = unavailable_reason() or unsupported_reason(similarity, query, corpus)
+    if reason is not None:
+        raise KernelUnavailable(reason)
+    lib = _library()
+    assert not isinstance(lib, str)
+    return lib
+
+
+def cpu_score_corpus(similarity: MoLSimilarity, query: QuerySide, corpus: ItemSide) -> torch.Tensor:
+    """``(B, N)`` float32 scores of every query against the whole corpus ``(N, Px, d)``.
+
+    Raises:
+        KernelUnavailable: the kernel cannot run here or cannot score these inputs (the reason is named).
+    """
+    lib = _checked(similarity, query, corpus)
+    with torch.inference_mode():
+        return _Prepared(similarity, query).scores(corpus, 0, corpus.num_items, lib)
+
+
+def cpu_exact_search(
+    similarity: MoLSimilarity,
+    query: QuerySide,
+    corpus: ItemSide,
+    k: int,
+    *,
+    exclude: Exclude | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`~mol_index.search.exact.exact_search` with the blocks scored by the fused kernel: the same
+    arguments (but ``block_size``), the same ``(B, k)`` scores and rows, the same tie rule.
+
+    Raises:
+        KernelUnavailable: as :func:`cpu_score_corpus`.
+        ConfigError, ShapeError: as :func:`~mol_index.search.exact.exact_search`.
+    """
+    excluded = check_exact_inputs(similarity, query, corpus, k, exclude)
+    lib = _checked(similarity, query, corpus)
+    with torch.inference_mode():
+        prepared = _Prepared(similarity, query)
+        block = max(64, BLOCK_PAIRS // max(1, query.batch_size))
+        return blockwise_topk(
+            lambda start, stop: prepared.scores(corpus, start, stop, lib),
+            corpus.num_items,
+            query.batch_size,
+            k,
+            excluded,
+            block,
+        )
