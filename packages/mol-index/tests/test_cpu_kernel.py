@@ -79,6 +79,25 @@ def test_topk_matches_exact_search_with_exclusions(
 
 
 @needs_kernel
+def test_large_gate_values_take_the_max_shift_path() -> None:
+    # gate values above 80 would overflow exp without subtracting the maximum: the kernel must shift
+    sim, query, corpus = _mol(8, 4, 64, 128, 97, 2)
+    with torch.no_grad():
+        sim.gating.logits_mlp.out.bias[::3] += 300.0
+    with torch.inference_mode():
+        torch_float = sim.score_pairs(query, corpus)
+        got = mol_cpu.cpu_score_corpus(sim, query, corpus)
+        # gates near 300 amplify float32 rounding, so both are held to a float64 reference
+        as_double = ItemSide(corpus.embeddings.double(), corpus.gating.double())
+        query_double = QuerySide(query.embeddings.double(), query.gating.double())
+        exact = sim.double().score_pairs(query_double, as_double)
+    assert bool(torch.isfinite(got).all())
+    kernel_error = (got.double() - exact).abs().max().item()
+    torch_error = (torch_float.double() - exact).abs().max().item()
+    assert kernel_error <= 2 * torch_error + 1e-5, (kernel_error, torch_error)
+
+
+@needs_kernel
 def test_ties_go_to_the_smaller_row_wherever_the_copies_sit() -> None:
     sim, query, corpus = _mol(8, 4, 64, 128, 40, 2)
     # rows 3, 17 and 38 are copies of row 29: equal items must get bit-equal scores in any tile position
