@@ -34,7 +34,7 @@ __all__ = ["cpu_exact_search", "cpu_score_corpus", "unavailable_reason", "unsupp
 SOURCE = Path(__file__).with_name("mol_cpu.cpp")
 FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-pthread")
 #: Query-item pairs per block of the top-k scan: the kernel's threads split a block's items.
-BLOCK_PAIRS = 1 << 16
+BLOCK_PAIRS = 1 << 18
 
 _c_float_p = ctypes.POINTER(ctypes.c_float)
 
