@@ -10,12 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from mol_core.errors import ConfigError
+from mol_core.errors import ConfigError, ShapeError
 from mol_core.similarity import DotProductSimilarity, ItemSide, MoLSimilarity, QuerySide
+from mol_core.similarity.base import gather_rows
 from mol_index import MolIndex, SearchParams
 from mol_index.kernels import choose_kernel, exact_topk, mol_cpu
 from mol_index.kernels.cpu_build import KernelUnavailable, load_library
+from mol_index.search.candidates import TorchStage
 from mol_index.search.exact import exact_search
+from mol_index.search.linearized import linearized_search
+from mol_index.search.rails import Algorithm, SearchResult, rails_search
 
 needs_kernel = pytest.mark.skipif(
     mol_cpu.unavailable_reason() is not None, reason=f"CPU kernel unavailable: {mol_cpu.unavailable_reason()}"
@@ -156,6 +160,13 @@ def test_unsupported_inputs_are_named() -> None:
     sim.train()
     assert "training mode" in str(mol_cpu.unsupported_reason(sim))
 
+    class OwnMixture(MoLSimilarity):
+        def mix_scores(self, logits, query_gating, item_gating):  # type: ignore[no-untyped-def]
+            return logits.sum(dim=-1)
+
+    own = OwnMixture(query_input_dim=4, item_input_dim=4, component_dim=16).eval()
+    assert "overrides MoL's scoring (mix_scores)" in str(mol_cpu.unsupported_reason(own))
+
 
 @needs_kernel
 def test_dispatch_auto_cpu_and_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -213,3 +224,46 @@ def test_build_helper_compiles_caches_and_names_failures(
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     with pytest.raises(KernelUnavailable, match="no C\\+\\+ compiler"):
         load_library(good, ("-O2",))
+
+
+@needs_kernel
+@pytest.mark.parametrize(("pq", "px", "dim", "hidden", "num_items", "batch"), SHAPES[:2])
+def test_gathered_scores_and_logits_match_the_torch_scorers(
+    pq: int, px: int, dim: int, hidden: int, num_items: int, batch: int
+) -> None:
+    sim, query, corpus = _mol(pq, px, dim, hidden, num_items, batch, seed=4)
+    rows = torch.randint(0, num_items, (batch, 37), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        items = ItemSide(gather_rows(corpus.embeddings, rows), gather_rows(corpus.gating, rows))
+        want_scores = sim.score_pairs(query, items)  # (B, X)
+        want_logits = sim.component_logits(query, items)  # (B, X, P)
+        scores, logits = mol_cpu.cpu_score_gathered(sim, query, corpus, rows, with_logits=True)
+        plain, none = mol_cpu.cpu_score_gathered(sim, query, corpus, rows)
+    torch.testing.assert_close(scores, want_scores, rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(plain, scores)
+    assert none is None
+    with pytest.raises(ShapeError, match=r"rows must lie in \[0, N"):
+        mol_cpu.cpu_score_gathered(sim, query, corpus, rows.clone().fill_(num_items))
+    with pytest.raises(ShapeError, match="rows must have shape"):
+        mol_cpu.cpu_score_gathered(sim, query, corpus, rows[:1] if batch > 1 else rows.unsqueeze(0))
+
+
+@needs_kernel
+def test_rails_and_linearized_rerank_with_the_kernel_as_with_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    sim, query, corpus = _mol(8, 4, 64, 128, 800, 4, seed=6)
+    stage = TorchStage(corpus.embeddings, corpus.gating)
+
+    def searches() -> list[SearchResult]:
+        with torch.inference_mode():
+            return [
+                rails_search(sim, query, corpus, 10, stage, algorithm=Algorithm.COMB_TOP_K, k_prime=40),
+                linearized_search(sim, query, corpus, 10, stage, k_prime=60, k_prime_avg=60, rounds=2),
+            ]
+
+    fused = searches()
+    monkeypatch.setenv("MOL_CPU_KERNEL", "0")
+    reference = searches()
+    for got, want in zip(fused, reference, strict=True):
+        assert torch.equal(got.ids, want.ids)
+        torch.testing.assert_close(got.scores, want.scores, rtol=1e-5, atol=2e-5)

@@ -127,7 +127,7 @@ inline void out_layer(const float* h0, const float* h1, const float* h2, const f
 // Template arguments other than 0 fix a shape at compile time (the loops then unroll); 0 reads it from s.
 template <int kPq, int kPx, int kD, int kH16>
 void score_tile(const Shapes& shapes, const float* fq, const float* qf, const float* items, const float* igate,
-                const Operands& op, float* out) {
+                const Operands& op, float* out, float* logits_out = nullptr) {
   constexpr bool kFixed = kPq > 0;
   const Shapes s = kFixed ? Shapes{kPq, kPx, kD, kPq * kPx, (kPq * kPx + 7) / 8 * 8, kH16} : shapes;
   alignas(32) float logit[kTile][kFixed ? (kPq * kPx + 7) / 8 * 8 : kMaxP];
@@ -156,6 +156,10 @@ void score_tile(const Shapes& shapes, const float* fq, const float* qf, const fl
         for (int a = 0; a < count; ++a) logit[i][(a0 + a) * s.px + b] = sums[a];
       }
     }
+  }
+
+  if (logits_out != nullptr) {  // (kTile, p) component logits, for callers that fit on them
+    for (int i = 0; i < kTile; ++i) std::memcpy(logits_out + static_cast<int64_t>(i) * s.p, logit[i], s.p * sizeof(float));
   }
 
   // 2. hidden = silu(logit @ W1^T + b1), kTile items x 16 units per register block
@@ -293,6 +297,60 @@ void score_all(const Shapes& s, const Operands& op, int64_t n, int threads) {
   score_tail<kPq, kPx, kD, kH16>(s, op, full, n);
 }
 
+// Per-query candidate rows: tiles of kTile candidates of one query, gathered into a local buffer; the
+// threads split the (query, tile) pairs.
+template <int kPq, int kPx, int kD, int kH16>
+void score_gathered(const Shapes& s, const Operands& op, const int64_t* rows, int64_t width, float* logits,
+                    int threads) {
+  const int64_t item_floats = static_cast<int64_t>(s.px) * s.d;
+  const int pq8 = (s.pq + 7) / 8 * 8;
+  const int64_t per_query = (width + kTile - 1) / kTile;
+  const int64_t tiles = op.batch * per_query;
+  auto run = [&](int64_t first, int64_t last) {
+    std::vector<float> items(kTile * item_floats), igate(kTile * s.p), tile_logits(kTile * s.p);
+    float scores[kTile];
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t q = t / per_query, j0 = (t % per_query) * kTile;
+      const int64_t count = std::min<int64_t>(kTile, width - j0);
+      for (int64_t i = 0; i < kTile; ++i) {
+        const int64_t row = i < count ? rows[q * width + j0 + i] : rows[q * width + j0];  // pad with a copy
+        std::memcpy(items.data() + i * item_floats, op.items + row * item_floats, item_floats * sizeof(float));
+        std::memcpy(igate.data() + i * s.p, op.igate + row * s.p, s.p * sizeof(float));
+      }
+      if (t + 1 < last) {  // the next tile's rows are scattered over the table: start loading them now
+        const int64_t nq = (t + 1) / per_query, nj = ((t + 1) % per_query) * kTile;
+        const int64_t ncount = std::min<int64_t>(kTile, width - nj);
+        for (int64_t i = 0; i < ncount; ++i) {
+          const int64_t row = rows[nq * width + nj + i];
+          const char* item = reinterpret_cast<const char*>(op.items + row * item_floats);
+          for (int64_t byte = 0; byte < item_floats * 4; byte += 64) __builtin_prefetch(item + byte);
+          const char* gate = reinterpret_cast<const char*>(op.igate + row * s.p);
+          for (int64_t byte = 0; byte < static_cast<int64_t>(s.p) * 4; byte += 64) __builtin_prefetch(gate + byte);
+        }
+      }
+      score_tile<kPq, kPx, kD, kH16>(s, op.fq + q * pq8 * s.d, op.qf + q * s.p8, items.data(), igate.data(), op,
+                                     scores, logits != nullptr ? tile_logits.data() : nullptr);
+      for (int64_t i = 0; i < count; ++i) op.out[q * op.out_stride + j0 + i] = scores[i];
+      if (logits != nullptr) {
+        std::memcpy(logits + (q * width + j0) * s.p, tile_logits.data(), count * s.p * sizeof(float));
+      }
+    }
+  };
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(threads, tiles / 16));
+  if (workers <= 1) {
+    run(0, tiles);
+    return;
+  }
+  std::vector<std::thread> pool;
+  const int64_t per = (tiles + workers - 1) / workers;
+  for (int64_t w = 1; w < workers; ++w) {
+    const int64_t first = std::min(tiles, w * per), last = std::min(tiles, (w + 1) * per);
+    if (first < last) pool.emplace_back(run, first, last);
+  }
+  run(0, std::min(tiles, per));
+  for (auto& t : pool) t.join();
+}
+
 }  // namespace
 
 extern "C" {
@@ -318,6 +376,28 @@ int mol_cpu_scores(const float* fq, const float* qf, const float* items, const f
     score_all<8, 4, 64, 128>(s, op, n, threads);
   } else {
     score_all<0, 0, 0, 0>(s, op, n, threads);
+  }
+  return 0;
+}
+
+// Scores of per-query candidates: out[q * width + j] for the corpus row rows[q * width + j] (every row in
+// [0, N): the caller clamps padding and masks it after), and, when logits is not null, their component logits
+// logits[(q * width + j) * p + a * px + b]. Operands and return value as mol_cpu_scores.
+int mol_cpu_scores_gathered(const float* fq, const float* qf, const float* items, const float* igate,
+                            const float* w1t, const float* b1, const float* w2t, const float* b2,
+                            const int64_t* rows, int64_t batch, int64_t width, int pq, int px, int d, int h16,
+                            int threads, float* out, float* logits) {
+  const int p = pq * px;
+  const Shapes s{pq, px, d, p, (p + 7) / 8 * 8, h16};
+  if (d <= 0 || d % 8 != 0 || pq <= 0 || px <= 0 || s.p8 > kMaxP || h16 <= 0 || h16 % 16 != 0 || h16 > kMaxH) {
+    return 1;
+  }
+  const Operands op{fq, qf, items, igate, w1t, b1, w2t, b2, out, batch, width};
+  if (width <= 0) return 0;
+  if (pq == 8 && px == 4 && d == 64 && h16 == 128) {
+    score_gathered<8, 4, 64, 128>(s, op, rows, width, logits, threads);
+  } else {
+    score_gathered<0, 0, 0, 0>(s, op, rows, width, logits, threads);
   }
   return 0;
 }

@@ -23,20 +23,31 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mol_core.errors import ShapeError
 from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide, Similarity
 from mol_core.similarity.gating import GatingMLP, GluSiluGating
 from mol_index._inputs import Exclude
 from mol_index.kernels.cpu_build import KernelUnavailable, load_library
 from mol_index.search.exact import blockwise_topk, check_exact_inputs
 
-__all__ = ["cpu_exact_search", "cpu_score_corpus", "unavailable_reason", "unsupported_reason"]
+__all__ = [
+    "cpu_exact_search",
+    "cpu_score_corpus",
+    "cpu_score_gathered",
+    "unavailable_reason",
+    "unsupported_reason",
+    "usable",
+]
 
 SOURCE = Path(__file__).with_name("mol_cpu.cpp")
 FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-pthread")
 #: Query-item pairs per block of the top-k scan: the kernel's threads split a block's items.
 BLOCK_PAIRS = 1 << 18
 
-_c_float_p = ctypes.POINTER(ctypes.c_float)
+#: The methods that define MoL's score; a subclass that overrides one is not what the kernel computes.
+_SCORING_METHODS = {
+    name: getattr(MoLSimilarity, name) for name in ("component_logits", "mix", "mix_scores", "score_pairs")
+}
 
 
 @functools.lru_cache(maxsize=1)
@@ -63,6 +74,18 @@ def _library() -> ctypes.CDLL | str:
         ctypes.c_int,
         ctypes.c_void_p,
         ctypes.c_int64,
+    ]
+    lib.mol_cpu_scores_gathered.restype = ctypes.c_int
+    lib.mol_cpu_scores_gathered.argtypes = [ctypes.c_void_p] * 9 + [
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
     ]
     return lib
 
@@ -93,6 +116,10 @@ def unsupported_reason(
     """Why the kernel cannot score this similarity (and these inputs, when given), or ``None``."""
     if not isinstance(similarity, MoLSimilarity):
         return f"the kernel scores MoLSimilarity only; got {type(similarity).__name__}"
+    kind = type(similarity)
+    changed = [name for name, method in _SCORING_METHODS.items() if getattr(kind, name) is not method]
+    if changed:
+        return f"{kind.__name__} overrides MoL's scoring ({', '.join(changed)}); the kernel computes MoL's"
     mlp = _pair_mlp(similarity)
     if mlp is None:
         return "the kernel needs the glu_silu gating with a Linear-SiLU-Linear pair-wise MLP"
@@ -171,6 +198,69 @@ class _Prepared:
         if status != 0:  # unsupported_reason checks the same limits first
             raise RuntimeError(f"mol_cpu_scores rejected the shapes (status {status})")
         return out
+
+
+def usable(similarity: Similarity, query: QuerySide, corpus: ItemSide) -> bool:
+    """Whether the kernel runs here and takes these inputs (what the approximate searches' reranks ask)."""
+    return unavailable_reason() is None and unsupported_reason(similarity, query, corpus) is None
+
+
+def cpu_score_gathered(
+    similarity: MoLSimilarity,
+    query: QuerySide,
+    corpus: ItemSide,
+    rows: torch.Tensor,
+    *,
+    with_logits: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scores of per-query candidates: ``(B, X)`` float32, query ``b`` against corpus rows ``rows[b]``, and,
+    with ``with_logits``, their ``(B, X, P)`` component logits (as :meth:`Similarity.component_logits`).
+
+    Args:
+        rows: ``(B, X)`` int64 corpus rows, every one in ``[0, N)`` (clamp padding, mask it after).
+
+    Raises:
+        KernelUnavailable: as :func:`cpu_score_corpus`.
+        ShapeError: ``rows`` is not ``(B, X)`` or holds a row outside ``[0, N)``.
+    """
+    lib = _checked(similarity, query, corpus)
+    similarity.check_corpus_inputs(query, corpus)
+    if rows.dim() != 2 or rows.shape[0] != query.batch_size:
+        raise ShapeError(f"rows must have shape (B={query.batch_size}, X); got {tuple(rows.shape)}")
+    rows = rows.to(torch.int64).contiguous()
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= corpus.num_items):
+        low, high = int(rows.min()), int(rows.max())
+        raise ShapeError(f"rows must lie in [0, N={corpus.num_items}); got {low}..{high}")
+    assert corpus.gating is not None  # _checked requires gating
+    with torch.inference_mode():
+        prepared = _Prepared(similarity, query)
+        items = corpus.embeddings.contiguous()
+        gating = corpus.gating.contiguous()
+        scores = torch.empty(rows.shape)  # (B, X)
+        logits = torch.empty(*rows.shape, similarity.num_components) if with_logits else None  # (B, X, P)
+        status = lib.mol_cpu_scores_gathered(
+            prepared.fq.data_ptr(),
+            prepared.qf.data_ptr(),
+            items.data_ptr(),
+            gating.data_ptr(),
+            prepared.w1t.data_ptr(),
+            prepared.b1.data_ptr(),
+            prepared.w2t.data_ptr(),
+            prepared.b2.data_ptr(),
+            rows.data_ptr(),
+            rows.shape[0],
+            rows.shape[1],
+            prepared.pq,
+            prepared.px,
+            prepared.dim,
+            prepared.h16,
+            torch.get_num_threads(),
+            scores.data_ptr(),
+            None if logits is None else logits.data_ptr(),
+        )
+    if status != 0:
+        raise RuntimeError(f"mol_cpu_scores_gathered rejected the shapes (status {status})")
+    return scores, logits
 
 
 def _checked(similarity: Similarity, query: QuerySide, corpus: ItemSide) -> ctypes.CDLL:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from mol_core.errors import ConfigError
-from mol_core.similarity import ItemSide, QuerySide, Similarity
+from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide, Similarity
 from mol_core.similarity.base import gather_rows
 from mol_index._inputs import Exclude, check_k, exclusion_tensor
 from mol_index.search.candidates import CandidateStage, StageParams
@@ -48,6 +48,14 @@ def _score(
     batch, width = rows.shape
     valid = rows >= 0
     safe = rows.clamp_min(0)
+    from mol_index.kernels import mol_cpu
+
+    if isinstance(similarity, MoLSimilarity) and mol_cpu.usable(similarity, query, corpus):  # fused kernel
+        scores, logits = mol_cpu.cpu_score_gathered(similarity, query, corpus, safe, with_logits=True)
+        assert logits is not None
+        if with_gating and corpus.gating is not None:
+            logits = torch.cat([logits, gather_rows(corpus.gating, safe).float()], dim=2)  # (B, X, 2P)
+        return logits.masked_fill(~valid.unsqueeze(2), 0.0), scores.masked_fill(~valid, float("-inf"))
     chunk = max(16, _SCORE_BLOCK_PAIRS // max(1, batch))
     logits_parts, score_parts = [], []
     query_gating = None if query.gating is None else query.gating.unsqueeze(1)  # (B, 1, P)

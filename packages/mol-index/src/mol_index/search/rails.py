@@ -34,7 +34,7 @@ from enum import Enum
 import torch
 
 from mol_core.errors import ConfigError
-from mol_core.similarity import ItemSide, QuerySide, Similarity
+from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide, Similarity
 from mol_index._inputs import Exclude, check_k, exclusion_tensor
 from mol_index.search.candidates import CandidateStage, StageParams
 from mol_index.search.exact import exact_search, sorted_topk
@@ -111,14 +111,19 @@ def _rerank(
     num_items = corpus.num_items
     valid = rows < num_items  # (B, X)
     safe = rows.clamp(max=num_items - 1)  # (B, X)
-    chunk = max(16, _RERANK_BLOCK_PAIRS // max(1, batch))
-    parts = []
-    for start in range(0, width, chunk):
-        idx = safe[:, start : start + chunk]  # (B, x)
-        gating = None if corpus.gating is None else _gather(corpus.gating, idx)  # (B, x, P)
-        items = ItemSide(_gather(corpus.embeddings, idx), gating)  # (B, x, Px, d)
-        parts.append(similarity.score_pairs(query, items).float())  # (B, x)
-    scores = torch.cat(parts, dim=1)  # (B, X)
+    from mol_index.kernels import mol_cpu
+
+    if isinstance(similarity, MoLSimilarity) and mol_cpu.usable(similarity, query, corpus):
+        scores = mol_cpu.cpu_score_gathered(similarity, query, corpus, safe)[0]  # (B, X), the fused kernel
+    else:
+        chunk = max(16, _RERANK_BLOCK_PAIRS // max(1, batch))
+        parts = []
+        for start in range(0, width, chunk):
+            idx = safe[:, start : start + chunk]  # (B, x)
+            gating = None if corpus.gating is None else _gather(corpus.gating, idx)  # (B, x, P)
+            items = ItemSide(_gather(corpus.embeddings, idx), gating)  # (B, x, Px, d)
+            parts.append(similarity.score_pairs(query, items).float())  # (B, x)
+        scores = torch.cat(parts, dim=1)  # (B, X)
     invalid = ~valid
     if excluded is not None:
         # one key per (query, row) pair so a single isin call covers the whole batch
