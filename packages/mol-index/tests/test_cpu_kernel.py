@@ -267,3 +267,18 @@ def test_rails_and_linearized_rerank_with_the_kernel_as_with_torch(monkeypatch: 
     for got, want in zip(fused, reference, strict=True):
         assert torch.equal(got.ids, want.ids)
         torch.testing.assert_close(got.scores, want.scores, rtol=1e-5, atol=2e-5)
+
+
+@needs_kernel
+def test_a_float64_default_dtype_does_not_reach_the_kernel_buffers() -> None:
+    sim, query, corpus = _mol(4, 2, 16, 16, 40, 2)
+    with torch.inference_mode():
+        want = sim.score_pairs(query, corpus)
+    before = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        got = mol_cpu.cpu_score_corpus(sim, query, corpus)
+    finally:
+        torch.set_default_dtype(before)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5)

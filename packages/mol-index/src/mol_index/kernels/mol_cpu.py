@@ -43,6 +43,7 @@ SOURCE = Path(__file__).with_name("mol_cpu.cpp")
 FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-pthread")
 #: Query-item pairs per block of the top-k scan: the kernel's threads split a block's items.
 BLOCK_PAIRS = 1 << 18
+_F32 = torch.float32  # every buffer the kernel reads or writes, whatever torch's default dtype
 
 #: The methods that define MoL's score; a subclass that overrides one is not what the kernel computes.
 _SCORING_METHODS = {
@@ -157,17 +158,17 @@ class _Prepared:
         p, hidden = similarity.num_components, mlp.hidden.out_features
         p8, h16 = _padded(p, 8), _padded(hidden, 16)
         self.pq, self.px, self.dim, self.h16 = pq, similarity.num_item_components, dim, h16
-        self.fq = torch.zeros(batch, _padded(pq, 8), dim)  # (B, pq8, d)
+        self.fq = torch.zeros(batch, _padded(pq, 8), dim, dtype=_F32)  # (B, pq8, d)
         self.fq[:, :pq] = query.embeddings / similarity.temperature
-        self.qf = torch.zeros(batch, p8)  # (B, p8)
+        self.qf = torch.zeros(batch, p8, dtype=_F32)  # (B, p8)
         self.qf[:, :p] = query.gating
-        self.w1t = torch.zeros(p, h16)  # (P, h16)
+        self.w1t = torch.zeros(p, h16, dtype=_F32)  # (P, h16)
         self.w1t[:, :hidden] = mlp.hidden.weight.detach().T
-        self.b1 = torch.zeros(h16)
+        self.b1 = torch.zeros(h16, dtype=_F32)
         self.b1[:hidden] = mlp.hidden.bias.detach()
-        self.w2t = torch.zeros(h16, p8)  # (h16, p8)
+        self.w2t = torch.zeros(h16, p8, dtype=_F32)  # (h16, p8)
         self.w2t[:hidden, :p] = mlp.out.weight.detach().T
-        self.b2 = torch.zeros(p8)
+        self.b2 = torch.zeros(p8, dtype=_F32)
         self.b2[:p] = mlp.out.bias.detach()
 
     def scores(self, corpus: ItemSide, start: int, stop: int, lib: ctypes.CDLL) -> torch.Tensor:
@@ -175,7 +176,7 @@ class _Prepared:
         assert corpus.gating is not None
         items = corpus.embeddings[start:stop].contiguous()  # (n, Px, d)
         gating = corpus.gating[start:stop].contiguous()  # (n, P)
-        out = torch.empty(self.fq.shape[0], stop - start)  # (B, n)
+        out = torch.empty(self.fq.shape[0], stop - start, dtype=_F32)  # (B, n)
         status = lib.mol_cpu_scores(
             self.fq.data_ptr(),
             self.qf.data_ptr(),
@@ -236,8 +237,10 @@ def cpu_score_gathered(
         prepared = _Prepared(similarity, query)
         items = corpus.embeddings.contiguous()
         gating = corpus.gating.contiguous()
-        scores = torch.empty(rows.shape)  # (B, X)
-        logits = torch.empty(*rows.shape, similarity.num_components) if with_logits else None  # (B, X, P)
+        scores = torch.empty(rows.shape, dtype=_F32)  # (B, X)
+        logits = None  # (B, X, P) when asked for
+        if with_logits:
+            logits = torch.empty(*rows.shape, similarity.num_components, dtype=_F32)
         status = lib.mol_cpu_scores_gathered(
             prepared.fq.data_ptr(),
             prepared.qf.data_ptr(),
