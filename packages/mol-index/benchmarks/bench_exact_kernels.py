@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import statistics
 import sys
 import time
@@ -34,6 +32,7 @@ from pathlib import Path
 import torch
 
 from mol_core.similarity import MoLSimilarity
+from mol_index.evaluation import machine, write_result
 from mol_index.kernels import mol_cpu
 from mol_index.search.exact import exact_search
 
@@ -123,14 +122,7 @@ def run(quick: bool) -> dict[str, object]:
         "benchmark": "exact_kernels",
         "mode": "quick" if quick else "full",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        },
+        "machine": {**machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability()},
         "config": {
             "k": 10,
             "repeats": repeats,
@@ -175,8 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.quick)
     print_table(result)
     if args.output:
-        from mol_index.evaluation import write_result
-
         write_result(result, args.output)
     bad = [
         row

@@ -64,30 +64,12 @@ def _library() -> ctypes.CDLL | str:
         lib = load_library(SOURCE, FLAGS)
     except KernelUnavailable as error:
         return str(error)
+    # (batch, items or width) as int64, then (pq, px, d, h16, threads) as int
+    sizes = [ctypes.c_int64] * 2 + [ctypes.c_int] * 5
     lib.mol_cpu_scores.restype = ctypes.c_int
-    lib.mol_cpu_scores.argtypes = [ctypes.c_void_p] * 8 + [
-        ctypes.c_int64,
-        ctypes.c_int64,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_int64,
-    ]
+    lib.mol_cpu_scores.argtypes = [ctypes.c_void_p] * 8 + sizes + [ctypes.c_void_p, ctypes.c_int64]
     lib.mol_cpu_scores_gathered.restype = ctypes.c_int
-    lib.mol_cpu_scores_gathered.argtypes = [ctypes.c_void_p] * 9 + [
-        ctypes.c_int64,
-        ctypes.c_int64,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-    ]
+    lib.mol_cpu_scores_gathered.argtypes = [ctypes.c_void_p] * 9 + sizes + [ctypes.c_void_p] * 2
     return lib
 
 
