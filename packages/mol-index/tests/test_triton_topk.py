@@ -1,4 +1,5 @@
-"""The fused Triton top-k kernel against the torch path, on the CPU under TRITON_INTERPRET=1.
+"""The fused Triton top-k kernel against the torch path: on the GPU where torch sees one, else on the CPU
+under TRITON_INTERPRET=1. The references are computed on the CPU.
 
 Skipped when triton is not installed (``pip install 'mol-index[triton]'``).
 """
@@ -18,8 +19,23 @@ if not torch.cuda.is_available():
     # must be set before triton is imported: it decorates its own helpers (tl.sigmoid, ...) at import
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide
 from mol_index import exact_search
 from mol_index.kernels.triton_topk import triton_exact_search
+
+#: Where the kernel runs: the GPU when there is one (the interpreter is only set without one).
+KERNEL_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _on_kernel_device(
+    sim: MoLSimilarity, query: QuerySide, corpus: ItemSide
+) -> tuple[MoLSimilarity, QuerySide, ItemSide]:
+    """Copies of ``sim``, ``query`` and ``corpus`` on :data:`KERNEL_DEVICE`."""
+    import copy
+
+    gating = None if query.gating is None else query.gating.to(KERNEL_DEVICE)
+    moved = QuerySide(query.embeddings.to(KERNEL_DEVICE), gating)
+    return copy.deepcopy(sim).to(KERNEL_DEVICE), moved, corpus.to(KERNEL_DEVICE)
 
 
 @pytest.mark.parametrize(("num_items", "k", "block_items"), [(100, 5, 16), (37, 37, 16), (64, 20, 32)])
@@ -36,8 +52,13 @@ def test_kernel_matches_exact_search(
     with torch.inference_mode():
         want = exact_search(sim, query, corpus, k, exclude=exclude)
         got = triton_exact_search(
-            sim, query, corpus, k, exclude=exclude, block_items=block_items, chunk_items=48
+            *_on_kernel_device(sim, query, corpus),
+            k,
+            exclude=exclude,
+            block_items=block_items,
+            chunk_items=48,
         )
+        got = (got[0].cpu(), got[1].cpu())
     full = reference(sim, query, corpus, k, exclude)[2]
     same_topk(got[0], got[1], want[0], want[1], full)
 
@@ -60,11 +81,13 @@ def test_index_kernel_triton_matches_torch_kernel(mol_corpus: Callable[..., tupl
     want = index.search_with_info(
         query, 6, exclude=exclude, params=SearchParams(algorithm="exact", kernel="torch")
     )
+    index.to(KERNEL_DEVICE)
+    query = _on_kernel_device(sim, query, corpus)[1]
     got = index.search_with_info(
         query, 6, exclude=exclude, params=SearchParams(algorithm="exact", kernel="triton")
     )
-    torch.testing.assert_close(got.scores, want.scores, atol=1e-4, rtol=0)
-    assert torch.equal(got.ids, want.ids)
+    torch.testing.assert_close(got.scores.cpu(), want.scores, atol=1e-4, rtol=0)
+    assert torch.equal(got.ids.cpu(), want.ids)
     assert bool(got.exact.all())
     assert got.num_candidates.tolist() == [90, 90, 90]
     assert 11 not in got.ids[0].tolist()

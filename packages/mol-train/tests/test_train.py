@@ -88,3 +88,31 @@ def test_fit_with_the_recipe_options_beats_chance(dataset, tmp_path: Path, overr
     config = load_config("tiny_cpu", [*FAST, "train.epochs=4", "train.learning_rate=0.01", *overrides])
     result = fit(config, dataset, tmp_path, progress=False)
     assert result.test["hr@10"] > 1.5 * 10 / dataset.num_items, result.test
+
+
+def test_encoder_from_weights_puts_the_tables_where_the_model_is(dataset) -> None:  # type: ignore[no-untyped-def]
+    # best.pt is loaded to the CPU; a model trained on CUDA must get its tables on CUDA (this regressed:
+    # fit's final evaluation on a GPU failed with "mat1 is on cpu"). The meta device stands in for CUDA.
+    from mol_train.model import build_model
+    from mol_train.train import encoder_from_weights
+
+    config = load_config("tiny_cpu", [*FAST, "model.user_buckets=8", "similarity.user_components=1"])
+    weights = build_model(config, dataset.num_items).query_encoder().state_dict()  # CPU tensors
+    elsewhere = build_model(config, dataset.num_items).to("meta")
+    encoder = encoder_from_weights(elsewhere, weights)
+    assert encoder.item_table.device.type == "meta"
+    assert encoder.user_table is not None
+    assert encoder.user_table.device.type == "meta"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("preset", ["tiny_cpu", "quickstart_mol"])
+def test_fit_on_cuda_beats_chance(dataset, tmp_path: Path, preset: str) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    config = load_config(preset, [*FAST, "train.epochs=3", "train.learning_rate=0.01", "train.eval_every=1"])
+    result = fit(config, dataset, tmp_path, progress=False, device="cuda")
+    assert result.test["hr@10"] > 1.5 * 10 / dataset.num_items, result.test
+    assert result.test["count"] == dataset.num_users

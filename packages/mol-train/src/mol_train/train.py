@@ -363,7 +363,8 @@ def encoder_from_weights(model: SequentialRecommender, weights: dict[str, torch.
     It shares (and overwrites) ``model``'s encoder and similarity modules.
 
     Returns:
-        the query encoder, with ``weights`` loaded (its item and user tables are copies of theirs).
+        the query encoder, with ``weights`` loaded (its item and user tables are copies of theirs, on the
+        device of ``model``'s parameters).
 
     Raises:
         KeyError: ``weights`` has no ``item_table``.
@@ -375,8 +376,14 @@ def encoder_from_weights(model: SequentialRecommender, weights: dict[str, torch.
         model = build_model(config, dataset.num_items)
         encoder = encoder_from_weights(model, torch.load("runs/ml1m/best.pt")["weights"])
     """
+    device = next(model.similarity.parameters(), next(model.encoder.parameters())).device
+    user_table = weights.get("user_table")
     encoder = QueryEncoder(
-        weights["item_table"], weights.get("user_table"), model.encoder, model.similarity, model.index_layer
+        weights["item_table"].to(device),
+        None if user_table is None else user_table.to(device),
+        model.encoder,
+        model.similarity,
+        model.index_layer,
     )
     encoder.load_state_dict(weights)
     return encoder
