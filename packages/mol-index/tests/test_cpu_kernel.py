@@ -247,6 +247,21 @@ def test_gathered_scores_and_logits_match_the_torch_scorers(
         mol_cpu.cpu_score_gathered(sim, query, corpus, rows.clone().fill_(num_items))
     with pytest.raises(ShapeError, match="rows must have shape"):
         mol_cpu.cpu_score_gathered(sim, query, corpus, rows[:1] if batch > 1 else rows.unsqueeze(0))
+    # score_into: views into a larger buffer (a search's later round), logits then the items' gating
+    p = pq * px
+    features = torch.full((batch, 50, 2 * p), 7.0)
+    into_scores = torch.full((batch, 50), 7.0)
+    scorer = mol_cpu.GatheredScorer(sim, query, corpus)
+    scorer.score_into(rows, into_scores[:, 5:42], features[:, 5:42])
+    torch.testing.assert_close(into_scores[:, 5:42], scores, rtol=0, atol=0)
+    torch.testing.assert_close(features[:, 5:42, :p], logits, rtol=0, atol=0)
+    torch.testing.assert_close(features[:, 5:42, p:], gather_rows(corpus.gating, rows), rtol=0, atol=0)
+    assert bool((features[:, :5] == 7.0).all())
+    assert bool((features[:, 42:] == 7.0).all())
+    assert bool((into_scores[:, :5] == 7.0).all())
+    assert bool((into_scores[:, 42:] == 7.0).all())
+    with pytest.raises(ShapeError, match="features must be float32"):
+        scorer.score_into(rows, into_scores[:, 5:42], features[:, 5:42, : p + 1])
 
 
 @needs_kernel

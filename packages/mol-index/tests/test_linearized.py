@@ -259,3 +259,29 @@ def test_an_ivf_concatenated_index_holds_float16_vectors(mol_corpus: Callable[..
     torch.testing.assert_close(values, want.values, atol=2e-2, rtol=2e-3)
     overlap = (rows.unsqueeze(2) == want.indices.unsqueeze(1)).any(2).float().mean()
     assert float(overlap) >= 0.95
+
+
+@pytest.mark.parametrize("table_limit", [0, 1 << 26])  # sorted keys (torch.isin), then the bool table
+def test_dropping_seen_rows_matches_a_set_per_query(
+    monkeypatch: pytest.MonkeyPatch, table_limit: int
+) -> None:
+    from mol_index.search import linearized
+
+    monkeypatch.setattr(linearized, "_SEEN_TABLE_LIMIT", table_limit)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        batch, num_items = (
+            int(torch.randint(1, 5, (1,), generator=gen)),
+            int(torch.randint(1, 40, (1,), generator=gen)),
+        )
+        new = torch.randint(
+            -2, num_items, (batch, int(torch.randint(0, 25, (1,), generator=gen))), generator=gen
+        )
+        seen = torch.randint(
+            -3, num_items + 3, (batch, int(torch.randint(0, 25, (1,), generator=gen))), generator=gen
+        )
+        got = linearized._drop_seen(new, seen, num_items)
+        for b in range(batch):
+            seen_set = {r for r in seen[b].tolist() if 0 <= r < num_items}
+            want = [-1 if r < 0 or r in seen_set else r for r in new[b].tolist()]
+            assert got[b].tolist() == want

@@ -297,11 +297,19 @@ void score_all(const Shapes& s, const Operands& op, int64_t n, int threads) {
   score_tail<kPq, kPx, kD, kH16>(s, op, full, n);
 }
 
+// Where score_gathered writes each candidate's features: p component logits, then (with_gating) its p
+// item gating features, the row of (query q, candidate j) at data + q * query_stride + j * row_stride.
+struct FeatureOut {
+  float* data;
+  int64_t query_stride, row_stride;
+  bool with_gating;
+};
+
 // Per-query candidate rows: tiles of kTile candidates of one query, gathered into a local buffer; the
 // threads split the (query, tile) pairs.
 template <int kPq, int kPx, int kD, int kH16>
-void score_gathered(const Shapes& s, const Operands& op, const int64_t* rows, int64_t width, float* logits,
-                    int threads) {
+void score_gathered(const Shapes& s, const Operands& op, const int64_t* rows, int64_t width,
+                    const FeatureOut& features, int threads) {
   const int64_t item_floats = static_cast<int64_t>(s.px) * s.d;
   const int pq8 = (s.pq + 7) / 8 * 8;
   const int64_t per_query = (width + kTile - 1) / kTile;
@@ -329,10 +337,14 @@ void score_gathered(const Shapes& s, const Operands& op, const int64_t* rows, in
         }
       }
       score_tile<kPq, kPx, kD, kH16>(s, op.fq + q * pq8 * s.d, op.qf + q * s.p8, items.data(), igate.data(), op,
-                                     scores, logits != nullptr ? tile_logits.data() : nullptr);
+                                     scores, features.data != nullptr ? tile_logits.data() : nullptr);
       for (int64_t i = 0; i < count; ++i) op.out[q * op.out_stride + j0 + i] = scores[i];
-      if (logits != nullptr) {
-        std::memcpy(logits + (q * width + j0) * s.p, tile_logits.data(), count * s.p * sizeof(float));
+      if (features.data != nullptr) {
+        for (int64_t i = 0; i < count; ++i) {
+          float* row_out = features.data + q * features.query_stride + (j0 + i) * features.row_stride;
+          std::memcpy(row_out, tile_logits.data() + i * s.p, s.p * sizeof(float));
+          if (features.with_gating) std::memcpy(row_out + s.p, igate.data() + i * s.p, s.p * sizeof(float));
+        }
       }
     }
   };
@@ -380,24 +392,27 @@ int mol_cpu_scores(const float* fq, const float* qf, const float* items, const f
   return 0;
 }
 
-// Scores of per-query candidates: out[q * width + j] for the corpus row rows[q * width + j] (every row in
-// [0, N): the caller clamps padding and masks it after), and, when logits is not null, their component logits
-// logits[(q * width + j) * p + a * px + b]. Operands and return value as mol_cpu_scores.
+// Scores of per-query candidates: out[q * out_stride + j] for the corpus row rows[q * width + j] (every row
+// in [0, N): the caller clamps padding and masks it after), and, when features is not null, their component
+// logits features[q * query_stride + j * row_stride + a * px + b], followed, when with_gating is not 0, by
+// the item's p gating features. Operands and return value as mol_cpu_scores.
 int mol_cpu_scores_gathered(const float* fq, const float* qf, const float* items, const float* igate,
                             const float* w1t, const float* b1, const float* w2t, const float* b2,
                             const int64_t* rows, int64_t batch, int64_t width, int pq, int px, int d, int h16,
-                            int threads, float* out, float* logits) {
+                            int threads, float* out, int64_t out_stride, float* features, int64_t query_stride,
+                            int64_t row_stride, int with_gating) {
   const int p = pq * px;
   const Shapes s{pq, px, d, p, (p + 7) / 8 * 8, h16};
   if (d <= 0 || d % 8 != 0 || pq <= 0 || px <= 0 || s.p8 > kMaxP || h16 <= 0 || h16 % 16 != 0 || h16 > kMaxH) {
     return 1;
   }
-  const Operands op{fq, qf, items, igate, w1t, b1, w2t, b2, out, batch, width};
+  const Operands op{fq, qf, items, igate, w1t, b1, w2t, b2, out, batch, out_stride};
+  const FeatureOut feature_out{features, query_stride, row_stride, with_gating != 0};
   if (width <= 0) return 0;
   if (pq == 8 && px == 4 && d == 64 && h16 == 128) {
-    score_gathered<8, 4, 64, 128>(s, op, rows, width, logits, threads);
+    score_gathered<8, 4, 64, 128>(s, op, rows, width, feature_out, threads);
   } else {
-    score_gathered<0, 0, 0, 0>(s, op, rows, width, logits, threads);
+    score_gathered<0, 0, 0, 0>(s, op, rows, width, feature_out, threads);
   }
   return 0;
 }

@@ -31,6 +31,7 @@ from mol_index.kernels.cpu_build import KernelUnavailable, load_library
 from mol_index.search.exact import blockwise_topk, check_exact_inputs
 
 __all__ = [
+    "GatheredScorer",
     "cpu_exact_search",
     "cpu_score_corpus",
     "cpu_score_gathered",
@@ -69,7 +70,9 @@ def _library() -> ctypes.CDLL | str:
     lib.mol_cpu_scores.restype = ctypes.c_int
     lib.mol_cpu_scores.argtypes = [ctypes.c_void_p] * 8 + sizes + [ctypes.c_void_p, ctypes.c_int64]
     lib.mol_cpu_scores_gathered.restype = ctypes.c_int
-    lib.mol_cpu_scores_gathered.argtypes = [ctypes.c_void_p] * 9 + sizes + [ctypes.c_void_p] * 2
+    # out, out_stride, features, query_stride, row_stride, with_gating
+    outputs = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    lib.mol_cpu_scores_gathered.argtypes = [ctypes.c_void_p] * 9 + sizes + outputs
     return lib
 
 
@@ -188,46 +191,91 @@ def usable(similarity: Similarity, query: QuerySide, corpus: ItemSide) -> bool:
     return unavailable_reason() is None and unsupported_reason(similarity, query, corpus) is None
 
 
-def cpu_score_gathered(
-    similarity: MoLSimilarity,
-    query: QuerySide,
-    corpus: ItemSide,
-    rows: torch.Tensor,
-    *,
-    with_logits: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Scores of per-query candidates: ``(B, X)`` float32, query ``b`` against corpus rows ``rows[b]``, and,
-    with ``with_logits``, their ``(B, X, P)`` component logits (as :meth:`Similarity.component_logits`).
+class GatheredScorer:
+    """Scores per-query candidate rows with the kernel; the query side and the gating weights are laid out
+    once, for every call (the linearized search scores its candidates in several rounds).
 
-    Args:
-        rows: ``(B, X)`` int64 corpus rows, every one in ``[0, N)`` (clamp padding, mask it after).
-
-    Raises:
+    Raises (on construction):
         KernelUnavailable: as :func:`cpu_score_corpus`.
-        ShapeError: ``rows`` is not ``(B, X)`` or holds a row outside ``[0, N)``.
+        ShapeError: ``query`` and ``corpus`` do not fit ``similarity``.
     """
-    lib = _checked(similarity, query, corpus)
-    similarity.check_corpus_inputs(query, corpus)
-    if rows.dim() != 2 or rows.shape[0] != query.batch_size:
-        raise ShapeError(f"rows must have shape (B={query.batch_size}, X); got {tuple(rows.shape)}")
-    rows = rows.to(torch.int64).contiguous()
-    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= corpus.num_items):
-        low, high = int(rows.min()), int(rows.max())
-        raise ShapeError(f"rows must lie in [0, N={corpus.num_items}); got {low}..{high}")
-    assert corpus.gating is not None  # _checked requires gating
-    with torch.inference_mode():
-        prepared = _Prepared(similarity, query)
-        items = corpus.embeddings.contiguous()
-        gating = corpus.gating.contiguous()
+
+    def __init__(self, similarity: MoLSimilarity, query: QuerySide, corpus: ItemSide) -> None:
+        self._lib = _checked(similarity, query, corpus)
+        similarity.check_corpus_inputs(query, corpus)
+        assert corpus.gating is not None  # _checked requires gating
+        self._num_p = similarity.num_components
+        self._num_items = corpus.num_items
+        with torch.inference_mode():
+            self._prepared = _Prepared(similarity, query)
+        self._items = corpus.embeddings.contiguous()
+        self._gating = corpus.gating.contiguous()
+
+    def __call__(
+        self, rows: torch.Tensor, *, with_logits: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(B, X)`` float32 scores of query ``b`` against corpus rows ``rows[b]``, and, with
+        ``with_logits``, their ``(B, X, P)`` component logits (as :meth:`Similarity.component_logits`).
+
+        Args:
+            rows: ``(B, X)`` int64 corpus rows, every one in ``[0, N)`` (clamp padding, mask it after).
+
+        Raises:
+            ShapeError: ``rows`` is not ``(B, X)`` or holds a row outside ``[0, N)``.
+        """
         scores = torch.empty(rows.shape, dtype=_F32)  # (B, X)
-        logits = None  # (B, X, P) when asked for
-        if with_logits:
-            logits = torch.empty(*rows.shape, similarity.num_components, dtype=_F32)
-        status = lib.mol_cpu_scores_gathered(
+        logits = torch.empty(*rows.shape, self._num_p, dtype=_F32) if with_logits else None  # (B, X, P)
+        self.score_into(rows, scores, logits)
+        return scores, logits
+
+    def score_into(
+        self, rows: torch.Tensor, scores: torch.Tensor, features: torch.Tensor | None = None
+    ) -> None:
+        """Writes the scores of ``rows`` into ``scores`` and, when given, their features into ``features``:
+        the ``P`` component logits, followed by the items' ``P`` gating features when ``features`` is
+        ``2P`` wide. Both may be views into larger buffers (a search's candidates of every round).
+
+        Args:
+            rows: ``(B, X)`` int64 corpus rows, every one in ``[0, N)``.
+            scores: ``(B, X)`` float32 with unit stride along ``X``.
+            features: ``(B, X, P)`` or ``(B, X, 2P)`` float32 with unit stride along the last dimension.
+
+        Raises:
+            ShapeError: ``rows`` is not ``(B, X)`` or holds a row outside ``[0, N)``, or an output has
+                another shape, dtype or layout.
+        """
+        prepared = self._prepared
+        batch = prepared.fq.shape[0]
+        if rows.dim() != 2 or rows.shape[0] != batch:
+            raise ShapeError(f"rows must have shape (B={batch}, X); got {tuple(rows.shape)}")
+        rows = rows.to(torch.int64).contiguous()
+        if rows.numel():
+            low, high = torch.aminmax(rows)
+            if int(low) < 0 or int(high) >= self._num_items:
+                raise ShapeError(f"rows must lie in [0, N={self._num_items}); got {int(low)}..{int(high)}")
+        if (
+            scores.shape != rows.shape
+            or scores.dtype != _F32
+            or (rows.shape[1] > 1 and scores.stride(1) != 1)
+        ):
+            raise ShapeError(f"scores must be float32 {tuple(rows.shape)} with unit stride along X")
+        widths = (self._num_p, 2 * self._num_p)
+        if features is not None and (
+            features.dim() != 3
+            or features.shape[:2] != rows.shape
+            or features.shape[2] not in widths
+            or features.dtype != _F32
+            or features.stride(2) != 1
+        ):
+            raise ShapeError(
+                f"features must be float32 {tuple(rows.shape)} x (P = {widths[0]} or 2P = {widths[1]}) with "
+                f"unit stride along the last dimension; got {features.dtype} {tuple(features.shape)}"
+            )
+        status = self._lib.mol_cpu_scores_gathered(
             prepared.fq.data_ptr(),
             prepared.qf.data_ptr(),
-            items.data_ptr(),
-            gating.data_ptr(),
+            self._items.data_ptr(),
+            self._gating.data_ptr(),
             prepared.w1t.data_ptr(),
             prepared.b1.data_ptr(),
             prepared.w2t.data_ptr(),
@@ -241,11 +289,36 @@ def cpu_score_gathered(
             prepared.h16,
             torch.get_num_threads(),
             scores.data_ptr(),
-            None if logits is None else logits.data_ptr(),
+            scores.stride(0),
+            None if features is None else features.data_ptr(),
+            0 if features is None else features.stride(0),
+            0 if features is None else features.stride(1),
+            int(features is not None and features.shape[2] == widths[1]),
         )
-    if status != 0:
-        raise RuntimeError(f"mol_cpu_scores_gathered rejected the shapes (status {status})")
-    return scores, logits
+        if status != 0:
+            raise RuntimeError(f"mol_cpu_scores_gathered rejected the shapes (status {status})")
+
+
+def cpu_score_gathered(
+    similarity: MoLSimilarity,
+    query: QuerySide,
+    corpus: ItemSide,
+    rows: torch.Tensor,
+    *,
+    with_logits: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scores of per-query candidates: ``(B, X)`` float32, query ``b`` against corpus rows ``rows[b]``, and,
+    with ``with_logits``, their ``(B, X, P)`` component logits (as :meth:`Similarity.component_logits`).
+    One call of :class:`GatheredScorer`.
+
+    Args:
+        rows: ``(B, X)`` int64 corpus rows, every one in ``[0, N)`` (clamp padding, mask it after).
+
+    Raises:
+        KernelUnavailable: as :func:`cpu_score_corpus`.
+        ShapeError: ``rows`` is not ``(B, X)`` or holds a row outside ``[0, N)``.
+    """
+    return GatheredScorer(similarity, query, corpus)(rows, with_logits=with_logits)
 
 
 def _checked(similarity: Similarity, query: QuerySide, corpus: ItemSide) -> ctypes.CDLL:

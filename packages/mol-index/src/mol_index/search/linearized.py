@@ -39,44 +39,65 @@ __all__ = ["linearized_search"]
 _SCORE_BLOCK_PAIRS = 16384
 
 
-def _score(
-    similarity: Similarity, query: QuerySide, corpus: ItemSide, rows: torch.Tensor, with_gating: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Proxy features and exact scores ``(B, X)`` of ``(B, X)`` rows (``-1`` slots: 0 and ``-inf``); the
-    features are the component logits ``(B, X, P)``, followed by the item gating features when
-    ``with_gating`` (``(B, X, 2P)``)."""
-    batch, width = rows.shape
-    valid = rows >= 0
-    safe = rows.clamp_min(0)
-    from mol_index.kernels import mol_cpu
+class _Scorer:
+    """Exact scores and proxy features of per-query candidate rows, by the fused CPU kernel where it takes
+    the inputs (its query side laid out once for every round), else by torch."""
 
-    if isinstance(similarity, MoLSimilarity) and mol_cpu.usable(similarity, query, corpus):  # fused kernel
-        scores, logits = mol_cpu.cpu_score_gathered(similarity, query, corpus, safe, with_logits=True)
-        assert logits is not None
-        if with_gating and corpus.gating is not None:
-            logits = torch.cat([logits, gather_rows(corpus.gating, safe).float()], dim=2)  # (B, X, 2P)
-        return logits.masked_fill(~valid.unsqueeze(2), 0.0), scores.masked_fill(~valid, float("-inf"))
-    chunk = max(16, _SCORE_BLOCK_PAIRS // max(1, batch))
-    logits_parts, score_parts = [], []
-    query_gating = None if query.gating is None else query.gating.unsqueeze(1)  # (B, 1, P)
-    for start in range(0, width, chunk):
-        idx = safe[:, start : start + chunk]  # (B, x)
-        items = gather_rows(corpus.embeddings, idx)  # (B, x, Px, d)
-        gating = None if corpus.gating is None else gather_rows(corpus.gating, idx)  # (B, x, P)
-        logits = similarity.component_logits(query, ItemSide(items, gating))  # (B, x, P)
-        features = torch.cat([logits, gating], dim=2) if with_gating and gating is not None else logits
-        logits_parts.append(features.float())
-        score_parts.append(similarity.mix_scores(logits, query_gating, gating).float())  # (B, x)
-    logits = torch.cat(logits_parts, dim=1).masked_fill(~valid.unsqueeze(2), 0.0)
-    scores = torch.cat(score_parts, dim=1).masked_fill(~valid, float("-inf"))
-    return logits, scores
+    def __init__(self, similarity: Similarity, query: QuerySide, corpus: ItemSide, with_gating: bool) -> None:
+        from mol_index.kernels import mol_cpu
+
+        self._similarity, self._query, self._corpus, self._with_gating = (
+            similarity,
+            query,
+            corpus,
+            with_gating,
+        )
+        self._kernel = (
+            mol_cpu.GatheredScorer(similarity, query, corpus)
+            if isinstance(similarity, MoLSimilarity) and mol_cpu.usable(similarity, query, corpus)
+            else None
+        )
+
+    def into(self, rows: torch.Tensor, features: torch.Tensor, scores: torch.Tensor) -> None:
+        """Writes the proxy features ``(B, X, F)`` and exact scores ``(B, X)`` of ``(B, X)`` rows into the
+        given views (``-1`` slots: 0 and ``-inf``); the features are the component logits ``(B, X, P)``,
+        followed by the item gating features when ``with_gating`` (``F = 2P``)."""
+        valid = rows >= 0
+        safe = rows.clamp_min(0)
+        if self._kernel is not None:
+            self._kernel.score_into(safe, scores, features)
+        else:
+            new_features, new_scores = self._torch_scores(safe)
+            features.copy_(new_features)
+            scores.copy_(new_scores)
+        if not bool(valid.all()):
+            features.masked_fill_(~valid.unsqueeze(2), 0.0)
+            scores.masked_fill_(~valid, float("-inf"))
+
+    def _torch_scores(self, safe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        similarity, query, corpus = self._similarity, self._query, self._corpus
+        batch, width = safe.shape
+        chunk = max(16, _SCORE_BLOCK_PAIRS // max(1, batch))
+        logits_parts, score_parts = [], []
+        query_gating = None if query.gating is None else query.gating.unsqueeze(1)  # (B, 1, P)
+        for start in range(0, width, chunk):
+            idx = safe[:, start : start + chunk]  # (B, x)
+            items = gather_rows(corpus.embeddings, idx)  # (B, x, Px, d)
+            gating = None if corpus.gating is None else gather_rows(corpus.gating, idx)  # (B, x, P)
+            logits = similarity.component_logits(query, ItemSide(items, gating))  # (B, x, P)
+            features = (
+                torch.cat([logits, gating], dim=2) if self._with_gating and gating is not None else logits
+            )
+            logits_parts.append(features.float())
+            score_parts.append(similarity.mix_scores(logits, query_gating, gating).float())  # (B, x)
+        return torch.cat(logits_parts, dim=1), torch.cat(score_parts, dim=1)
 
 
 def _least_squares(design: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``(B, F, 1)`` float32 minimisers of ``|design @ w - target|`` for ``(B, S, F)`` and ``(B, S, 1)``, by
     the normal equations in float64 with a ridge of ``1e-9`` times their mean diagonal (so constant or
     repeated columns still give a finite answer)."""
-    a = design.double()
+    a = design.double()  # a no-op for a float64 design
     gram = a.transpose(1, 2) @ a  # (B, F, F)
     rhs = a.transpose(1, 2) @ target.double()  # (B, F, 1)
     ridge = 1e-9 * gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)  # (B,)
@@ -89,19 +110,20 @@ def _fit_directions(
     similarity: Similarity, query: QuerySide, features: torch.Tensor, scores: torch.Tensor
 ) -> torch.Tensor:
     """``(B, F)`` query vectors ``u`` of the least-squares proxy fitted to the best scored items, from their
-    ``(B, X, P)`` or ``(B, X, 2P)`` features (:func:`_score`)."""
+    ``(B, X, P)`` or ``(B, X, 2P)`` features (:class:`_Scorer`)."""
     batch, width, num_features = features.shape
     num_p = similarity.num_query_components * similarity.num_item_components
     live = torch.isfinite(scores)  # (B, X)
     fit = min(width, max(4 * (num_features + 1), int(live.sum(dim=1).max()) // 4))
     top = scores.topk(fit, dim=1)  # (B, S)
-    weight = torch.isfinite(top.values).float().unsqueeze(2)  # (B, S, 1): empty slots do not count
-    design = torch.cat(
-        [features.gather(1, top.indices.unsqueeze(2).expand(-1, -1, num_features)), torch.ones_like(weight)],
-        2,
-    )
-    target = torch.where(torch.isfinite(top.values), top.values, torch.zeros_like(top.values)).unsqueeze(2)
-    solution = _least_squares(design * weight, target * weight)  # (B, features + 1, 1)
+    design = torch.ones(batch, fit, num_features + 1, dtype=torch.float64, device=features.device)
+    design[:, :, :num_features] = features.gather(1, top.indices.unsqueeze(2).expand(-1, -1, num_features))
+    target = top.values.unsqueeze(2)  # (B, S, 1)
+    finite = torch.isfinite(target)
+    if not bool(finite.all()):  # empty slots (fewer live items than S) do not count
+        design = design * finite
+        target = target.masked_fill(~finite, 0.0)
+    solution = _least_squares(design, target)  # (B, features + 1, 1)
     coef = solution[:, :num_p, 0].reshape(
         batch, similarity.num_query_components, similarity.num_item_components
     )
@@ -135,11 +157,23 @@ def _uses_gating(similarity: Similarity, corpus: ItemSide, stage: CandidateStage
     )
 
 
+#: Largest ``B * (N + 1)`` for which :func:`_drop_seen` marks seen rows in a ``(B, N + 1)`` bool table (one
+#: byte per item and query); above it, it compares sorted keys (``torch.isin``).
+_SEEN_TABLE_LIMIT = 1 << 26
+
+
 def _drop_seen(new_rows: torch.Tensor, seen: torch.Tensor, num_items: int) -> torch.Tensor:
     """``(B, K)`` rows with those in the same query's ``seen`` ``(B, S)`` set to ``-1`` (``seen`` entries
     outside ``[0, N)`` are ignored)."""
     batch = new_rows.shape[0]
     stride = num_items + 1
+    if batch * stride <= _SEEN_TABLE_LIMIT:  # mark the seen rows per query; column N catches the rest
+        marks = torch.zeros(batch, stride, dtype=torch.bool, device=new_rows.device)
+        outside = (seen < 0) | (seen >= num_items)
+        marks.scatter_(1, seen.masked_fill(outside, num_items), True)
+        marks[:, num_items] = False
+        repeated = marks.gather(1, new_rows.clamp(0, num_items)) | (new_rows < 0)
+        return new_rows.masked_fill(repeated, -1)
     offsets = torch.arange(batch, device=new_rows.device).unsqueeze(1) * stride  # (B, 1)
     seen_keys = (seen + offsets)[(seen >= 0) & (seen < num_items)]
     repeated = torch.isin(new_rows + offsets, seen_keys) | (new_rows < 0)
@@ -193,17 +227,24 @@ def linearized_search(
     batch = query.batch_size
     excluded = exclusion_tensor(exclude, batch)
     with_gating = _uses_gating(similarity, corpus, stage)
-    _, rows = stage.mean(query.embeddings.mean(dim=1), min(k_prime_avg, num_items), params)  # (B, K'avg)
-    rows = rows.to(device)  # (B, K'avg), -1 where the stage found fewer
-    logits, scores = _score(similarity, query, corpus, rows, with_gating)
+    first, per_round = min(k_prime_avg, num_items), min(k_prime, num_items)
+    width = first + rounds * per_round  # every candidate slot of the search, filled round by round
+    num_features = similarity.num_components * (2 if with_gating else 1)
+    rows = torch.full((batch, width), -1, dtype=torch.int64, device=device)  # (B, W)
+    features = torch.empty(batch, width, num_features, dtype=torch.float32, device=device)  # (B, W, F)
+    scores = torch.empty(batch, width, dtype=torch.float32, device=device)  # (B, W)
+    score = _Scorer(similarity, query, corpus, with_gating)
+    _, found = stage.mean(query.embeddings.mean(dim=1), first, params)  # (B, K'avg), -1 where fewer found
+    rows[:, :first] = found.to(device)
+    score.into(rows[:, :first], features[:, :first], scores[:, :first])
+    filled = first
     for _ in range(rounds):
-        directions = _fit_directions(similarity, query, logits, scores)  # (B, F)
-        _, found = stage.concatenated(directions, min(k_prime, num_items), params)  # (B, K')
-        found = _drop_seen(found.to(device), rows, num_items)
-        new_logits, new_scores = _score(similarity, query, corpus, found, with_gating)
-        rows = torch.cat([rows, found], dim=1)
-        logits = torch.cat([logits, new_logits], dim=1)
-        scores = torch.cat([scores, new_scores], dim=1)
+        directions = _fit_directions(similarity, query, features[:, :filled], scores[:, :filled])  # (B, F)
+        _, found = stage.concatenated(directions, per_round, params)  # (B, K')
+        window = slice(filled, filled + per_round)
+        rows[:, window] = _drop_seen(found.to(device), rows[:, :filled], num_items)
+        score.into(rows[:, window], features[:, window], scores[:, window])
+        filled += per_round
     num_candidates = (rows >= 0).sum(dim=1)
     if excluded is not None:
         kept = _drop_seen(rows, excluded.to(device), num_items)  # excluded rows become -1
