@@ -19,6 +19,7 @@ import functools
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,12 +67,19 @@ def _library() -> ctypes.CDLL | str:
     except KernelUnavailable as error:
         return str(error)
     # (batch, items or width) as int64, then (pq, px, d, h16, threads) as int
-    sizes = [ctypes.c_int64] * 2 + [ctypes.c_int] * 5
+    sizes: list[Any] = [ctypes.c_int64] * 2 + [ctypes.c_int] * 5
     lib.mol_cpu_scores.restype = ctypes.c_int
     lib.mol_cpu_scores.argtypes = [ctypes.c_void_p] * 8 + sizes + [ctypes.c_void_p, ctypes.c_int64]
     lib.mol_cpu_scores_gathered.restype = ctypes.c_int
     # out, out_stride, features, query_stride, row_stride, with_gating
-    outputs = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    outputs: list[Any] = [
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int,
+    ]
     lib.mol_cpu_scores_gathered.argtypes = [ctypes.c_void_p] * 9 + sizes + outputs
     return lib
 
