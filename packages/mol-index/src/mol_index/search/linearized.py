@@ -46,12 +46,10 @@ class _Scorer:
     def __init__(self, similarity: Similarity, query: QuerySide, corpus: ItemSide, with_gating: bool) -> None:
         from mol_index.kernels import mol_cpu
 
-        self._similarity, self._query, self._corpus, self._with_gating = (
-            similarity,
-            query,
-            corpus,
-            with_gating,
-        )
+        self._similarity = similarity
+        self._query = query
+        self._corpus = corpus
+        self._with_gating = with_gating
         self._kernel = (
             mol_cpu.GatheredScorer(similarity, query, corpus)
             if isinstance(similarity, MoLSimilarity) and mol_cpu.usable(similarity, query, corpus)
