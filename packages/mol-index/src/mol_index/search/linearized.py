@@ -59,18 +59,31 @@ class _Scorer:
     def into(self, rows: torch.Tensor, features: torch.Tensor, scores: torch.Tensor) -> None:
         """Writes the proxy features ``(B, X, F)`` and exact scores ``(B, X)`` of ``(B, X)`` rows into the
         given views (``-1`` slots: 0 and ``-inf``); the features are the component logits ``(B, X, P)``,
-        followed by the item gating features when ``with_gating`` (``F = 2P``)."""
+        followed by the item gating features when ``with_gating`` (``F = 2P``). ``rows`` is reordered in
+        place first, each query's live rows to the front in their order, so that only the first
+        ``max_b live_b`` columns are scored."""
         valid = rows >= 0
-        safe = rows.clamp_min(0)
+        live = int(valid.sum(dim=1).max()) if rows.numel() else 0
+        if live < rows.shape[1]:
+            order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)  # live rows first
+            rows.copy_(rows.gather(1, order))
+            valid = rows >= 0
+            features[:, live:] = 0.0
+            scores[:, live:] = float("-inf")
+        if live == 0:
+            return
+        head_rows, head_valid = rows[:, :live], valid[:, :live]
+        head_features, head_scores = features[:, :live], scores[:, :live]
+        safe = head_rows.clamp_min(0)
         if self._kernel is not None:
-            self._kernel.score_into(safe, scores, features)
+            self._kernel.score_into(safe, head_scores, head_features)
         else:
             new_features, new_scores = self._torch_scores(safe)
-            features.copy_(new_features)
-            scores.copy_(new_scores)
-        if not bool(valid.all()):
-            features.masked_fill_(~valid.unsqueeze(2), 0.0)
-            scores.masked_fill_(~valid, float("-inf"))
+            head_features.copy_(new_features)
+            head_scores.copy_(new_scores)
+        if not bool(head_valid.all()):
+            head_features.masked_fill_(~head_valid.unsqueeze(2), 0.0)
+            head_scores.masked_fill_(~head_valid, float("-inf"))
 
     def _torch_scores(self, safe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         similarity, query, corpus = self._similarity, self._query, self._corpus
