@@ -15,6 +15,13 @@ Every run checks that the fused kernel returns exactly the torch scan's top-k ro
 1e-4), with and without excluded rows; a mismatch exits 1, as does a kernel that cannot be built unless
 ``--allow-missing-kernel`` is given.
 
+The bf16 option (``kernel="torch-bf16"``: the torch scan under bf16 autocast) is measured beside them: its
+recall@10 against the float32 scan's top-10 always, its time (and its fraction of a bf16 GEMM of the same
+size, and of the float32 GEMM) only where torch reports native bf16 matrix products (AVX512-BF16 or AMX;
+elsewhere bf16 is emulated and its time says nothing about the option). With ``--bundle`` the bf16
+recall is also measured on a trained model: the bundle's items (or ``--bundle-items`` resampled from them)
+and queries from real histories (``--histories``), as in ``bench_mol_index.py``.
+
     python packages/mol-index/benchmarks/bench_exact_kernels.py --quick \
         --output bench-results/exact_kernels.json
 """
@@ -73,10 +80,46 @@ def check_same_topk(sim: MoLSimilarity, query: object, corpus: object) -> dict[s
     return outcome
 
 
+def bf16_is_native() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX), as oneDNN reports it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # builds without oneDNN
+        return False
+
+
+def recall_at_10(rows: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean fraction of each query's ``reference`` top-10 rows that ``rows`` also holds."""
+    found = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(rows, reference, strict=True))
+    return found / reference.numel()
+
+
+def bundle_bf16_recall(
+    bundle: Path, histories: Path | None, num_queries: int, num_items: int | None
+) -> dict[str, object]:
+    """recall@10 of the bf16 scan against the float32 scan on a trained bundle's queries and items."""
+    from mol_index.evaluation import bundle_corpus, split_queries
+
+    sim, query, corpus = bundle_corpus(bundle, histories, num_queries, num_items=num_items, noise=1.0)
+    found, truth = [], []
+    with torch.inference_mode():
+        for part in split_queries(query, 32, -(-num_queries // 32)):
+            truth.append(exact_search(sim, part, corpus, 10)[1])
+            found.append(exact_search(sim, part, corpus, 10, compute_dtype=torch.bfloat16)[1])
+    return {
+        "bundle": str(bundle),
+        "items": corpus.num_items,
+        "queries": num_queries,
+        "bf16_recall_at_10": recall_at_10(torch.cat(found), torch.cat(truth)),
+    }
+
+
 def run(quick: bool) -> dict[str, object]:
     num_items = 20_000 if quick else 100_000
     repeats = 3 if quick else 5
+    native_bf16 = bf16_is_native()
     gemm_a, gemm_b = torch.randn(GEMM_SIZE, GEMM_SIZE), torch.randn(GEMM_SIZE, GEMM_SIZE)
+    gemm_a16, gemm_b16 = gemm_a.bfloat16(), gemm_b.bfloat16()
     rows: list[dict[str, object]] = []
     with torch.inference_mode():
         for pq, px, dim, hidden in SHAPES:
@@ -92,14 +135,17 @@ def run(quick: bool) -> dict[str, object]:
             corpus = sim.item_side(torch.randn(num_items, INPUT_DIM))
             for batch in (1, 32):
                 query = sim.query_side(torch.randn(batch, INPUT_DIM))
-                times = time_interleaved(
-                    {
-                        "torch": lambda q=query, s=sim, c=corpus: exact_search(s, q, c, 10),
-                        "fused": lambda q=query, s=sim, c=corpus: mol_cpu.cpu_exact_search(s, q, c, 10),
-                        "gemm": lambda: gemm_a @ gemm_b,
-                    },
-                    repeats,
-                )
+                contenders = {
+                    "torch": lambda q=query, s=sim, c=corpus: exact_search(s, q, c, 10),
+                    "fused": lambda q=query, s=sim, c=corpus: mol_cpu.cpu_exact_search(s, q, c, 10),
+                    "gemm": lambda: gemm_a @ gemm_b,
+                }
+                if native_bf16:
+                    contenders["bf16"] = lambda q=query, s=sim, c=corpus: exact_search(
+                        s, q, c, 10, compute_dtype=torch.bfloat16
+                    )
+                    contenders["gemm_bf16"] = lambda: gemm_a16 @ gemm_b16
+                times = time_interleaved(contenders, repeats)
                 gemm_rate = 2 * GEMM_SIZE**3 / min(times["gemm"])
                 work = batch * num_items * flops_per_pair(sim)
                 row: dict[str, object] = {
@@ -112,6 +158,15 @@ def run(quick: bool) -> dict[str, object]:
                     row[f"{name}_min_s"] = min(times[name])
                     row[f"{name}_median_s"] = statistics.median(times[name])
                     row[f"{name}_gemm_fraction"] = work / min(times[name]) / gemm_rate
+                reference_rows = exact_search(sim, query, corpus, 10)[1]
+                bf16_rows = exact_search(sim, query, corpus, 10, compute_dtype=torch.bfloat16)[1]
+                row["bf16_recall_at_10"] = recall_at_10(bf16_rows, reference_rows)
+                if native_bf16:
+                    row["gemm_bf16_gflops"] = 2 * GEMM_SIZE**3 / min(times["gemm_bf16"]) / 1e9
+                    row["bf16_min_s"] = min(times["bf16"])
+                    row["bf16_median_s"] = statistics.median(times["bf16"])
+                    row["bf16_gemm_fraction"] = work / min(times["bf16"]) / gemm_rate
+                    row["bf16_of_bf16_gemm"] = work / min(times["bf16"]) / (row["gemm_bf16_gflops"] * 1e9)
                 row["speedup_of_minimums"] = min(times["torch"]) / min(times["fused"])
                 row["speedup_of_medians"] = statistics.median(times["torch"]) / statistics.median(
                     times["fused"]
@@ -122,12 +177,17 @@ def run(quick: bool) -> dict[str, object]:
         "benchmark": "exact_kernels",
         "mode": "quick" if quick else "full",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {**machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "machine": {
+            **machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_native": native_bf16,
+        },
         "config": {
             "k": 10,
             "repeats": repeats,
             "timer": "process CPU time",
             "gemm": f"float32 {GEMM_SIZE}^3",
+            "bf16": "the torch scan under bf16 autocast; timed only where bf16 is native",
         },
         "results": rows,
     }
@@ -137,14 +197,16 @@ def print_table(result: dict[str, object]) -> None:
     print(f"exact MoL top-k kernels ({result['mode']}), {result['machine']}")
     print(
         f"{'shape':>14} {'B':>3} {'N':>7} {'GEMM GF/s':>10} {'torch/GEMM':>11} {'fused/GEMM':>11} "
-        f"{'x (min)':>8} {'x (p50)':>8} {'same top-k':>11}"
+        f"{'x (min)':>8} {'x (p50)':>8} {'same top-k':>11} {'bf16 R@10':>10} {'bf16/GEMM':>10}"
     )
     for row in result["results"]:  # type: ignore[attr-defined]
         same = row["same_rows_plain"] and row["same_rows_excluded"]
         print(
             f"{row['shape']:>14} {row['batch']:>3} {row['items']:>7} {row['gemm_gflops']:>10.1f} "
             f"{row['torch_gemm_fraction']:>10.1%} {row['fused_gemm_fraction']:>10.1%} "
-            f"{row['speedup_of_minimums']:>7.2f}x {row['speedup_of_medians']:>7.2f}x {same!s:>11}"
+            f"{row['speedup_of_minimums']:>7.2f}x {row['speedup_of_medians']:>7.2f}x {same!s:>11} "
+            f"{row['bf16_recall_at_10']:>10.4f} "
+            + (f"{row['bf16_gemm_fraction']:>9.1%}" if "bf16_gemm_fraction" in row else f"{'not native':>10}")
         )
 
 
@@ -158,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--allow-missing-kernel", action="store_true", help="exit 0 when the C++ kernel cannot be built here"
     )
+    parser.add_argument("--bundle", type=Path, help="also measure the bf16 recall on this trained bundle")
+    parser.add_argument("--histories", type=Path, help="real histories for the bundle's queries")
+    parser.add_argument("--bundle-queries", type=int, default=256, help="queries on the bundle (default 256)")
+    parser.add_argument("--bundle-items", type=int, help="items resampled from the bundle's (noise 1.0)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     reason = mol_cpu.unavailable_reason()
@@ -165,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the fused CPU kernel is not available here: {reason}", file=sys.stderr)
         return 0 if args.allow_missing_kernel else 1
     result = run(args.quick)
+    if args.bundle is not None:
+        result["bundle_bf16"] = bundle_bf16_recall(
+            args.bundle, args.histories, args.bundle_queries, args.bundle_items
+        )
+        print(f"bf16 on the bundle: {result['bundle_bf16']}")
     print_table(result)
     if args.output:
         write_result(result, args.output)

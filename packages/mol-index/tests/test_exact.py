@@ -119,3 +119,36 @@ def test_topk_any_order_matches_sorted_topk_on_shuffled_rows_with_ties(k: int) -
     # ties at the k-th score go to the smaller row
     tied = torch.tensor([[2.0, 5.0, 2.0, 2.0]])
     assert topk_any_order(tied, torch.tensor([[9, 4, 3, 7]]), 2)[1].tolist() == [[4, 3]]
+
+
+def test_bf16_scan_ranks_like_float32_and_is_only_used_on_request(mol_corpus: Callable[..., tuple]) -> None:
+    from mol_index import MolIndex, SearchParams
+    from mol_index.kernels import choose_kernel
+
+    sim, query, corpus = mol_corpus(3, 400, 8, pq=4, px=4, dim=16)
+    exclude = [[0, 1, 2]] + [[]] * 7
+    with torch.inference_mode():
+        want_scores, want_rows = exact_search(sim, query, corpus, 10, exclude=exclude)
+        got_scores, got_rows = exact_search(
+            sim, query, corpus, 10, exclude=exclude, compute_dtype=torch.bfloat16, block_size=64
+        )
+        # the bf16 scores themselves, for the rows the scan returned: bf16 keeps about 3 significant digits
+        full16 = exact_search(sim, query, corpus, 400, compute_dtype=torch.bfloat16)
+    assert got_scores.dtype == torch.float32
+    overlap = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(got_rows, want_rows, strict=True))
+    assert overlap >= 0.9 * want_rows.numel()
+    torch.testing.assert_close(got_scores, want_scores, rtol=0.02, atol=0.05)
+    assert not torch.equal(got_scores, want_scores)  # computed in bf16 indeed
+    assert not {0, 1, 2} & set(got_rows[0].tolist())
+    by_row = full16[0].gather(1, full16[1].argsort(dim=1))  # (B, N) bf16 scores in row order
+    torch.testing.assert_close(got_scores[1:], by_row[1:].gather(1, got_rows[1:]), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="compute_dtype"):
+        exact_search(sim, query, corpus, 10, compute_dtype=torch.float16)
+    # through the index: kernel="torch-bf16" is that scan; auto never picks it
+    index = MolIndex.build(sim, torch.arange(400), corpus)
+    found = index.search(
+        query, 10, exclude=exclude, params=SearchParams(algorithm="exact", kernel="torch-bf16")
+    )
+    assert torch.equal(found[1], got_rows)
+    assert choose_kernel("torch-bf16", sim, torch.device("cpu")) == "torch-bf16"
+    assert choose_kernel("auto", sim, torch.device("cpu")) != "torch-bf16"

@@ -129,7 +129,7 @@ def test_bad_input_is_a_clear_error(mol_corpus: Callable[..., tuple]) -> None:
 
 
 def test_unknown_kernel_is_refused() -> None:
-    expected = "kernel must be one of 'auto', 'torch', 'cpu', 'triton'; got 'cuda'"
+    expected = "kernel must be one of 'auto', 'torch', 'torch-bf16', 'cpu', 'triton'; got 'cuda'"
     with pytest.raises(ConfigError, match=expected):
         SearchParams(kernel="cuda")
 

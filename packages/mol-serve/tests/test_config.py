@@ -84,7 +84,10 @@ def test_kernels_and_algorithms_match_mol_index() -> None:
     [
         ({"device": "gpu"}, "device must be auto, cpu, cuda or cuda:N; got 'gpu'"),
         ({"device": "cuda:x"}, "device must be auto, cpu, cuda or cuda:N"),
-        ({"kernel": "fused"}, "kernel must be one of 'auto', 'torch', 'cpu', 'triton'; got 'fused'"),
+        (
+            {"kernel": "fused"},
+            "kernel must be one of 'auto', 'torch', 'torch-bf16', 'cpu', 'triton'; got 'fused'",
+        ),
     ],
 )
 def test_device_and_kernel_are_checked(kwargs: dict[str, str], fragment: str) -> None:

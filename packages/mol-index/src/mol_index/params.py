@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 #: Values of :attr:`ExactParams.kernel`.
-KERNELS = ("auto", "torch", "cpu", "triton")
+KERNELS = ("auto", "torch", "torch-bf16", "cpu", "triton")
 #: The RAILS algorithms of :class:`RailsParams`.
 RAILS_ALGORITHMS = (Algorithm.TOP_K_PER_EMBD, Algorithm.TOP_K_AVG, Algorithm.COMB_TOP_K)
 
@@ -42,7 +42,9 @@ class ExactParams:
 
     Attributes:
         block_size: items per block of the torch scan (default: chosen by the scan).
-        kernel: ``torch`` (blockwise, any device), ``cpu`` (the fused C++ kernel of
+        kernel: ``torch`` (blockwise, any device), ``torch-bf16`` (the same scan with its scores computed in
+            bf16 under autocast: only on request, as it may change the ranking; fast where the device
+            multiplies bf16 natively), ``cpu`` (the fused C++ kernel of
             :mod:`mol_index.kernels.mol_cpu`: MoL on an x86-64 CPU with AVX2 and FMA, compiled on first use),
             ``triton`` (the fused kernel of :mod:`mol_index.kernels.triton_topk`: MoL on CUDA, or on the CPU
             under ``TRITON_INTERPRET=1``), or ``auto`` (``triton`` when the index is on a CUDA device, Triton

@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
         "--kernel",
         help=(
             "exact-scan kernel: auto (fused Triton top-k on a GPU, the fused C++ kernel on a CPU, when the "
-            "index fits them), torch, cpu, triton"
+            "index fits them), torch, torch-bf16 (scores in bf16: on request only), cpu, triton"
         ),
     )
     serve.add_argument(

@@ -45,7 +45,7 @@ ALGORITHMS = (
     "hierarchical",
 )
 #: ``mol_index.SearchParams.kernel`` values (kept here so that the client imports without torch).
-KERNELS = ("auto", "torch", "cpu", "triton")
+KERNELS = ("auto", "torch", "torch-bf16", "cpu", "triton")
 #: What a front tier answers when a shard does not: ``fail`` (UNAVAILABLE) or ``partial`` (the other
 #: shards' merged results, marked ``partial`` in the response).
 SHARD_POLICIES = ("fail", "partial")
@@ -113,7 +113,8 @@ class ServeConfig:
             else the CPU; FAISS-stage indexes stay on the CPU), ``cpu``, ``cuda`` or ``cuda:N`` (FAISS-stage
             indexes are then refused). The bundle's query encoder runs on the CPU.
         kernel: the exact scan's kernel (``mol_index.SearchParams.kernel``): ``auto`` (the fused Triton
-            top-k on a GPU when the index fits it, else torch), ``torch`` or ``triton``.
+            top-k on a GPU, the fused C++ kernel on a CPU, when the index fits them, else torch),
+            ``torch``, ``torch-bf16`` (scores computed in bf16; only on request), ``cpu`` or ``triton``.
         shutdown_grace_s: how long SIGTERM waits for in-flight RPCs before stopping.
         shards: gRPC targets of the shard servers, in shard-set order (``host:port``, ``dns:///name:port``
             for every replica behind a DNS name, ``ipv4:a:p,b:p`` for a fixed replica list). Non-empty

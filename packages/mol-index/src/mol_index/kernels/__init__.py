@@ -20,15 +20,16 @@ __all__ = ["choose_kernel", "exact_topk"]
 
 
 def choose_kernel(kernel: str, similarity: Similarity, device: torch.device) -> str:
-    """``"triton"``, ``"cpu"`` or ``"torch"``: what ``kernel`` (``auto``, ``torch``, ``cpu``, ``triton``)
-    means for this similarity on ``device``. ``auto`` takes Triton on CUDA when it is installed and the
-    similarity fits, the C++ kernel on the CPU when it builds here and the similarity fits, else torch.
+    """``"triton"``, ``"cpu"``, ``"torch-bf16"`` or ``"torch"``: what ``kernel`` (``auto``, ``torch``,
+    ``torch-bf16``, ``cpu``, ``triton``) means for this similarity on ``device``. ``auto`` takes Triton on
+    CUDA when it is installed and the similarity fits, the C++ kernel on the CPU when it builds here and
+    the similarity fits, else torch; it never takes ``torch-bf16``, which only runs when asked for.
 
     Raises:
         ConfigError: ``triton`` or ``cpu`` asked for where that kernel cannot run (the reason is named).
     """
-    if kernel == "torch":
-        return "torch"
+    if kernel in ("torch", "torch-bf16"):
+        return kernel
     if kernel == "cpu" or (kernel == "auto" and device.type == "cpu"):
         from mol_index.kernels import mol_cpu
 
@@ -85,4 +86,7 @@ def exact_topk(
             raise ConfigError(f"kernel='cpu' cannot search these inputs: {reason}")
     from mol_index.search.exact import exact_search
 
-    return exact_search(similarity, query, corpus, k, exclude=exclude, block_size=block_size)
+    dtype = torch.bfloat16 if chosen == "torch-bf16" else None
+    return exact_search(
+        similarity, query, corpus, k, exclude=exclude, block_size=block_size, compute_dtype=dtype
+    )

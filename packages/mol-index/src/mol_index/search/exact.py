@@ -11,6 +11,7 @@ same for every block size.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -135,6 +136,7 @@ def exact_search(
     *,
     exclude: Exclude | None = None,
     block_size: int | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k corpus rows for each query, blockwise, with a running top-k.
 
@@ -147,6 +149,12 @@ def exact_search(
             padded with ``-1`` or ``B`` lists of rows. Rows outside ``[0, N)`` are ignored.
         block_size: items scored at a time; by default ``max(16, DEFAULT_BLOCK_PAIRS // B)`` (about 4,096
             query-item pairs per block). Peak memory is about ``B * block_size * (P + hidden)`` floats.
+        compute_dtype: ``None`` / ``torch.float32`` (default), or ``torch.bfloat16``: the scores are
+            computed under ``torch.autocast`` in bf16 (matrix products in bf16, softmax and sums in
+            float32, as autocast's policy puts them), then ranked in float32. Fast only where the device
+            multiplies bf16 natively (CUDA; CPUs with AVX512-BF16 or AMX); elsewhere it is emulated and
+            slower than float32. It can change the ranking: its recall against float32 is measured by
+            ``benchmarks/bench_exact_kernels.py``.
 
     Returns:
         ``(scores, rows)``: ``(B, k)`` float32 scores, descending, and ``(B, k)`` int64 corpus rows; when
@@ -154,7 +162,8 @@ def exact_search(
         go to the smaller row.
 
     Raises:
-        ConfigError: ``k`` is not in ``[1, N]`` or ``block_size`` is not a positive integer.
+        ConfigError: ``k`` is not in ``[1, N]``, ``block_size`` is not a positive integer, or
+            ``compute_dtype`` is another dtype.
         ShapeError: the query or corpus does not fit the similarity, or ``exclude`` has the wrong shape.
 
     Example:
@@ -171,8 +180,19 @@ def exact_search(
         block_size = max(16, DEFAULT_BLOCK_PAIRS // max(1, batch))
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ConfigError(f"block_size must be a positive integer; got {block_size!r}")
+    if compute_dtype not in (None, torch.float32, torch.bfloat16):
+        raise ConfigError(
+            f"compute_dtype must be None, torch.float32 or torch.bfloat16; got {compute_dtype!r}"
+        )
+    bf16 = compute_dtype == torch.bfloat16
+    device_type = query.embeddings.device.type
+
+    def score_block(start: int, stop: int) -> torch.Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            return similarity.score_pairs(query, corpus.slice(start, stop)).float()
+
     return blockwise_topk(
-        lambda start, stop: similarity.score_pairs(query, corpus.slice(start, stop)).float(),
+        score_block,
         corpus.num_items,
         batch,
         k,
