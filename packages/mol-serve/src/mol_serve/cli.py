@@ -234,14 +234,15 @@ def _serve(args: argparse.Namespace) -> int:
     config = (
         load_config(args.config, **overrides) if args.config else with_overrides(ServeConfig(), **overrides)
     )
-    if asyncio.run(serve(config, port_file=args.port_file)):
-        # a search was still running (its calls got UNAVAILABLE): end now rather than wait for it, and
-        # skip the interpreter teardown, which cannot stop that thread cleanly
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    return 0
+    asyncio.run(serve(config, port_file=args.port_file))
+    # The server has shut down gracefully (calls answered, listeners closed). End the process here and
+    # skip the interpreter teardown: a search still running in a thread (its calls got UNAVAILABLE) cannot
+    # be stopped there, and once, after a clean shutdown with the C++ kernel loaded, the teardown aborted
+    # ("terminate called without an active exception", exit -6; cause not found).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _client(args: argparse.Namespace) -> object:
