@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import faiss
 import pytest
@@ -261,13 +262,9 @@ def test_an_ivf_concatenated_index_holds_float16_vectors(mol_corpus: Callable[..
     assert float(overlap) >= 0.95
 
 
-@pytest.mark.parametrize("table_limit", [0, 1 << 26])  # sorted keys (torch.isin), then the bool table
-def test_dropping_seen_rows_matches_a_set_per_query(
-    monkeypatch: pytest.MonkeyPatch, table_limit: int
-) -> None:
+def test_dropping_seen_rows_matches_a_set_per_query() -> None:
     from mol_index.search import linearized
 
-    monkeypatch.setattr(linearized, "_SEEN_TABLE_LIMIT", table_limit)
     gen = torch.Generator().manual_seed(0)
     for _ in range(100):
         batch, num_items = (
@@ -285,3 +282,64 @@ def test_dropping_seen_rows_matches_a_set_per_query(
             seen_set = {r for r in seen[b].tolist() if 0 <= r < num_items}
             want = [-1 if r < 0 or r in seen_set else r for r in new[b].tolist()]
             assert got[b].tolist() == want
+
+
+@pytest.mark.parametrize("with_dead_rows", [False, True])
+def test_the_fit_matches_a_float64_least_squares_reference(with_dead_rows: bool) -> None:
+    from mol_index.search import linearized
+
+    gen = torch.Generator().manual_seed(4)
+    batch, rows, width = 3, 200, 9
+    design = 5.0 + torch.randn(batch, rows, width, generator=gen)  # columns far from zero mean
+    slopes = torch.randn(batch, width, generator=gen)
+    target = (design * slopes.unsqueeze(1)).sum(2) + 0.01 * torch.randn(batch, rows, generator=gen) - 3.0
+    weights = None
+    if with_dead_rows:
+        weights = (torch.rand(batch, rows, generator=gen) > 0.3).float()
+        design = design.masked_fill(weights.unsqueeze(2) == 0, 0.0)
+        target = target * weights
+    got = linearized._least_squares(design, target, weights)  # (B, F)
+    for b in range(batch):
+        kept = slice(None) if weights is None else weights[b].bool()
+        x = torch.cat([design[b][kept], torch.ones(design[b][kept].shape[0], 1)], dim=1).double()
+        want = torch.linalg.lstsq(x, target[b][kept].double().unsqueeze(1)).solution[:width, 0]
+        torch.testing.assert_close(got[b].double(), want, atol=1e-4, rtol=1e-4)
+
+
+def test_the_mean_index_keeps_its_nprobe_and_the_concatenated_one_visits_four_times_as_many(
+    mol_corpus: Callable[..., tuple],
+) -> None:
+    sim, query, corpus = mol_corpus(12, 2000, 2)
+    stage = FaissStage.build(
+        "ivf", corpus.embeddings, nlist=100, exact_mean=False, concatenated=True, item_gating=corpus.gating
+    )
+    assert stage.default_nprobe == 8  # max(8, round(sqrt(100) / 2))
+    assert stage.default_concatenated_nprobe == 32
+    visited: dict[str, list[int]] = {"mean": [], "concatenated": []}
+    for name in visited:
+        index = getattr(stage, f"{name}_index")
+        original = index.search
+
+        def search(
+            x: Any, k: int, *, params: Any = None, _original: Any = original, _name: str = name
+        ) -> Any:
+            visited[_name].append(params.nprobe)
+            return _original(x, k, params=params)
+
+        index.search = search
+    with torch.inference_mode():
+        linearized_search(sim, query, corpus, 5, stage, k_prime=50, k_prime_avg=50, rounds=2)
+        linearized_search(
+            sim,
+            query,
+            corpus,
+            5,
+            stage,
+            k_prime=50,
+            k_prime_avg=50,
+            rounds=1,
+            stage_params=StageParams(nprobe=60),
+        )
+    assert visited == {"mean": [8, 8], "concatenated": [32, 32, 60]}
+    small = FaissStage.build("ivf", corpus.embeddings, nlist=20, concatenated=True, item_gating=corpus.gating)
+    assert small.default_concatenated_nprobe == 20  # never more than nlist

@@ -99,7 +99,8 @@ class LinearizedParams:
         k_prime: items taken from the concatenated-components index per round.
         k_prime_avg: TopKAvg candidates scored first (the first fit's sample).
         rounds: fit-and-search rounds.
-        nprobe: IVF lists to visit (``faiss-ivf`` indexes), for the mean and the concatenated index.
+        nprobe: IVF lists to visit in the concatenated index (``faiss-ivf`` indexes); default four times the
+            index's default, 128 at N = 1e6. The TopKAvg search of the mean index visits the index's default.
         ef_search: HNSW beam width (``faiss-hnsw`` indexes; at least ``K'`` is used).
 
     The defaults are the setting measured at N = 1e6 in docs/mol-index.md ("Linearized search").

@@ -351,6 +351,12 @@ class FaissStage:
         return max(1, min(self.nlist, max(8, half_root)))
 
     @property
+    def default_concatenated_nprobe(self) -> int:
+        """IVF lists visited in the concatenated index when ``StageParams.nprobe`` is None: four times
+        :attr:`default_nprobe` (128 at N = 1e6), at most nlist."""
+        return min(self.nlist, 4 * self.default_nprobe) if self.nlist else self.default_nprobe
+
+    @property
     def exact(self) -> bool:
         """True for ``flat``: IVF and HNSW may miss items, so the bound proves nothing with them."""
         return self.kind == "flat"
@@ -361,13 +367,18 @@ class FaissStage:
         return _index_kind(self.mean_index) == "flat"
 
     def _search(
-        self, index: faiss.Index, queries: torch.Tensor, k_prime: int, params: StageParams
+        self,
+        index: faiss.Index,
+        queries: torch.Tensor,
+        k_prime: int,
+        params: StageParams,
+        default_nprobe: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         search_params: faiss.SearchParameters | None = None
         kind = _index_kind(index)
         if kind == "ivf":
             ivf = faiss.SearchParametersIVF()
-            ivf.nprobe = params.nprobe or self.default_nprobe
+            ivf.nprobe = params.nprobe or default_nprobe or self.default_nprobe
             search_params = ivf
         elif kind == "hnsw":
             hnsw = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss's stubs
@@ -421,7 +432,8 @@ class FaissStage:
             raise ConfigError(
                 f"linearized query vectors must be {self.linearized_width} wide; got {queries.shape[-1]}"
             )
-        return self._search(self.concatenated_index, queries, k_prime, params)
+        default_nprobe = self.default_concatenated_nprobe
+        return self._search(self.concatenated_index, queries, k_prime, params, default_nprobe)
 
     def file_names(self) -> list[str]:
         """Relative paths of the index files :meth:`save` writes: ``Px`` component files, the mean, then

@@ -58,17 +58,16 @@ class _Scorer:
 
     def into(self, rows: torch.Tensor, features: torch.Tensor, scores: torch.Tensor) -> None:
         """Writes the proxy features ``(B, X, F)`` and exact scores ``(B, X)`` of ``(B, X)`` rows into the
-        given views (``-1`` slots: 0 and ``-inf``); the features are the component logits ``(B, X, P)``,
-        followed by the item gating features when ``with_gating`` (``F = 2P``). ``rows`` is reordered in
-        place first, each query's live rows to the front in their order, so that only the first
-        ``max_b live_b`` columns are scored."""
+        given views (``-1`` slots: score ``-inf``, features unspecified); the features are the component
+        logits ``(B, X, P)``, followed by the item gating features when ``with_gating`` (``F = 2P``).
+        ``rows`` is reordered in place first, each query's live rows to the front in their order, so that
+        only the first ``max_b live_b`` columns are scored."""
         valid = rows >= 0
         live = int(valid.sum(dim=1).max()) if rows.numel() else 0
         if live < rows.shape[1]:
             order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)  # live rows first
             rows.copy_(rows.gather(1, order))
             valid = rows >= 0
-            features[:, live:] = 0.0
             scores[:, live:] = float("-inf")
         if live == 0:
             return
@@ -82,7 +81,6 @@ class _Scorer:
             head_features.copy_(new_features)
             head_scores.copy_(new_scores)
         if not bool(head_valid.all()):
-            head_features.masked_fill_(~head_valid.unsqueeze(2), 0.0)
             head_scores.masked_fill_(~head_valid, float("-inf"))
 
     def _torch_scores(self, safe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,17 +102,26 @@ class _Scorer:
         return torch.cat(logits_parts, dim=1), torch.cat(score_parts, dim=1)
 
 
-def _least_squares(design: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``(B, F, 1)`` float32 minimisers of ``|design @ w - target|`` for ``(B, S, F)`` and ``(B, S, 1)``, by
-    the normal equations in float64 with a ridge of ``1e-9`` times their mean diagonal (so constant or
-    repeated columns still give a finite answer)."""
-    a = design.double()  # a no-op for a float64 design
-    gram = a.transpose(1, 2) @ a  # (B, F, F)
-    rhs = a.transpose(1, 2) @ target.double()  # (B, F, 1)
+def _least_squares(design: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """``(B, F)`` float32 least-squares slopes of ``(B, S)`` targets on ``(B, S, F)`` features, with an
+    intercept, over the rows of 0/1 ``(B, S)`` ``weights`` (None: every row): the columns and targets are
+    centred on their means, the normal equations formed in float32 and solved in float64 with a ridge of
+    ``1e-9`` times the Gram's mean diagonal (so constant or repeated columns still give a finite answer)."""
+    if weights is None:
+        centred = design - design.mean(dim=1, keepdim=True)  # (B, S, F)
+        centred_target = target - target.mean(dim=1, keepdim=True)  # (B, S)
+    else:
+        count = weights.sum(dim=1, keepdim=True).clamp_min(1.0)  # (B, 1)
+        column_mean = (design * weights.unsqueeze(2)).sum(dim=1, keepdim=True) / count.unsqueeze(2)
+        centred = (design - column_mean) * weights.unsqueeze(2)
+        centred_target = (target - (target * weights).sum(dim=1, keepdim=True) / count) * weights
+    transposed = centred.transpose(1, 2)  # (B, F, S)
+    gram = (transposed @ centred).double()  # (B, F, F)
+    rhs = (transposed @ centred_target.unsqueeze(2)).double()  # (B, F, 1)
     ridge = 1e-9 * gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)  # (B,)
     eye = torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
     solution: torch.Tensor = torch.linalg.solve(gram + ridge.view(-1, 1, 1) * eye, rhs)  # (B, F, 1)
-    return solution.float()
+    return solution[:, :, 0].float()
 
 
 def _fit_directions(
@@ -126,21 +133,18 @@ def _fit_directions(
     num_p = similarity.num_query_components * similarity.num_item_components
     live = torch.isfinite(scores)  # (B, X)
     fit = min(width, max(4 * (num_features + 1), int(live.sum(dim=1).max()) // 4))
-    top = scores.topk(fit, dim=1)  # (B, S)
-    design = torch.ones(batch, fit, num_features + 1, dtype=torch.float64, device=features.device)
-    design[:, :, :num_features] = features.gather(1, top.indices.unsqueeze(2).expand(-1, -1, num_features))
-    target = top.values.unsqueeze(2)  # (B, S, 1)
-    finite = torch.isfinite(target)
-    if not bool(finite.all()):  # empty slots (fewer live items than S) do not count
-        design = design * finite
-        target = target.masked_fill(~finite, 0.0)
-    solution = _least_squares(design, target)  # (B, features + 1, 1)
-    coef = solution[:, :num_p, 0].reshape(
-        batch, similarity.num_query_components, similarity.num_item_components
-    )
+    top = scores.topk(fit, dim=1, sorted=False)  # (B, S): the best S in any order
+    design = torch.stack([features[b].index_select(0, top.indices[b]) for b in range(batch)])  # (B, S, F)
+    finite = torch.isfinite(top.values)  # empty slots (fewer live items than S) do not count
+    if bool(finite.all()):
+        slopes = _least_squares(design, top.values, None)  # (B, F)
+    else:
+        design = design.masked_fill(~finite.unsqueeze(2), 0.0)  # dead slots' features are unspecified
+        slopes = _least_squares(design, top.values.masked_fill(~finite, 0.0), finite.to(design.dtype))
+    coef = slopes[:, :num_p].reshape(batch, similarity.num_query_components, similarity.num_item_components)
     f = query.embeddings.float()  # (B, Pq, d)
     u = torch.einsum("bqx,bqd->bxd", coef, f) / similarity.temperature  # (B, Px, d)
-    return torch.cat([u.reshape(batch, -1), solution[:, num_p:num_features, 0]], dim=1)  # (B, F)
+    return torch.cat([u.reshape(batch, -1), slopes[:, num_p:num_features]], dim=1)  # (B, F)
 
 
 def _uses_gating(similarity: Similarity, corpus: ItemSide, stage: CandidateStage) -> bool:
@@ -168,26 +172,14 @@ def _uses_gating(similarity: Similarity, corpus: ItemSide, stage: CandidateStage
     )
 
 
-#: Largest ``B * (N + 1)`` for which :func:`_drop_seen` marks seen rows in a ``(B, N + 1)`` bool table (one
-#: byte per item and query); above it, it compares sorted keys (``torch.isin``).
-_SEEN_TABLE_LIMIT = 1 << 26
-
-
 def _drop_seen(new_rows: torch.Tensor, seen: torch.Tensor, num_items: int) -> torch.Tensor:
     """``(B, K)`` rows with those in the same query's ``seen`` ``(B, S)`` set to ``-1`` (``seen`` entries
-    outside ``[0, N)`` are ignored)."""
-    batch = new_rows.shape[0]
-    stride = num_items + 1
-    if batch * stride <= _SEEN_TABLE_LIMIT:  # mark the seen rows per query; column N catches the rest
-        marks = torch.zeros(batch, stride, dtype=torch.bool, device=new_rows.device)
-        outside = (seen < 0) | (seen >= num_items)
-        marks.scatter_(1, seen.masked_fill(outside, num_items), True)
-        marks[:, num_items] = False
-        repeated = marks.gather(1, new_rows.clamp(0, num_items)) | (new_rows < 0)
-        return new_rows.masked_fill(repeated, -1)
-    offsets = torch.arange(batch, device=new_rows.device).unsqueeze(1) * stride  # (B, 1)
-    seen_keys = (seen + offsets)[(seen >= 0) & (seen < num_items)]
-    repeated = torch.isin(new_rows + offsets, seen_keys) | (new_rows < 0)
+    outside ``[0, N)`` are ignored), by a binary search of each query's sorted ``seen`` rows."""
+    if seen.shape[1] == 0:
+        return new_rows.masked_fill(new_rows < 0, -1)
+    ordered = seen.masked_fill((seen < 0) | (seen >= num_items), -1).sort(dim=1).values  # (B, S)
+    position = torch.searchsorted(ordered, new_rows).clamp_max(seen.shape[1] - 1)  # (B, K)
+    repeated = (ordered.gather(1, position) == new_rows) | (new_rows < 0)
     return new_rows.masked_fill(repeated, -1)
 
 
@@ -218,7 +210,9 @@ def linearized_search(
         k_prime_avg: TopKAvg candidates scored first (the first fit's sample); clamped to ``N``.
         rounds: fit-and-search rounds, ``>= 1``.
         exclude: corpus rows to leave out per query, as for :func:`~mol_index.search.exact.exact_search`.
-        stage_params: FAISS search knobs (``nprobe``, ``ef_search``), for the mean and concatenated indexes.
+        stage_params: FAISS search knobs: ``nprobe`` for the concatenated index (None: the stage's default
+            for it, :attr:`~mol_index.search.candidates.FaissStage.default_concatenated_nprobe`; the mean
+            index's TopKAvg search visits its default ``nprobe`` lists), ``ef_search`` for both.
 
     Returns:
         A :class:`~mol_index.search.rails.SearchResult` with corpus rows; ``num_candidates`` counts the
@@ -245,7 +239,8 @@ def linearized_search(
     features = torch.empty(batch, width, num_features, dtype=torch.float32, device=device)  # (B, W, F)
     scores = torch.empty(batch, width, dtype=torch.float32, device=device)  # (B, W)
     score = _Scorer(similarity, query, corpus, with_gating)
-    _, found = stage.mean(query.embeddings.mean(dim=1), first, params)  # (B, K'avg), -1 where fewer found
+    seed_params = StageParams(ef_search=params.ef_search)  # the mean index at its own default nprobe
+    _, found = stage.mean(query.embeddings.mean(dim=1), first, seed_params)  # (B, K'avg), -1 where fewer
     rows[:, :first] = found.to(device)
     score.into(rows[:, :first], features[:, :first], scores[:, :first])
     filled = first
