@@ -24,7 +24,9 @@ first ``adjacent_b1`` single queries and ``adjacent_b32`` batches (``speedup_adj
 ``vs_flat_adjacent_b1`` / ``_b32``, :func:`~mol_index.evaluation.interleaved_cpu_ratio`), which a drift
 in a shared machine's speed moves little. Where the fused C++ CPU kernel runs, row ``exact_cpu_kernel``
 is exact search through it (:func:`~mol_index.kernels.mol_cpu.cpu_exact_search`); its speedup is over
-the torch scan, so a row's speedup over the faster exact search is the row's speedup over this one's.
+the torch scan, so a row's speedup over the faster exact search is the row's speedup over this one's;
+every later row is also timed interleaved with it (``speedup_kernel_adjacent_b1`` / ``_b32``, medians,
+and ``speedup_kernel_adjacent_min_*``, minimum over minimum).
 Exit status 1 when a result the bound proved exact (or an exact-guaranteed search) differs from exact
 search.
 """
@@ -111,13 +113,19 @@ def _bench_corpus(
     violations = 0
     b32, b1 = split_queries(query, 32, batches_b32), split_queries(query, 1, queries_b1)
     exact_fn = functools.partial(exact_search, sim, corpus=corpus, k=k)
+    kernel_fn: Callable[[QuerySide], Any] | None = None  # the kernel's exact scan, once its row exists
 
     def add_adjacent(row: dict[str, Any], search: Callable[[QuerySide], Any]) -> None:
-        """The row's speedups and flat ratios from timings interleaved with exact search and the flat scan."""
+        """The row's speedups and flat ratios from timings interleaved with exact search and the flat scan
+        (and with the kernel's exact scan, where it runs)."""
         for name, batches in (("b1", b1[:adjacent_b1]), ("b32", b32[:adjacent_b32])):
             with torch.inference_mode():
                 over_exact = interleaved_cpu_ratio(search, exact_fn, batches)
                 over_flat = interleaved_cpu_ratio(search, flat_fn, batches)
+                if kernel_fn is not None:
+                    over_kernel = interleaved_cpu_ratio(search, kernel_fn, batches)
+                    row[f"speedup_kernel_adjacent_{name}"] = over_kernel["ratio_p50"]
+                    row[f"speedup_kernel_adjacent_min_{name}"] = over_kernel["ratio_min"]
             row[f"speedup_adjacent_{name}"] = over_exact["ratio_p50"]
             row[f"speedup_adjacent_min_{name}"] = over_exact["ratio_min"]
             row[f"vs_flat_adjacent_{name}"] = 1.0 / over_flat["ratio_p50"]
@@ -193,6 +201,8 @@ def _bench_corpus(
     fused_row = _fused_exact_row(sim, corpus, k, truth, b1, b32, exact_lat, label)
     if fused_row is not None:
         add_adjacent(fused_row, functools.partial(mol_cpu.cpu_exact_search, sim, corpus=corpus, k=k))
+        assert isinstance(sim, MoLSimilarity)  # the kernel's row exists for MoL only
+        kernel_fn = functools.partial(mol_cpu.cpu_exact_search, sim, corpus=corpus, k=k)
         _add_flat_ratio(fused_row, flat_lat)
         results.append(fused_row)
         log(format_row(fused_row))
@@ -446,7 +456,8 @@ def run(
 HEADER = (
     f"{'N':>8} {'stage':>6} {'algorithm':>24} {'K1/avg':>10} {'recall':>7} {'top1':>5} {'proven':>6} "
     f"{'cands':>7} {'B1 p50':>8} {'B1 p99':>8} {'B32 p50':>8} {'B32 p99':>8} {'x B1':>6} {'x B32':>6} "
-    f"{'MB':>7} {'/flat1':>6} {'/flt32':>6} {'adj1':>6} {'adj32':>6} {'/fadj1':>6} {'/fad32':>6}"
+    f"{'MB':>7} {'/flat1':>6} {'/flt32':>6} {'adj1':>6} {'adj32':>6} {'/fadj1':>6} {'/fad32':>6} "
+    f"{'kadj1':>6} {'kadj32':>6}"
 )
 
 
@@ -467,7 +478,8 @@ def format_row(row: dict[str, Any]) -> str:
         f"{row['index_bytes'] / 1e6:>7.0f} {row.get('vs_flat_b1', nan):>6.2f} "
         f"{row.get('vs_flat_b32', nan):>6.2f} {row.get('speedup_adjacent_b1', nan):>6.1f} "
         f"{row.get('speedup_adjacent_b32', nan):>6.1f} {row.get('vs_flat_adjacent_b1', nan):>6.2f} "
-        f"{row.get('vs_flat_adjacent_b32', nan):>6.2f}"
+        f"{row.get('vs_flat_adjacent_b32', nan):>6.2f} {row.get('speedup_kernel_adjacent_b1', nan):>6.1f} "
+        f"{row.get('speedup_kernel_adjacent_b32', nan):>6.1f}"
     )
 
 

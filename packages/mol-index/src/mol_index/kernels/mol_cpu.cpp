@@ -23,8 +23,9 @@ namespace {
 constexpr int kTile = 6;      // items per tile: 6 x 16 hidden units fill 12 of the 16 ymm registers
 constexpr int kMaxP = 256;    // largest padded P
 constexpr int kMaxH = 1024;   // largest padded H
-constexpr int kBlock = 96;
-constexpr float kNoShiftBelow = 80.0f;  // gate values above this get the softmax's max shift    // items per block; a block's items stay in L2 while the batch's queries pass
+constexpr int kBlock = 96;    // items per block; a block's items stay in L2 while the batch's queries pass
+constexpr float kNoShiftBelow = 80.0f;  // gate values above this get the softmax's max shift
+constexpr int kPrefetchTiles = 1;       // score_gathered starts loading the rows of the tile this many ahead
 
 struct Shapes {
   int pq, px, d, p, p8, h16;
@@ -314,27 +315,30 @@ void score_gathered(const Shapes& s, const Operands& op, const int64_t* rows, in
   const int pq8 = (s.pq + 7) / 8 * 8;
   const int64_t per_query = (width + kTile - 1) / kTile;
   const int64_t tiles = op.batch * per_query;
+  // The rows of tile t are scattered over the table: start loading them a few tiles before they are scored.
+  auto prefetch_tile = [&](int64_t t) {
+    const int64_t q = t / per_query, j0 = (t % per_query) * kTile;
+    const int64_t count = std::min<int64_t>(kTile, width - j0);
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t row = rows[q * width + j0 + i];
+      const char* item = reinterpret_cast<const char*>(op.items + row * item_floats);
+      for (int64_t byte = 0; byte < item_floats * 4; byte += 64) __builtin_prefetch(item + byte);
+      const char* gate = reinterpret_cast<const char*>(op.igate + row * s.p);
+      for (int64_t byte = 0; byte < static_cast<int64_t>(s.p) * 4; byte += 64) __builtin_prefetch(gate + byte);
+    }
+  };
   auto run = [&](int64_t first, int64_t last) {
     std::vector<float> items(kTile * item_floats), igate(kTile * s.p), tile_logits(kTile * s.p);
     float scores[kTile];
+    for (int64_t t = first + 1; t < std::min(last, first + kPrefetchTiles); ++t) prefetch_tile(t);
     for (int64_t t = first; t < last; ++t) {
+      if (t + kPrefetchTiles < last) prefetch_tile(t + kPrefetchTiles);
       const int64_t q = t / per_query, j0 = (t % per_query) * kTile;
       const int64_t count = std::min<int64_t>(kTile, width - j0);
       for (int64_t i = 0; i < kTile; ++i) {
         const int64_t row = i < count ? rows[q * width + j0 + i] : rows[q * width + j0];  // pad with a copy
         std::memcpy(items.data() + i * item_floats, op.items + row * item_floats, item_floats * sizeof(float));
         std::memcpy(igate.data() + i * s.p, op.igate + row * s.p, s.p * sizeof(float));
-      }
-      if (t + 1 < last) {  // the next tile's rows are scattered over the table: start loading them now
-        const int64_t nq = (t + 1) / per_query, nj = ((t + 1) % per_query) * kTile;
-        const int64_t ncount = std::min<int64_t>(kTile, width - nj);
-        for (int64_t i = 0; i < ncount; ++i) {
-          const int64_t row = rows[nq * width + nj + i];
-          const char* item = reinterpret_cast<const char*>(op.items + row * item_floats);
-          for (int64_t byte = 0; byte < item_floats * 4; byte += 64) __builtin_prefetch(item + byte);
-          const char* gate = reinterpret_cast<const char*>(op.igate + row * s.p);
-          for (int64_t byte = 0; byte < static_cast<int64_t>(s.p) * 4; byte += 64) __builtin_prefetch(gate + byte);
-        }
       }
       score_tile<kPq, kPx, kD, kH16>(s, op.fq + q * pq8 * s.d, op.qf + q * s.p8, items.data(), igate.data(), op,
                                      scores, features.data != nullptr ? tile_logits.data() : nullptr);
