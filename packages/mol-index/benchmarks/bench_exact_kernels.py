@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from mol_core.hardware import bf16_is_native
 from mol_core.similarity import MoLSimilarity
 from mol_index.evaluation import machine, write_result
 from mol_index.kernels import mol_cpu
@@ -78,14 +79,6 @@ def check_same_topk(sim: MoLSimilarity, query: object, corpus: object) -> dict[s
         outcome[f"same_rows_{name}"] = bool(torch.equal(want_rows, got_rows))
         outcome[f"max_abs_score_diff_{name}"] = float((want_scores - got_scores).abs().max())
     return outcome
-
-
-def bf16_is_native() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX), as oneDNN reports it."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # builds without oneDNN
-        return False
 
 
 def recall_at_10(rows: torch.Tensor, reference: torch.Tensor) -> float:

@@ -48,12 +48,12 @@ import torch
 
 import mol_train.model
 from mol_core.atomic import write_text_atomically
+from mol_core.hardware import bf16_is_native
 from mol_core.similarity import ItemSide, QuerySide, Similarity
 from mol_train.config import NegativeSampling, load_config
 from mol_train.data import SequenceDataset, make_synthetic, prepare, train_batch, train_rows
 from mol_train.model import build_model
 from mol_train.negatives import sample_negatives
-from mol_train.train import bf16_is_native
 
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "ml-1m" / "user_movie_chrono.txt"
 SCALE = ["model.num_blocks=2", "data.max_len=50"]

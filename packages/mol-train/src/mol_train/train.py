@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from mol_core.atomic import write_text_atomically
 from mol_core.errors import ConfigError
+from mol_core.hardware import bf16_is_native
 from mol_train.checkpoint import load_checkpoint, save_checkpoint, save_state
 from mol_train.config import NegativeSampling, SimilarityKind, TrainConfig
 from mol_train.data import SequenceDataset, iter_train_batches, train_rows
@@ -345,16 +346,6 @@ def _set_scoring_backend(model: SequentialRecommender, config: TrainConfig, devi
     if config.train.gating_bf16 and not bf16:
         logger.warning("train.gating_bf16: this CPU has no native bf16 matmul; the gating stays float32")
     gating.set_scores_backend(kernel=kernel, mlp_dtype=torch.bfloat16 if bf16 else None)
-
-
-def bf16_is_native(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bf16 matrices natively (CUDA, or a CPU with AVX512-BF16 or AMX)."""
-    if device.type == "cuda":
-        return True
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
-        return False
 
 
 def encoder_from_weights(model: SequentialRecommender, weights: dict[str, torch.Tensor]) -> QueryEncoder:
