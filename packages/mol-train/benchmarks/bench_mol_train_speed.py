@@ -20,8 +20,10 @@ weights and the same ML-1M batches (synthetic ones in quick mode or without the 
 Each round runs one training step (forward, backward, AdamW step) of every variant in turn; the table
 gives min and median seconds per step over the rounds, training sequences per second, and the speed-up of
 the min over the ``loop (before)`` min. Full mode fails if the best ``batched`` variant is not at least
-2x faster. One torch thread unless ``--threads``. ``--profile NAME`` then profiles one more step of a
-variant with torch.profiler and prints its operators by self CPU time (also kept in the JSON).
+2x faster. One torch thread unless ``--threads``. ``--block-pairs N ...`` adds the fused kernel at
+other block sizes (rows ``batched + fused, N pairs per block``). ``--profile NAME`` then profiles one
+more step of a variant with torch.profiler and prints its operators by self CPU time (also kept in the
+JSON).
 
 ``--device cuda`` runs every variant on the GPU instead (wall-clock seconds with the device synchronised
 before and after each step; the profile then also lists CUDA time). The 2x target applies to the CPU
@@ -46,6 +48,7 @@ from unittest import mock
 
 import torch
 
+import mol_core.similarity.gating_grouped
 import mol_train.model
 from mol_core.atomic import write_text_atomically
 from mol_core.hardware import bf16_is_native
@@ -118,7 +121,12 @@ def _variant(model: mol_train.model.SequentialRecommender, spec: dict[str, Any])
         if spec.get("loop")
         else contextlib.nullcontext()
     )
-    with patch:
+    blocks = (
+        mock.patch.object(mol_core.similarity.gating_grouped, "BLOCK_PAIRS", spec["block_pairs"])
+        if "block_pairs" in spec
+        else contextlib.nullcontext()
+    )
+    with patch, blocks:
         yield
 
 
@@ -130,6 +138,7 @@ def measure(
     variants: list[str] | None = None,
     profile: str | None = None,
     device: torch.device | None = None,
+    block_pairs: list[int] | None = None,
 ) -> dict[str, Any]:
     preset_overrides = (
         [
@@ -157,9 +166,14 @@ def measure(
         train_batch(dataset, rows[i * size : (i + 1) * size], max_len=config.data.max_len)
         for i in range(rounds + 1)
     ]
+    specs = dict(VARIANTS)
     names = [n for n, spec in VARIANTS.items() if not spec.get("bf16") or bf16_is_native(device)]
     if variants is not None:
         names = [n for n in names if n in variants or n == "loop (before)"]
+    for pairs in block_pairs or []:  # the fused kernel at other block sizes (its BLOCK_PAIRS)
+        name = f"batched + fused, {pairs} pairs per block"
+        specs[name] = {**VARIANTS["batched + fused"], "block_pairs": pairs}
+        names.append(name)
     if profile is not None and profile not in names:
         raise SystemExit(
             f"--profile {profile!r} is not measured on this device (bf16 variants need a CPU with native "
@@ -171,7 +185,7 @@ def measure(
 
     def step(name: str, batch: Any) -> float:
         """One training step of variant ``name``; its seconds (negative sampling excluded)."""
-        spec = VARIANTS[name]
+        spec = specs[name]
         negatives = sample_negatives(
             spec["sampling"],
             mask=batch.targets != 0,
@@ -256,6 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help="after the rounds, profile one step of this variant (torch.profiler, ops by self CPU time)",
     )
+    parser.add_argument(
+        "--block-pairs",
+        type=int,
+        nargs="+",
+        metavar="PAIRS",
+        help="also run the fused kernel with these (row, candidate) pairs per block (its BLOCK_PAIRS, "
+        f"default {mol_core.similarity.gating_grouped.BLOCK_PAIRS})",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument(
         "--device", choices=["cpu", "cuda"], default="cpu", help="where the steps run (default cpu)"
@@ -275,7 +297,14 @@ def main(argv: list[str] | None = None) -> int:
         if variants is not None and args.profile is not None and args.profile not in variants:
             variants = [*variants, args.profile]
         measured = measure(
-            args.quick, rounds, args.scale, args.workdir or Path(tmp), variants, args.profile, device
+            args.quick,
+            rounds,
+            args.scale,
+            args.workdir or Path(tmp),
+            variants,
+            args.profile,
+            device,
+            args.block_pairs,
         )
     result = {
         "benchmark": "mol_train_speed",
