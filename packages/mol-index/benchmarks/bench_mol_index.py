@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import hashlib
 import json
 import os
 import resource
@@ -48,9 +49,10 @@ from typing import Any
 import faiss
 import torch
 
+from mol_core.atomic import write_bytes_atomically
 from mol_core.errors import ConfigError
 from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide, Similarity
-from mol_index import MolIndex, SearchParams
+from mol_index import MolIndex, SearchParams, load_index
 from mol_index.evaluation import (
     bundle_corpus,
     cpu_latency,
@@ -102,11 +104,16 @@ def _bench_corpus(
     linearized: list[tuple[int, int, int, int | None]] | None = None,
     adjacent_b1: int = 8,
     adjacent_b32: int = 2,
+    cache: Path | None = None,
+    cache_tag: str = "",
 ) -> tuple[list[dict[str, Any]], int]:
     """Exact search, then every stage x algorithm x K' on one corpus: (result rows, proven-but-wrong).
 
     ``linearized``: settings ``(K'_avg, K', rounds, nprobe or None)`` of linearized-search rows;
-    ``adjacent_b1`` / ``adjacent_b32``: single queries and batches of the interleaved ratios."""
+    ``adjacent_b1`` / ``adjacent_b32``: single queries and batches of the interleaved ratios; ``cache``: a
+    folder where the exact top-k of the queries and each built index are kept and from which a later run
+    on the same corpus, queries and stage settings loads them instead (exact search is still timed);
+    ``cache_tag`` names what made the corpus and queries (files, seed) in the cache's keys."""
     linearized = linearized or []
     num_items = corpus.num_items
     results: list[dict[str, Any]] = []
@@ -131,8 +138,15 @@ def _bench_corpus(
             row[f"vs_flat_adjacent_{name}"] = 1.0 / over_flat["ratio_p50"]
             row[f"adjacent_queries_{name}"] = len(batches) * (1 if name == "b1" else 32)
 
+    corpus_key = hashlib.sha256(f"{label}|{cache_tag}|{num_items}|{len(b32)}|{k}".encode()).hexdigest()[:16]
+    truth_file = None if cache is None else cache / f"{corpus_key}-truth.pt"
     with torch.inference_mode(), peak_rss() as exact_memory:
-        truth = torch.cat([exact_search(sim, q, corpus, k)[1] for q in b32])  # (Q, k)
+        if truth_file is not None and truth_file.is_file():
+            truth = torch.load(truth_file)  # (Q, k), a tensor this benchmark saved
+        else:
+            truth = torch.cat([exact_search(sim, q, corpus, k)[1] for q in b32])  # (Q, k)
+            if truth_file is not None:
+                write_bytes_atomically(truth_file, lambda handle, t=truth: torch.save(t, handle))
         exact_lat = {
             "b1": cpu_latency(functools.partial(exact_search, sim, corpus=corpus, k=k), b1),
             "b32": cpu_latency(functools.partial(exact_search, sim, corpus=corpus, k=k), b32),
@@ -210,19 +224,35 @@ def _bench_corpus(
         search_threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # build with every core, search with --threads
         start = time.perf_counter()
+        with_linearized = bool(linearized) and stage != "torch"
+        index_dir = (
+            None
+            if cache is None
+            else cache / f"{corpus_key}-{stage}-mean_{'exact' if exact_mean else stage}-lin_{with_linearized}"
+        )
+        build_s: float | None = None
         with peak_rss() as build_memory:
-            index = MolIndex.build(
-                sim,
-                torch.arange(num_items),
-                corpus,
-                stage=stage,
-                hnsw_m=16,
-                ef_construction=80,
-                exact_mean=exact_mean,
-                linearized=bool(linearized) and stage != "torch",
-            )
-        build_s = time.perf_counter() - start
-        log(f"N={num_items}: {stage} built in {build_s:.1f} s, peak RSS {build_memory['peak_rss_mb']:.0f} MB")
+            if index_dir is not None and index_dir.is_dir():
+                index = load_index(index_dir)
+            else:
+                index = MolIndex.build(
+                    sim,
+                    torch.arange(num_items),
+                    corpus,
+                    stage=stage,
+                    hnsw_m=16,
+                    ef_construction=80,
+                    exact_mean=exact_mean,
+                    linearized=with_linearized,
+                )
+                build_s = time.perf_counter() - start
+                if index_dir is not None:
+                    index.save(index_dir)
+        log(
+            f"N={num_items}: {stage} "
+            + (f"built in {build_s:.1f} s" if build_s is not None else f"loaded from {index_dir}")
+            + f", peak RSS {build_memory['peak_rss_mb']:.0f} MB"
+        )
         faiss.omp_set_num_threads(search_threads)
         nlist = int(index.parameters.get("nlist", "0"))
         stage_nprobe = index.faiss_stage.default_nprobe if nlist and index.faiss_stage else None
@@ -270,7 +300,7 @@ def _bench_corpus(
                 "speedup_b1": exact_lat["b1"]["p50_ms"] / lat["b1"]["p50_ms"],
                 "speedup_b32": exact_lat["b32"]["p50_ms"] / lat["b32"]["p50_ms"],
                 "index_bytes": _index_bytes(index),
-                "build_s": build_s,
+                "build_s": build_s,  # None: loaded from --cache
                 "build_peak_rss_mb": build_memory["peak_rss_mb"],
                 "search_peak_rss_mb": search_memory["peak_rss_mb"],
                 "peak_rss_scope": search_memory["scope"],
@@ -373,13 +403,14 @@ def run(
     histories: Path | None = None,
     bundle_items: int | None = None,
     bundle_noise: float = 0.5,
+    cache: Path | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Runs the benchmark; returns the JSON-ready result (see the module docstring for what is measured).
 
     With ``bundle_items`` the bundle's items are resampled to that many items made from perturbed copies
     of its item representations (:func:`~mol_index.evaluation.resample_items` with ``noise=bundle_noise``,
-    seeded by ``seed``).
+    seeded by ``seed``). With ``cache`` the exact top-k and the built indexes are kept there and reused.
     """
     results: list[dict[str, Any]] = []
     violations = 0
@@ -414,6 +445,8 @@ def run(
             linearized=linearized,
             adjacent_b1=adjacent_b1,
             adjacent_b32=adjacent_b32,
+            cache=cache,
+            cache_tag=f"bundle={bundle}|histories={histories}|seed={seed}|noise={bundle_noise}",
         )
         results += rows
         violations += wrong
@@ -447,6 +480,7 @@ def run(
             "faiss_threads": faiss.omp_get_max_threads(),
             "latency": "CPU time of the process per batch (time.process_time), wall time in wall_*",
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            "cache": None if cache is None else str(cache),
         },
         "results": results,
         "violations": violations,
@@ -665,6 +699,13 @@ def main(argv: list[str] | None = None) -> int:
         default=2,
         help="batches of 32 of the interleaved ratios (speedup_adjacent_b32 etc.; default 2)",
     )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help="keep the exact top-k of the queries and every built index in this folder, and load them from "
+        "it when a later run has the same corpus, queries and stage settings (exact search is still timed; "
+        "a loaded index's row has build_s null)",
+    )
     parser.add_argument("--output", type=Path, help="write the result as JSON to this path")
     parser.add_argument("--plot", type=Path, help="write a recall-vs-latency PNG here (needs matplotlib)")
     parser.add_argument(
@@ -691,6 +732,8 @@ def main(argv: list[str] | None = None) -> int:
     stages = {n: (small if n <= 100_000 else list(args.large_stages)) for n in sizes}
     large_bundle = args.bundle_items is not None and args.bundle_items > 100_000
     stages[0] = list(args.large_stages) if large_bundle else small  # the bundle's corpus
+    if args.cache is not None:
+        args.cache.mkdir(parents=True, exist_ok=True)
     if args.histories is not None and args.bundle is None:
         parser.error("--histories needs --bundle")
     if args.bundle_items is not None and args.bundle is None:
@@ -718,6 +761,7 @@ def main(argv: list[str] | None = None) -> int:
         bundle_noise=args.bundle_noise,
         adjacent_b1=args.adjacent_b1,
         adjacent_b32=args.adjacent_batches,
+        cache=args.cache,
         log=lambda line: print(line, flush=True),
     )
     result["mode"] = "quick" if args.quick else "full"

@@ -65,6 +65,67 @@ def test_tiny_run_has_exact_rows_and_no_violations(index_benchmark: ModuleType) 
     assert rows[0]["search_peak_rss_mb"] > 0
 
 
+def test_a_second_run_loads_the_cached_truth_and_index_and_measures_the_same(
+    index_benchmark: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    exact_search = index_benchmark.exact_search
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return exact_search(*args, **kwargs)
+
+    monkeypatch.setattr(index_benchmark, "exact_search", counted)
+
+    def run() -> tuple[dict, int]:
+        before = len(calls)
+        result = index_benchmark.run(
+            sizes=[400], stages={400: ["ivf"]}, k_primes=[8], batches_b32=2, queries_b1=1, cache=tmp_path
+        )
+        return result, len(calls) - before
+
+    first, first_calls = run()
+    assert sorted(p.name.split("-", 1)[1] for p in tmp_path.iterdir()) == [
+        "ivf-mean_exact-lin_False",
+        "truth.pt",
+    ]
+    built = [r for r in first["results"] if r["stage"] == "ivf"]
+    assert built
+    assert all(r["build_s"] is not None for r in built)
+
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cached index was built again")
+
+    monkeypatch.setattr(index_benchmark.MolIndex, "build", no_build)
+    second, second_calls = run()
+    loaded = [r for r in second["results"] if r["stage"] == "ivf"]
+    assert [r["build_s"] for r in loaded] == [None] * len(loaded)
+    assert [(r["algorithm"], r["recall"]) for r in loaded] == [(r["algorithm"], r["recall"]) for r in built]
+    assert second["config"]["cache"] == str(tmp_path)
+    assert first_calls - second_calls == 2  # exact search is still timed; only the truth's 2 batches are not
+
+
+def test_rows_after_the_kernel_row_are_timed_against_it(index_benchmark: ModuleType) -> None:
+    from mol_index.kernels import mol_cpu
+
+    if mol_cpu.unavailable_reason() is not None:
+        pytest.skip(f"the CPU kernel does not run here: {mol_cpu.unavailable_reason()}")
+    result = index_benchmark.run(
+        sizes=[300], stages={300: ["torch"]}, k_primes=[8], batches_b32=1, queries_b1=1
+    )
+    names = [r["algorithm"] for r in result["results"]]
+    after = result["results"][names.index("exact_cpu_kernel") + 1 :]
+    assert after
+    for row in after:
+        assert row["speedup_kernel_adjacent_b1"] > 0
+        assert row["speedup_kernel_adjacent_b32"] > 0
+        assert row["speedup_kernel_adjacent_min_b32"] > 0
+    assert all(
+        "speedup_kernel_adjacent_b1" not in r
+        for r in result["results"][: names.index("exact_cpu_kernel") + 1]
+    )
+
+
 def test_peak_rss_sees_an_allocation_inside_the_block_only() -> None:
     with peak_rss() as before:
         pass
