@@ -101,7 +101,7 @@ def _bench_corpus(
     *,
     nprobe: int | None = None,
     exact_mean: bool = True,
-    linearized: list[tuple[int, int, int, int | None]] | None = None,
+    linearized: list[tuple[int, int, int, int | None, int | None]] | None = None,
     adjacent_b1: int = 8,
     adjacent_b32: int = 2,
     cache: Path | None = None,
@@ -109,7 +109,8 @@ def _bench_corpus(
 ) -> tuple[list[dict[str, Any]], int]:
     """Exact search, then every stage x algorithm x K' on one corpus: (result rows, proven-but-wrong).
 
-    ``linearized``: settings ``(K'_avg, K', rounds, nprobe or None)`` of linearized-search rows;
+    ``linearized``: settings ``(K'_avg, K', rounds, nprobe or None, early nprobe or None)`` of
+    linearized-search rows;
     ``adjacent_b1`` / ``adjacent_b32``: single queries and batches of the interleaved ratios; ``cache``: a
     folder where the exact top-k of the queries and each built index are kept and from which a later run
     on the same corpus, queries and stage settings loads them instead (exact search is still timed);
@@ -256,15 +257,16 @@ def _bench_corpus(
         faiss.omp_set_num_threads(search_threads)
         nlist = int(index.parameters.get("nlist", "0"))
         stage_nprobe = index.faiss_stage.default_nprobe if nlist and index.faiss_stage else None
-        variants = [(*v, 1, None) for v in _variants(stage, k_primes, k_primes_avg)]
-        variants += [(Algorithm.LINEARIZED, kp, ka, False, r, np_) for ka, kp, r, np_ in linearized]
-        for algorithm, k_prime, k_prime_avg, guarantee, rounds, own_nprobe in variants:
+        variants = [(*v, 1, None, None) for v in _variants(stage, k_primes, k_primes_avg)]
+        variants += [(Algorithm.LINEARIZED, kp, ka, False, r, np_, e) for ka, kp, r, np_, e in linearized]
+        for algorithm, k_prime, k_prime_avg, guarantee, rounds, own_nprobe, early_nprobe in variants:
             params = SearchParams(
                 algorithm=algorithm,
                 k_prime=k_prime,
                 k_prime_avg=k_prime_avg,
                 guarantee_exact=guarantee,
                 nprobe=own_nprobe or nprobe or stage_nprobe,
+                early_nprobe=early_nprobe,
                 ef_search=2 * k_prime,
                 rounds=rounds,
             )
@@ -286,7 +288,8 @@ def _bench_corpus(
                 "stage": stage,
                 "algorithm": algorithm.value
                 + (" +guarantee" if guarantee else "")
-                + (f" x{rounds}" if algorithm is Algorithm.LINEARIZED else ""),
+                + (f" x{rounds}" if algorithm is Algorithm.LINEARIZED else "")
+                + (f" early{early_nprobe}" if early_nprobe else ""),
                 "rounds": rounds if algorithm is Algorithm.LINEARIZED else None,
                 "k_prime": k_prime,
                 "k_prime_avg": k_prime_avg or k_prime,
@@ -306,6 +309,7 @@ def _bench_corpus(
                 "peak_rss_scope": search_memory["scope"],
                 "nlist": nlist,
                 "nprobe": params.nprobe if nlist else None,
+                "early_nprobe": early_nprobe if nlist else None,
                 "mean_index": index.parameters.get("mean_index", stage),
             }
             _add_flat_ratio(row, flat_lat)
@@ -393,7 +397,7 @@ def run(
     k_primes_avg: list[int] | None = None,
     nprobe: int | None = None,
     exact_mean: bool = True,
-    linearized: list[tuple[int, int, int, int | None]] | None = None,
+    linearized: list[tuple[int, int, int, int | None, int | None]] | None = None,
     adjacent_b1: int = 8,
     adjacent_b32: int = 2,
     queries_b1: int,
@@ -590,18 +594,19 @@ def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {**results[0], "results": list(rows.values())}
 
 
-def _linearized_setting(text: str) -> tuple[int, int, int, int | None]:
-    """``K_AVG,K,ROUNDS[,NPROBE]`` -> a linearized-search setting (argparse type)."""
+def _linearized_setting(text: str) -> tuple[int, int, int, int | None, int | None]:
+    """``K_AVG,K,ROUNDS[,NPROBE[,EARLY_NPROBE]]`` -> a linearized-search setting (argparse type)."""
     parts = text.split(",")
     try:
         numbers = [int(part) for part in parts]
     except ValueError:
         numbers = []
-    if len(numbers) not in (3, 4) or min(numbers) < 1:
+    if len(numbers) not in (3, 4, 5) or min(numbers) < 1:
         raise argparse.ArgumentTypeError(
-            f"expected K_AVG,K,ROUNDS[,NPROBE] (positive integers); got {text!r}"
+            f"expected K_AVG,K,ROUNDS[,NPROBE[,EARLY_NPROBE]] (positive integers); got {text!r}"
         )
-    return numbers[0], numbers[1], numbers[2], numbers[3] if len(numbers) == 4 else None
+    optional = [*numbers[3:], None, None]
+    return numbers[0], numbers[1], numbers[2], optional[0], optional[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -633,8 +638,9 @@ def main(argv: list[str] | None = None) -> int:
         "--linearized",
         type=_linearized_setting,
         nargs="*",
-        help="linearized-search rows as K_AVG,K,ROUNDS[,NPROBE] (default 512,512,2; quick 128,128,2; "
-        "none: no such rows); FAISS stages then also build the concatenated-components index",
+        help="linearized-search rows as K_AVG,K,ROUNDS[,NPROBE[,EARLY_NPROBE]] (default 512,512,2; quick "
+        "128,128,2; none: no such rows; EARLY_NPROBE: the IVF lists of every round but the last); FAISS "
+        "stages then also build the concatenated-components index",
     )
     parser.add_argument(
         "--approximate-mean",
@@ -749,7 +755,7 @@ def main(argv: list[str] | None = None) -> int:
         k_primes=args.k_primes or ([16, 64] if args.quick else [16, 64, 256]),
         k_primes_avg=([256] if args.quick else [1024]) if args.k_primes_avg is None else args.k_primes_avg,
         nprobe=args.nprobe,
-        linearized=([(128, 128, 2, None)] if args.quick else [(512, 512, 2, None)])
+        linearized=([(128, 128, 2, None, None)] if args.quick else [(512, 512, 2, None, None)])
         if args.linearized is None
         else args.linearized,
         exact_mean=not args.approximate_mean,

@@ -263,3 +263,15 @@ def test_index_bytes_count_the_concatenated_index(index_benchmark: ModuleType) -
     vectors = 400 * (2 * 16 + 8) * 4  # the linearized item vectors, Px * d + P float32 each
     extra = index_benchmark._index_bytes(linearized) - index_benchmark._index_bytes(plain)
     assert vectors <= extra <= vectors + 4096  # plus FAISS's header
+
+
+def test_linearized_settings_parse_with_optional_nprobes(index_benchmark: ModuleType) -> None:
+    import argparse
+
+    parse = index_benchmark._linearized_setting
+    assert parse("2000,1000,2") == (2000, 1000, 2, None, None)
+    assert parse("2000,1000,2,128") == (2000, 1000, 2, 128, None)
+    assert parse("2000,1000,2,128,64") == (2000, 1000, 2, 128, 64)
+    for bad in ("2000,1000", "2000,1000,2,128,64,1", "2000,0,2", "a,b,c"):
+        with pytest.raises(argparse.ArgumentTypeError, match="K_AVG,K,ROUNDS"):
+            parse(bad)

@@ -212,6 +212,12 @@ def test_build_linearized_then_search_linearized(
         query, 5, params=SearchParams(algorithm="linearized", k_prime=20, k_prime_avg=20, rounds=2)
     )[1]
     assert [line["ids"] for line in lines] == want.tolist()
+    knobs = ["--k-prime", "20", "--k-prime-avg", "20", "--rounds", "2"]
+    assert main([*search, *knobs, "--early-nprobe", "3"]) == 0
+    early = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["ids"] for line in early] == want.tolist()  # a flat stage visits every item anyway
+    assert main([*search, "--early-nprobe", "0"]) == 2
+    assert "early_nprobe" in capsys.readouterr().err
     plain = tmp_path / "plain"
     assert main(["build", str(plain), *inputs, "--stage", "flat"]) == 0
     assert (

@@ -157,13 +157,18 @@ def test_params_and_bad_values(mol_corpus: Callable[..., tuple]) -> None:
     resolved = SearchParams(algorithm="linearized", k_prime=300, rounds=3).resolve()
     assert resolved == LinearizedParams(k_prime=300, k_prime_avg=300, rounds=3)
     assert SearchParams(algorithm="linearized", k_prime=50, k_prime_avg=80).resolve().k_prime_avg == 80
-    for bad in ({"k_prime": 0}, {"k_prime_avg": 0}, {"rounds": 0}):
+    early = SearchParams(algorithm="linearized", nprobe=40, early_nprobe=20).resolve()
+    assert isinstance(early, LinearizedParams)
+    assert (early.nprobe, early.early_nprobe) == (40, 20)
+    for bad in ({"k_prime": 0}, {"k_prime_avg": 0}, {"rounds": 0}, {"early_nprobe": 0}):
         with pytest.raises(ConfigError):
             LinearizedParams(**bad)  # type: ignore[arg-type]
     sim, query, corpus = mol_corpus(7, 50, 1)
     stage = TorchStage(corpus.embeddings)
     with pytest.raises(ConfigError, match="rounds"):
         linearized_search(sim, query, corpus, 5, stage, k_prime=5, k_prime_avg=5, rounds=0)
+    with pytest.raises(ConfigError, match="early_nprobe"):
+        linearized_search(sim, query, corpus, 5, stage, k_prime=5, k_prime_avg=5, rounds=1, early_nprobe=0)
     with pytest.raises(ConfigError):
         linearized_search(sim, query, corpus, 51, stage, k_prime=5, k_prime_avg=5, rounds=1)
 
@@ -272,12 +277,12 @@ def test_dropping_seen_rows_matches_a_set_per_query() -> None:
             int(torch.randint(1, 40, (1,), generator=gen)),
         )
         new = torch.randint(
-            -2, num_items, (batch, int(torch.randint(0, 25, (1,), generator=gen))), generator=gen
+            -1, num_items, (batch, int(torch.randint(0, 25, (1,), generator=gen))), generator=gen
         )
         seen = torch.randint(
             -3, num_items + 3, (batch, int(torch.randint(0, 25, (1,), generator=gen))), generator=gen
         )
-        got = linearized._drop_seen(new, seen, num_items)
+        got = linearized._drop_seen(new, seen)
         for b in range(batch):
             seen_set = {r for r in seen[b].tolist() if 0 <= r < num_items}
             want = [-1 if r < 0 or r in seen_set else r for r in new[b].tolist()]
@@ -340,6 +345,19 @@ def test_the_mean_index_keeps_its_nprobe_and_the_concatenated_one_visits_four_ti
             rounds=1,
             stage_params=StageParams(nprobe=60),
         )
-    assert visited == {"mean": [8, 8], "concatenated": [32, 32, 60]}
+        for nprobe in (None, 40):  # every round but the last at early_nprobe
+            linearized_search(
+                sim,
+                query,
+                corpus,
+                5,
+                stage,
+                k_prime=50,
+                k_prime_avg=50,
+                rounds=3,
+                stage_params=StageParams(nprobe=nprobe),
+                early_nprobe=12,
+            )
+    assert visited == {"mean": [8] * 4, "concatenated": [32, 32, 60, 12, 12, 32, 12, 12, 40]}
     small = FaissStage.build("ivf", corpus.embeddings, nlist=20, concatenated=True, item_gating=corpus.gating)
     assert small.default_concatenated_nprobe == 20  # never more than nlist

@@ -55,7 +55,9 @@ requests = st.builds(
     exclude_history=st.booleans(),
     algorithm=st.sampled_from(["", "exact", "comb_topk", "topk_avg", "topk_per_embd", "linearized", "bogus"]),
     algorithm_params=st.dictionaries(
-        st.sampled_from(["k_prime", "k_prime_avg", "nprobe", "guarantee_exact", "rerank", "zzz"]),
+        st.sampled_from(
+            ["k_prime", "k_prime_avg", "nprobe", "early_nprobe", "guarantee_exact", "rerank", "zzz"]
+        ),
         st.sampled_from(["1", "64", "-3", "x", "true"]),
         max_size=2,
     ),

@@ -88,7 +88,7 @@ def test_embedding_results_identical_to_mol_index(
         ("comb_topk", {"k_prime": 8}),
         # TopKAvg with one candidate per query would return one id; k_prime_avg widens it to 5 results
         ("topk_avg", {"k_prime": 1, "k_prime_avg": 40}),
-        ("linearized", {"k_prime": 8, "k_prime_avg": 8, "rounds": 2}),
+        ("linearized", {"k_prime": 8, "k_prime_avg": 8, "rounds": 2, "early_nprobe": 2}),
     ]
     for algorithm, params in cases:
         got = client.retrieve(

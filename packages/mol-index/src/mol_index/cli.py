@@ -234,6 +234,7 @@ def _search(args: argparse.Namespace) -> int:
         k_prime_avg=args.k_prime_avg,
         guarantee_exact=args.guarantee_exact,
         nprobe=args.nprobe,
+        early_nprobe=args.early_nprobe,
         ef_search=args.ef_search,
         budget=args.budget,
         rounds=args.rounds,
@@ -427,6 +428,11 @@ def _parser() -> argparse.ArgumentParser:
         "--nprobe",
         type=int,
         help="IVF lists to visit (faiss-ivf indexes; default max(8, sqrt(nlist) / 2))",
+    )
+    search.add_argument(
+        "--early-nprobe",
+        type=int,
+        help="linearized: IVF lists visited by every round but the last (default: as the last round)",
     )
     search.add_argument("--ef-search", type=int, help="HNSW beam width (faiss-hnsw indexes)")
     search.set_defaults(run=_search)

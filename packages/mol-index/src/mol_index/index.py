@@ -318,6 +318,7 @@ class MolIndex:
                 rounds=params.rounds,
                 exclude=rows_excluded,
                 stage_params=StageParams(nprobe=params.nprobe, ef_search=params.ef_search),
+                early_nprobe=params.early_nprobe,
             )
         name = params.algorithm.value
         raise ConfigError(

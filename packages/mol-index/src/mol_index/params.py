@@ -83,6 +83,7 @@ class RailsParams:
     k_prime_avg: int | None = setting(None, minimum=1)
     guarantee_exact: bool = False
     nprobe: int | None = setting(None, minimum=1)
+    early_nprobe: int | None = setting(None, minimum=1)
     ef_search: int | None = setting(None, minimum=1)
     block_size: int | None = setting(None, minimum=1)
 
@@ -101,6 +102,8 @@ class LinearizedParams:
         rounds: fit-and-search rounds.
         nprobe: IVF lists to visit in the concatenated index (``faiss-ivf`` indexes); default four times the
             index's default, 128 at N = 1e6. The TopKAvg search of the mean index visits the index's default.
+        early_nprobe: IVF lists the concatenated-index searches of every round but the last visit (their
+            candidates only widen the next fit's sample); ``None`` (default): ``nprobe``.
         ef_search: HNSW beam width (``faiss-hnsw`` indexes; at least ``K'`` is used).
 
     The defaults are the setting measured at N = 1e6 in docs/mol-index.md ("Linearized search").
@@ -110,6 +113,7 @@ class LinearizedParams:
     k_prime_avg: int = setting(2000, minimum=1)
     rounds: int = setting(2, minimum=1)
     nprobe: int | None = setting(None, minimum=1)
+    early_nprobe: int | None = setting(None, minimum=1)
     ef_search: int | None = setting(None, minimum=1)
 
     def __post_init__(self) -> None:
@@ -208,6 +212,7 @@ class SearchParams:
         kernel: :class:`ExactParams`.
         budget, rounds: :class:`AdaptiveParams`; ``k_prime``, ``k_prime_avg`` (default ``k_prime``),
             ``rounds``, ``nprobe`` and ``ef_search`` also :class:`LinearizedParams`.
+        early_nprobe: :class:`LinearizedParams`.
         beam: :class:`HierarchicalParams`.
         rerank: :class:`PQParams`.
     """
@@ -217,6 +222,7 @@ class SearchParams:
     k_prime_avg: int | None = setting(None, minimum=1)
     guarantee_exact: bool = False
     nprobe: int | None = setting(None, minimum=1)
+    early_nprobe: int | None = setting(None, minimum=1)
     ef_search: int | None = setting(None, minimum=1)
     block_size: int | None = setting(None, minimum=1)
     budget: int | None = setting(None, minimum=1)
@@ -250,6 +256,7 @@ class SearchParams:
                 k_prime_avg=self.k_prime_avg or self.k_prime,
                 rounds=self.rounds,
                 nprobe=self.nprobe,
+                early_nprobe=self.early_nprobe,
                 ef_search=self.ef_search,
             )
         return RailsParams(

@@ -32,7 +32,17 @@ _DTYPES: dict[int, tuple[str, int]] = {
     retrieval_pb2.DTYPE_BFLOAT16: ("bfloat16", 2),
     retrieval_pb2.DTYPE_FLOAT16: ("float16", 2),
 }
-_INT_PARAMS = ("k_prime", "k_prime_avg", "nprobe", "ef_search", "block_size", "budget", "rounds", "beam")
+_INT_PARAMS = (
+    "k_prime",
+    "k_prime_avg",
+    "nprobe",
+    "early_nprobe",
+    "ef_search",
+    "block_size",
+    "budget",
+    "rounds",
+    "beam",
+)
 _BOOL_PARAMS = ("guarantee_exact", "rerank")
 
 

@@ -107,20 +107,19 @@ def _least_squares(design: torch.Tensor, target: torch.Tensor, weights: torch.Te
     intercept, over the rows of 0/1 ``(B, S)`` ``weights`` (None: every row): the columns and targets are
     centred on their means, the normal equations formed in float32 and solved in float64 with a ridge of
     ``1e-9`` times the Gram's mean diagonal (so constant or repeated columns still give a finite answer)."""
+    num_features = design.shape[2]
+    augmented = torch.cat([design, target.unsqueeze(2)], dim=2)  # (B, S, F + 1): the target last
     if weights is None:
-        centred = design - design.mean(dim=1, keepdim=True)  # (B, S, F)
-        centred_target = target - target.mean(dim=1, keepdim=True)  # (B, S)
+        centred = augmented - augmented.mean(dim=1, keepdim=True)
     else:
-        count = weights.sum(dim=1, keepdim=True).clamp_min(1.0)  # (B, 1)
-        column_mean = (design * weights.unsqueeze(2)).sum(dim=1, keepdim=True) / count.unsqueeze(2)
-        centred = (design - column_mean) * weights.unsqueeze(2)
-        centred_target = (target - (target * weights).sum(dim=1, keepdim=True) / count) * weights
-    transposed = centred.transpose(1, 2)  # (B, F, S)
-    gram = (transposed @ centred).double()  # (B, F, F)
-    rhs = (transposed @ centred_target.unsqueeze(2)).double()  # (B, F, 1)
-    ridge = 1e-9 * gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)  # (B,)
-    eye = torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
-    solution: torch.Tensor = torch.linalg.solve(gram + ridge.view(-1, 1, 1) * eye, rhs)  # (B, F, 1)
+        mask = weights.unsqueeze(2)  # (B, S, 1)
+        count = weights.sum(dim=1).clamp_min(1.0).view(-1, 1, 1)  # (B, 1, 1)
+        centred = (augmented - (augmented * mask).sum(dim=1, keepdim=True) / count) * mask
+    moments = (centred.transpose(1, 2) @ centred).double()  # (B, F + 1, F + 1)
+    gram, rhs = moments[:, :num_features, :num_features], moments[:, :num_features, num_features:]
+    diagonal = gram.diagonal(dim1=1, dim2=2)  # (B, F), a view: the ridge is added in place
+    diagonal += 1e-9 * diagonal.mean(dim=1, keepdim=True).clamp_min(1e-12)
+    solution: torch.Tensor = torch.linalg.solve(gram, rhs)  # (B, F, 1)
     return solution[:, :, 0].float()
 
 
@@ -131,19 +130,18 @@ def _fit_directions(
     ``(B, X, P)`` or ``(B, X, 2P)`` features (:class:`_Scorer`)."""
     batch, width, num_features = features.shape
     num_p = similarity.num_query_components * similarity.num_item_components
-    live = torch.isfinite(scores)  # (B, X)
-    fit = min(width, max(4 * (num_features + 1), int(live.sum(dim=1).max()) // 4))
+    fewest, most = torch.aminmax(torch.isfinite(scores).sum(dim=1))  # live items per query
+    fit = min(width, max(4 * (num_features + 1), int(most) // 4))
     top = scores.topk(fit, dim=1, sorted=False)  # (B, S): the best S in any order
     design = torch.stack([features[b].index_select(0, top.indices[b]) for b in range(batch)])  # (B, S, F)
-    finite = torch.isfinite(top.values)  # empty slots (fewer live items than S) do not count
-    if bool(finite.all()):
+    if int(fewest) >= fit:  # every query has S live items
         slopes = _least_squares(design, top.values, None)  # (B, F)
     else:
+        finite = torch.isfinite(top.values)  # empty slots (fewer live items than S) do not count
         design = design.masked_fill(~finite.unsqueeze(2), 0.0)  # dead slots' features are unspecified
         slopes = _least_squares(design, top.values.masked_fill(~finite, 0.0), finite.to(design.dtype))
-    coef = slopes[:, :num_p].reshape(batch, similarity.num_query_components, similarity.num_item_components)
-    f = query.embeddings.float()  # (B, Pq, d)
-    u = torch.einsum("bqx,bqd->bxd", coef, f) / similarity.temperature  # (B, Px, d)
+    coef = slopes[:, :num_p].view(batch, similarity.num_query_components, similarity.num_item_components)
+    u = torch.bmm(coef.transpose(1, 2), query.embeddings.float()) / similarity.temperature  # (B, Px, d)
     return torch.cat([u.reshape(batch, -1), slopes[:, num_p:num_features]], dim=1)  # (B, F)
 
 
@@ -172,15 +170,15 @@ def _uses_gating(similarity: Similarity, corpus: ItemSide, stage: CandidateStage
     )
 
 
-def _drop_seen(new_rows: torch.Tensor, seen: torch.Tensor, num_items: int) -> torch.Tensor:
+def _drop_seen(new_rows: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
     """``(B, K)`` rows with those in the same query's ``seen`` ``(B, S)`` set to ``-1`` (``seen`` entries
-    outside ``[0, N)`` are ignored), by a binary search of each query's sorted ``seen`` rows."""
+    outside ``[0, N)`` never match a row), by a binary search of each query's sorted ``seen`` rows.
+    ``new_rows`` holds rows in ``[0, N)`` or ``-1``."""
     if seen.shape[1] == 0:
-        return new_rows.masked_fill(new_rows < 0, -1)
-    ordered = seen.masked_fill((seen < 0) | (seen >= num_items), -1).sort(dim=1).values  # (B, S)
-    position = torch.searchsorted(ordered, new_rows).clamp_max(seen.shape[1] - 1)  # (B, K)
-    repeated = (ordered.gather(1, position) == new_rows) | (new_rows < 0)
-    return new_rows.masked_fill(repeated, -1)
+        return new_rows
+    ordered = seen.sort(dim=1).values  # (B, S); a -1 entry can only match a -1 row, which stays -1
+    position = torch.searchsorted(ordered, new_rows).clamp_max_(seen.shape[1] - 1)  # (B, K)
+    return new_rows.masked_fill(ordered.gather(1, position) == new_rows, -1)
 
 
 def linearized_search(
@@ -195,6 +193,7 @@ def linearized_search(
     rounds: int,
     exclude: Exclude | None = None,
     stage_params: StageParams | None = None,
+    early_nprobe: int | None = None,
 ) -> SearchResult:
     """Top-k corpus rows by the linearized search (module docstring).
 
@@ -213,21 +212,27 @@ def linearized_search(
         stage_params: FAISS search knobs: ``nprobe`` for the concatenated index (None: the stage's default
             for it, :attr:`~mol_index.search.candidates.FaissStage.default_concatenated_nprobe`; the mean
             index's TopKAvg search visits its default ``nprobe`` lists), ``ef_search`` for both.
+        early_nprobe: IVF lists the concatenated-index searches of every round but the last visit (their
+            candidates only widen the next fit's sample); None: as the last round.
 
     Returns:
         A :class:`~mol_index.search.rails.SearchResult` with corpus rows; ``num_candidates`` counts the
         items scored exactly, ``k_prime`` is ``k_prime``.
 
     Raises:
-        ConfigError: ``k``, ``k_prime``, ``k_prime_avg`` or ``rounds`` out of range; the stage has no
-            concatenated index, or one of another width.
+        ConfigError: ``k``, ``k_prime``, ``k_prime_avg``, ``rounds`` or ``early_nprobe`` out of range; the
+            stage has no concatenated index, or one of another width.
     """
     num_items = corpus.num_items
     check_k(k, num_items)
-    for name, value in (("k_prime", k_prime), ("k_prime_avg", k_prime_avg), ("rounds", rounds)):
+    settings = [("k_prime", k_prime), ("k_prime_avg", k_prime_avg), ("rounds", rounds)]
+    for name, value in settings + ([] if early_nprobe is None else [("early_nprobe", early_nprobe)]):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a positive integer; got {value!r}")
     params = stage_params or StageParams()
+    early_params = params
+    if early_nprobe is not None:
+        early_params = StageParams(nprobe=early_nprobe, ef_search=params.ef_search)
     device = query.embeddings.device
     batch = query.batch_size
     excluded = exclusion_tensor(exclude, batch)
@@ -244,16 +249,17 @@ def linearized_search(
     rows[:, :first] = found.to(device)
     score.into(rows[:, :first], features[:, :first], scores[:, :first])
     filled = first
-    for _ in range(rounds):
+    for round_index in range(rounds):
         directions = _fit_directions(similarity, query, features[:, :filled], scores[:, :filled])  # (B, F)
-        _, found = stage.concatenated(directions, per_round, params)  # (B, K')
+        round_params = params if round_index == rounds - 1 else early_params
+        _, found = stage.concatenated(directions, per_round, round_params)  # (B, K')
         window = slice(filled, filled + per_round)
-        rows[:, window] = _drop_seen(found.to(device), rows[:, :filled], num_items)
+        rows[:, window] = _drop_seen(found.to(device), rows[:, :filled])
         score.into(rows[:, window], features[:, window], scores[:, window])
         filled += per_round
     num_candidates = (rows >= 0).sum(dim=1)
     if excluded is not None:
-        kept = _drop_seen(rows, excluded.to(device), num_items)  # excluded rows become -1
+        kept = _drop_seen(rows, excluded.to(device))  # excluded rows become -1
         scores = scores.masked_fill(kept < 0, float("-inf"))
     rows = rows.masked_fill(torch.isneginf(scores), -1)
     top_scores, top_rows = topk_any_order(scores, rows, k)
