@@ -3,10 +3,6 @@ fallbacks, and the compile-and-cache helper."""
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -15,7 +11,6 @@ from mol_core.similarity import DotProductSimilarity, ItemSide, MoLSimilarity, Q
 from mol_core.similarity.base import gather_rows
 from mol_index import MolIndex, SearchParams
 from mol_index.kernels import choose_kernel, exact_topk, mol_cpu
-from mol_index.kernels.cpu_build import KernelUnavailable, load_library
 from mol_index.search.candidates import TorchStage
 from mol_index.search.exact import exact_search
 from mol_index.search.linearized import linearized_search
@@ -200,30 +195,6 @@ def test_index_search_with_the_cpu_kernel_returns_the_torch_rows() -> None:
     want = index.search(query, 10, exclude=exclude, params=SearchParams(algorithm="exact", kernel="torch"))
     assert torch.equal(got[1], want[1])
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=2e-5)
-
-
-def test_build_helper_compiles_caches_and_names_failures(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MOL_KERNEL_CACHE", str(tmp_path / "cache"))
-    good = tmp_path / "answer.cpp"
-    good.write_text('extern "C" int answer() { return 42; }\n')
-    if shutil.which(os.environ.get("CXX") or "c++") is None:
-        with pytest.raises(KernelUnavailable, match="compiler"):
-            load_library(good, ("-O1",))
-        return
-    lib = load_library(good, ("-O1",))
-    assert lib.answer() == 42
-    built = list((tmp_path / "cache").glob("answer-*.so"))
-    assert len(built) == 1  # one library, no temporary left behind
-    bad = tmp_path / "broken.cpp"
-    bad.write_text("this is not C++\n")
-    with pytest.raises(KernelUnavailable, match=r"compiling broken\.cpp failed"):
-        load_library(bad, ("-O1",))
-    assert not list((tmp_path / "cache").glob("broken-*"))
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    with pytest.raises(KernelUnavailable, match="no C\\+\\+ compiler"):
-        load_library(good, ("-O2",))
 
 
 @needs_kernel

@@ -2,7 +2,7 @@
 
 - the torch reference: :func:`mol_index.search.exact.exact_search` (blockwise, any device, any similarity);
 - :mod:`mol_index.kernels.mol_cpu`: the fused C++ kernel (MoL on x86-64 CPUs with AVX2 and FMA), compiled
-  on first use by :mod:`mol_index.kernels.cpu_build`;
+  on first use by :mod:`mol_core.kernels.cpu_build`;
 - :mod:`mol_index.kernels.triton_topk`: the fused Triton kernel (MoL on CUDA, or on the CPU under
   ``TRITON_INTERPRET=1``; the optional ``triton`` extra), imported only when used.
 

@@ -6,7 +6,7 @@
 //   pair  = hid @ W2^T + b2
 //   z     = silu(qf * ig + pair)  qf: the query's gating features, ig: the item's
 //   score = sum_p exp(z_p - max z) L_p / sum_p exp(z_p - max z)
-// Only the (B, N) scores are written. Built and loaded by mol_index/kernels/cpu_build.py; called through
+// Only the (B, N) scores are written. Built and loaded by mol_core/kernels/cpu_build.py; called through
 // ctypes by mol_index/kernels/mol_cpu.py, which pads the small operands as described at mol_cpu_scores.
 
 #include <immintrin.h>
@@ -18,7 +18,15 @@
 #include <thread>
 #include <vector>
 
+#include "avx2_math.h"
+
 namespace {
+
+using mol_avx2::exp256;
+using mol_avx2::hmax;
+using mol_avx2::hsum;
+using mol_avx2::lane_mask;
+using mol_avx2::silu256;
 
 constexpr int kTile = 6;      // items per tile: 6 x 16 hidden units fill 12 of the 16 ymm registers
 constexpr int kMaxP = 256;    // largest padded P
@@ -44,45 +52,6 @@ struct Operands {
   int64_t batch, out_stride;
 };
 
-inline __m256 exp256(__m256 x) {
-  x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3365447504f));
-  __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
-  fx = _mm256_floor_ps(fx);
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.6931471805599453f), x);  // one-step reduction: < 3e-7 relative
-  const __m256 z = _mm256_mul_ps(x, x);
-  // exp(x) = 1 + x + x^2 P(x) on |x| <= ln(2) / 2, P of degree 3 fitted for relative error (1.7e-7 in
-  // float32 arithmetic)
-  __m256 y = _mm256_set1_ps(0.00831255f);
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(0.04189012f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(0.16667114f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(0.49999232f));
-  y = _mm256_fmadd_ps(y, z, x);
-  y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
-  __m256i e = _mm256_cvttps_epi32(fx);
-  e = _mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(0x7f)), 23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
-
-inline __m256 silu256(__m256 x) {
-  const __m256 den = _mm256_add_ps(_mm256_set1_ps(1.0f), exp256(_mm256_sub_ps(_mm256_setzero_ps(), x)));
-  return _mm256_div_ps(x, den);  // measured faster than rcp + a Newton step on the AMD EPYC VM
-}
-
-inline float hsum(__m256 v) {
-  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  lo = _mm_hadd_ps(lo, lo);
-  lo = _mm_hadd_ps(lo, lo);
-  return _mm_cvtss_f32(lo);
-}
-
-inline float hmax(__m256 v) {
-  __m128 lo = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  lo = _mm_max_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_max_ss(lo, _mm_shuffle_ps(lo, lo, 1));
-  return _mm_cvtss_f32(lo);
-}
-
 // Eight vectors -> one vector of their horizontal sums.
 inline __m256 hsum8(const __m256* a) {
   const __m256 s01 = _mm256_hadd_ps(a[0], a[1]), s23 = _mm256_hadd_ps(a[2], a[3]);
@@ -91,11 +60,6 @@ inline __m256 hsum8(const __m256* a) {
   return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
 }
 
-// Lanes 0 .. count-1 set.
-inline __m256i lane_mask(int count) {
-  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), lanes);
-}
 
 // pair rows of three items (hidden rows h0, h1, h2), output columns [0, 8 * NJ).
 template <int NJ>

@@ -2,7 +2,7 @@
 
 The kernel computes a (query, item) pair's component logits, the gating MLP, the gate and the mixture in
 registers and writes only the ``(B, N)`` scores; no ``(B, N, P)`` or ``(B, N, H)`` tensor exists. It is
-compiled on first use (:mod:`mol_index.kernels.cpu_build`) and called through ``ctypes``, which releases
+compiled on first use (:mod:`mol_core.kernels.cpu_build`) and called through ``ctypes``, which releases
 the GIL. Its threads split the items; there are ``torch.get_num_threads()`` of them.
 
 Scores agree with :meth:`MoLSimilarity.score_pairs` to about ``1e-5`` (a polynomial ``exp``, and a
@@ -25,10 +25,11 @@ import torch
 from torch import nn
 
 from mol_core.errors import ShapeError
+from mol_core.kernels import AVX2_MATH
+from mol_core.kernels.cpu_build import KernelUnavailable, load_library
 from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide, Similarity
 from mol_core.similarity.gating import GatingMLP, GluSiluGating
 from mol_index._inputs import Exclude
-from mol_index.kernels.cpu_build import KernelUnavailable, load_library
 from mol_index.search.exact import blockwise_topk, check_exact_inputs
 
 __all__ = [
@@ -63,7 +64,7 @@ def _library() -> ctypes.CDLL | str:
     if capability not in ("AVX2", "AVX512"):
         return f"the kernel needs AVX2 and FMA; torch reports CPU capability {capability!r}"
     try:
-        lib = load_library(SOURCE, FLAGS)
+        lib = load_library(SOURCE, FLAGS, (AVX2_MATH,))
     except KernelUnavailable as error:
         return str(error)
     # (batch, items or width) as int64, then (pq, px, d, h16, threads) as int

@@ -1,8 +1,9 @@
-"""Compiles a C++ source shipped with mol-index into a shared library once, caches it, and loads it.
+"""Compiles a C++ source shipped with a mol package into a shared library once, caches it, and loads it.
 
 The library is built on first use with the system's C++ compiler (``$CXX``, else ``c++``) and these flags
-only; no Python headers and no torch headers are needed, so a build takes a second or two. The file is
-named by a hash of the source, the flags and the compiler's version, and lives in ``$MOL_KERNEL_CACHE``,
+only (plus ``-I`` for the folders of the headers it includes); no Python headers and no torch headers are
+needed, so a build takes a second or two. The file is named by a hash of the source, its headers, the
+flags and the compiler's version, and lives in ``$MOL_KERNEL_CACHE``,
 else ``$XDG_CACHE_HOME/mol/kernels``, else ``~/.cache/mol/kernels``; it is compiled in a temporary folder
 and moved into the cache with :func:`mol_core.atomic.atomic_open`, so concurrent first uses and crashes
 leave either no library or a whole one.
@@ -55,8 +56,10 @@ def _compiler_version(compiler: str) -> str:
 
 
 @functools.cache
-def load_library(source: Path, flags: tuple[str, ...]) -> ctypes.CDLL:
-    """The shared library built from ``source`` with ``flags`` (compiled and cached on first use).
+def load_library(source: Path, flags: tuple[str, ...], headers: tuple[Path, ...] = ()) -> ctypes.CDLL:
+    """The shared library built from ``source`` with ``flags`` (compiled and cached on first use);
+    ``headers`` are the files ``source`` includes from other folders (found through ``-I``, and part of
+    the cache key).
 
     Raises:
         KernelUnavailable: no compiler, the compile failed, or the library does not load.
@@ -64,7 +67,8 @@ def load_library(source: Path, flags: tuple[str, ...]) -> ctypes.CDLL:
     compiler = os.environ.get("CXX") or "c++"
     if shutil.which(compiler) is None:
         raise KernelUnavailable(f"no C++ compiler: {compiler!r} is not on PATH (set CXX to choose one)")
-    code = source.read_bytes()
+    code = source.read_bytes() + b"".join(header.read_bytes() for header in headers)
+    flags = (*flags, *dict.fromkeys(f"-I{header.parent}" for header in headers))
     digest = hashlib.sha256(code + "\0".join(flags).encode() + _compiler_version(compiler).encode())
     target = cache_dir() / f"{source.stem}-{digest.hexdigest()[:16]}.so"
     if not target.exists():
