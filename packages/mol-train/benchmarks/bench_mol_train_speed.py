@@ -14,6 +14,8 @@ weights and the same ML-1M batches (synthetic ones in quick mode or without the 
 - ``batched + fused``: component logits and gating of each block in one compiled function, activations
   kept for backward (mol_core.similarity.gating_grouped);
 - ``... + bf16 gating``: and its MLP in bf16 (on CPUs with native bf16 only);
+- ``batched + fused C++``: the same blocks with the gating MLP, gate and mixture, forward and backward, in
+  the C++ kernel of mol_core.similarity.gating_cpp (float32; skipped where that kernel cannot run);
 - ``per-position + ...``: fresh negatives for every position (the reference's sampler), with the blocked
   kernel or the fused one that gathers each block's candidates (mol_core.similarity.gating_gathered).
 
@@ -52,7 +54,7 @@ import mol_core.similarity.gating_grouped
 import mol_train.model
 from mol_core.atomic import write_text_atomically
 from mol_core.hardware import bf16_is_native
-from mol_core.similarity import ItemSide, QuerySide, Similarity
+from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide, Similarity
 from mol_train.config import NegativeSampling, load_config
 from mol_train.data import SequenceDataset, make_synthetic, prepare, train_batch, train_rows
 from mol_train.model import build_model
@@ -98,6 +100,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "batched + blocked + bf16 gating": {"sampling": PER_SEQUENCE, "kernel": "blocked", "bf16": True},
     "batched + fused": {"sampling": PER_SEQUENCE, "kernel": "fused"},
     "batched + fused + bf16 gating": {"sampling": PER_SEQUENCE, "kernel": "fused", "bf16": True},
+    "batched + fused C++": {"sampling": PER_SEQUENCE, "kernel": "fused_cpp"},
     "per-position + blocked + bf16 gating": {"sampling": PER_POSITION, "kernel": "blocked", "bf16": True},
     "per-position + fused + bf16 gating": {"sampling": PER_POSITION, "kernel": "fused", "bf16": True},
 }
@@ -168,6 +171,13 @@ def measure(
     ]
     specs = dict(VARIANTS)
     names = [n for n, spec in VARIANTS.items() if not spec.get("bf16") or bf16_is_native(device)]
+    similarity = model.similarity
+    cpp_reason = (
+        similarity.cpp_kernel_reason(device) if isinstance(similarity, MoLSimilarity) else "not a MoL head"
+    )
+    if cpp_reason is not None:  # it would silently run as "fused"
+        print(f"skipping the fused_cpp variants: {cpp_reason}", flush=True)
+        names = [n for n in names if specs[n].get("kernel") != "fused_cpp"]
     if variants is not None:
         names = [n for n in names if n in variants or n == "loop (before)"]
     for pairs in block_pairs or []:  # the fused kernel at other block sizes (its BLOCK_PAIRS)

@@ -150,7 +150,7 @@ class TrainSettings:
     early_stopping_patience: int = setting(10, minimum=0)
     bf16: bool = True  # bf16 autocast on GPU (ignored on CPU)
     gating_bf16: bool = False  # MoL: the pair-wise gating MLP in bf16 (CPU with native bf16, or GPU)
-    # MoL training: "eager" | "compiled" | "blocked" | "fused"
+    # MoL training: "eager" | "compiled" | "blocked" | "fused" | "fused_cpp"
     gating_kernel: str = setting("eager", choices=SCORE_KERNELS)
     seed: int = 42
     max_steps_per_epoch: int = setting(0, minimum=0)  # 0 = a full pass over the training users

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from mol_core.atomic import write_text_atomically
 from mol_core.errors import ConfigError
 from mol_core.hardware import bf16_is_native
+from mol_core.similarity import MoLSimilarity
 from mol_train.checkpoint import load_checkpoint, save_checkpoint, save_state
 from mol_train.config import NegativeSampling, SimilarityKind, TrainConfig
 from mol_train.data import SequenceDataset, iter_train_batches, train_rows
@@ -346,6 +347,11 @@ def _set_scoring_backend(model: SequentialRecommender, config: TrainConfig, devi
     if config.train.gating_bf16 and not bf16:
         logger.warning("train.gating_bf16: this CPU has no native bf16 matmul; the gating stays float32")
     gating.set_scores_backend(kernel=kernel, mlp_dtype=torch.bfloat16 if bf16 else None)
+    similarity = model.similarity
+    if kernel == "fused_cpp" and isinstance(similarity, MoLSimilarity):
+        reason = similarity.cpp_kernel_reason(device)
+        if reason is not None:
+            logger.warning("train.gating_kernel = 'fused_cpp' runs as 'fused' here: %s", reason)
 
 
 def encoder_from_weights(model: SequentialRecommender, weights: dict[str, torch.Tensor]) -> QueryEncoder:

@@ -24,7 +24,7 @@ from mol_core.errors import ConfigError
 __all__ = ["SCORE_KERNELS", "GatingMLP", "GluSiluGating", "glu_silu_scores"]
 
 #: How the training-time gated mixture can run (GluSiluGating.set_scores_backend).
-SCORE_KERNELS = ("eager", "compiled", "blocked", "fused")
+SCORE_KERNELS = ("eager", "compiled", "blocked", "fused", "fused_cpp")
 
 _RENORM_EPS = 1e-6
 _TINY = 1e-30
@@ -144,7 +144,9 @@ class GluSiluGating(nn.Module):
                 component logits and the gated mixture in one compiled function per block
                 (:mod:`~mol_core.similarity.gating_grouped`), as does per-position scoring
                 (:meth:`MoLSimilarity.score_gathered`, :mod:`~mol_core.similarity.gating_gathered`);
-                :meth:`scores` itself runs ``"blocked"``.
+                :meth:`scores` itself runs ``"blocked"``. ``"fused_cpp"``: as ``"fused"``, but grouped
+                scoring with a float32 MLP on an x86-64 CPU goes through the C++ kernel of
+                :mod:`~mol_core.similarity.gating_cpp` (where it cannot run, as ``"fused"``).
             mlp_dtype: see :func:`glu_silu_scores`; ``None`` keeps the parameters' dtype.
 
         In eval mode :meth:`scores` always runs eagerly in the parameters' dtype, so evaluation does not
@@ -158,7 +160,7 @@ class GluSiluGating(nn.Module):
             raise ConfigError(f"kernel must be one of {', '.join(map(repr, SCORE_KERNELS))}; got {kernel!r}")
         if kernel == "compiled":
             self._scores_fn = torch.compile(glu_silu_scores, dynamic=True)
-        elif kernel in ("blocked", "fused"):
+        elif kernel in ("blocked", "fused", "fused_cpp"):
             from mol_core.similarity.gating_blocked import glu_silu_scores_blocked
 
             self._scores_fn = glu_silu_scores_blocked

@@ -238,12 +238,22 @@ class MoLSimilarity(Similarity):
 
     def score_groups(self, query: QuerySide, items: ItemSide, group_sizes: Sequence[int]) -> torch.Tensor:
         """:meth:`Similarity.score_groups`; in training with the gating's ``"fused"`` kernel, through
-        :func:`~mol_core.similarity.gating_grouped.mol_scores_grouped`."""
-        if not (self.training and self.gating.kernel == "fused"):
+        :func:`~mol_core.similarity.gating_grouped.mol_scores_grouped`, and with ``"fused_cpp"`` through
+        :func:`~mol_core.similarity.gating_cpp.mol_scores_grouped_cpp` where :meth:`cpp_kernel_reason`
+        is ``None`` (else as ``"fused"``)."""
+        if not (self.training and self.gating.kernel in ("fused", "fused_cpp")):
             return super().score_groups(query, items, group_sizes)
         if query.gating is None or items.gating is None:
             raise ShapeError("MoLSimilarity needs query and item gating features; build both sides with it")
         self._check_query(query)
+        if self.gating.kernel == "fused_cpp" and self.cpp_kernel_reason(query.embeddings.device) is None:
+            from mol_core.similarity.gating_cpp import mol_scores_grouped_cpp
+
+            options = self._fused_options()
+            del options["mlp_dtype"]  # float32 (cpp_kernel_reason)
+            return mol_scores_grouped_cpp(
+                query.embeddings, query.gating, items.embeddings, items.gating, group_sizes, **options
+            )
         from mol_core.similarity.gating_grouped import mol_scores_grouped
 
         return mol_scores_grouped(
@@ -259,7 +269,7 @@ class MoLSimilarity(Similarity):
         """:meth:`Similarity.score_gathered`; in training with the gating's ``"fused"`` kernel, through
         :func:`~mol_core.similarity.gating_gathered.mol_scores_gathered` (never gathering the candidates of
         all rows at once)."""
-        if not (self.training and self.gating.kernel == "fused"):
+        if not (self.training and self.gating.kernel in ("fused", "fused_cpp")):
             return super().score_gathered(query, table, index)
         if query.gating is None or table.gating is None:
             raise ShapeError("MoLSimilarity needs query and item gating features; build both sides with it")
@@ -274,6 +284,19 @@ class MoLSimilarity(Similarity):
             index,
             **self._fused_options(),
         )
+
+    def cpp_kernel_reason(self, device: torch.device | str = "cpu") -> str | None:
+        """Why training-time grouped scoring cannot run through the C++ gating kernel here (on ``device``,
+        with this head's MLP width and dtype), or ``None``
+        (:func:`~mol_core.similarity.gating_cpp.unavailable_reason`)."""
+        if torch.device(device).type != "cpu":
+            return f"the C++ gating kernel runs on the CPU; this head trains on {device}"
+        if self.gating.mlp_dtype not in (None, torch.float32):
+            return f"the C++ gating kernel runs float32; the pair-wise MLP runs {self.gating.mlp_dtype}"
+        from mol_core.similarity.gating_cpp import unavailable_reason
+
+        mlp = self.gating.logits_mlp
+        return unavailable_reason(mlp.hidden.out_features, self.num_components)
 
     def _fused_options(self) -> dict[str, Any]:
         """The keyword arguments the fused training kernels take from this head: temperature, the pair-wise
