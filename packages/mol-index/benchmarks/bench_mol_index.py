@@ -28,7 +28,10 @@ the torch scan, so a row's speedup over the faster exact search is the row's spe
 every later row is also timed interleaved with it (``speedup_kernel_adjacent_b1`` / ``_b32``, medians,
 and ``speedup_kernel_adjacent_min_*``, minimum over minimum).
 Exit status 1 when a result the bound proved exact (or an exact-guaranteed search) differs from exact
-search.
+search, and with ``--targets`` when no linearized row over a trained bundle's corpus of at least 1e6
+items meets issue #15's item 2 (:func:`target_verdicts`). ``--record BUNDLE`` is the N = 1e6 record of
+docs/mol-index.md on a trained bundle, with ``--targets`` (``nox -s bench -- --full`` runs it when
+``MOL_BENCH_BUNDLE`` names the bundle).
 """
 
 from __future__ import annotations
@@ -70,6 +73,16 @@ from mol_index.search.rails import Algorithm, SearchResult
 
 __all__ = ["main", "merge_results", "run"]
 _ALGORITHMS = (Algorithm.TOP_K_PER_EMBD, Algorithm.TOP_K_AVG, Algorithm.COMB_TOP_K)
+#: The real-history queries of ``--record`` (../shared/data beside the repository).
+HISTORIES = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "ml-1m" / "user_movie_chrono.txt"
+#: Issue #15, item 2: approximate top-k of a trained model's items at N >= 1e6, recall@k >= .99 at >= 30x
+#: less CPU time than exact search at B = 1 and B = 32, and within 3x of the FAISS flat scan's time.
+TARGET_MIN_ITEMS = 1_000_000
+TARGET_RECALL = 0.99
+TARGET_LESS_CPU = 30.0
+TARGET_VS_FLAT = 3.0
+#: The linearized setting of the record (docs/mol-index.md): K'avg, K', rounds, nprobe, early nprobe.
+RECORD_LINEARIZED = (2000, 2000, 2, 128, 64)
 
 
 def _index_bytes(index: MolIndex) -> int:
@@ -257,7 +270,8 @@ def _bench_corpus(
         faiss.omp_set_num_threads(search_threads)
         nlist = int(index.parameters.get("nlist", "0"))
         stage_nprobe = index.faiss_stage.default_nprobe if nlist and index.faiss_stage else None
-        variants = [(*v, 1, None, None) for v in _variants(stage, k_primes, k_primes_avg)]
+        Variant = tuple[Algorithm, int, int | None, bool, int, int | None, int | None]
+        variants: list[Variant] = [(*v, 1, None, None) for v in _variants(stage, k_primes, k_primes_avg)]
         variants += [(Algorithm.LINEARIZED, kp, ka, False, r, np_, e) for ka, kp, r, np_, e in linearized]
         for algorithm, k_prime, k_prime_avg, guarantee, rounds, own_nprobe, early_nprobe in variants:
             params = SearchParams(
@@ -499,6 +513,49 @@ HEADER = (
 )
 
 
+def target_verdicts(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue #15 item 2 for every linearized row over a bundle's corpus of at least ``TARGET_MIN_ITEMS``:
+    ``{"row", "recall", "less_cpu_b1", "less_cpu_b32", "vs_flat_b1", "vs_flat_b32", "exact", "misses"}``.
+
+    "Less CPU" is over the fastest exact scan timed beside the row: the fused kernel's
+    (``speedup_kernel_adjacent_*``) where it ran, else the torch scan's (``speedup_adjacent_*``); "vs flat"
+    is the row's time over the FAISS flat scan's, interleaved (``vs_flat_adjacent_*``). ``misses`` lists
+    what falls short (empty: the row meets the item)."""
+    verdicts = []
+    for row in results:
+        eligible = row["corpus"].startswith("bundle:") and row["N"] >= TARGET_MIN_ITEMS
+        if not eligible or not row["algorithm"].startswith(Algorithm.LINEARIZED.value):
+            continue
+        kernel = "speedup_kernel_adjacent_b1" in row
+        prefix = "speedup_kernel_adjacent" if kernel else "speedup_adjacent"
+        figures = {
+            "recall": row["recall"],
+            "less_cpu_b1": row.get(f"{prefix}_b1", float("nan")),
+            "less_cpu_b32": row.get(f"{prefix}_b32", float("nan")),
+            "vs_flat_b1": row.get("vs_flat_adjacent_b1", float("nan")),
+            "vs_flat_b32": row.get("vs_flat_adjacent_b32", float("nan")),
+        }
+        misses = []
+        if not figures["recall"] >= TARGET_RECALL:
+            misses.append(f"recall {figures['recall']:.4f} < {TARGET_RECALL}")
+        for batch in ("b1", "b32"):
+            less, flat = figures[f"less_cpu_{batch}"], figures[f"vs_flat_{batch}"]
+            if not less >= TARGET_LESS_CPU:
+                misses.append(f"{less:.1f}x < {TARGET_LESS_CPU:.0f}x less CPU at {batch}")
+            if not flat <= TARGET_VS_FLAT:
+                misses.append(f"{flat:.2f}x > {TARGET_VS_FLAT:.0f}x FAISS flat at {batch}")
+        label = f"{row['stage']} {row['algorithm']} K'avg={row['k_prime_avg']} K'={row['k_prime']}"
+        verdicts.append(
+            {
+                "row": f"{label} nprobe={row['nprobe']}",
+                **figures,
+                "exact": "fused kernel" if kernel else "torch scan",
+                "misses": misses,
+            }
+        )
+    return verdicts
+
+
 def _k_label(row: dict[str, Any]) -> str:
     """``K'``, or ``K'/K'_avg`` when the TopKAvg part of a row took its own candidate count."""
     k_prime_avg = row.get("k_prime_avg", row["k_prime"])
@@ -712,6 +769,22 @@ def main(argv: list[str] | None = None) -> int:
         "it when a later run has the same corpus, queries and stage settings (exact search is still timed; "
         "a loaded index's row has build_s null)",
     )
+    parser.add_argument(
+        "--targets",
+        action="store_true",
+        help="exit 1 unless a linearized row over a bundle's corpus of >= 1e6 items meets issue #15's item 2 "
+        "(recall@k >= .99, >= 30x less CPU than the fastest exact scan at B = 1 and 32, <= 3x FAISS flat)",
+    )
+    parser.add_argument(
+        "--record",
+        type=Path,
+        metavar="BUNDLE",
+        help="the record run of docs/mol-index.md on this trained bundle, with --targets: its items "
+        "resampled to 1e6 (noise 1.0), queries from ML-1M histories (--histories, default ../shared/data), "
+        "IVF stages with an IVF mean index, RAILS at K' 256, the linearized search at "
+        + ",".join(str(v) for v in RECORD_LINEARIZED)
+        + ", 16 batches of 32 and 32 single queries",
+    )
     parser.add_argument("--output", type=Path, help="write the result as JSON to this path")
     parser.add_argument("--plot", type=Path, help="write a recall-vs-latency PNG here (needs matplotlib)")
     parser.add_argument(
@@ -727,6 +800,26 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--plot-from needs --plot (where to draw)")
         plot(merge_results([json.loads(path.read_text()) for path in args.plot_from]), args.plot)
         return 0
+    if args.record is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("--sizes", args.sizes),
+                ("--bundle", args.bundle),
+                ("--bundle-items", args.bundle_items),
+                ("--linearized", args.linearized),
+                ("--k-primes", args.k_primes),
+                ("--quick", args.quick or None),
+            )
+            if value is not None
+        ]
+        if given:
+            parser.error(f"--record sets the corpus and the rows itself; drop {', '.join(given)}")
+        args.sizes, args.bundle, args.bundle_items, args.bundle_noise = [], args.record, 1_000_000, 1.0
+        args.histories = args.histories or HISTORIES
+        args.large_stages, args.approximate_mean = ["ivf"], True
+        args.k_primes, args.k_primes_avg, args.linearized = [256], [], [RECORD_LINEARIZED]
+        args.batches, args.b1_queries, args.targets = 16, 32, True
     faiss.omp_set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     sizes = (
@@ -771,6 +864,8 @@ def main(argv: list[str] | None = None) -> int:
         log=lambda line: print(line, flush=True),
     )
     result["mode"] = "quick" if args.quick else "full"
+    if args.targets:
+        result["targets"] = target_verdicts(result["results"])
     if args.output:
         write_result(result, args.output)
     if args.plot:
@@ -781,6 +876,28 @@ def main(argv: list[str] | None = None) -> int:
     bad = [r for r in result["results"] if "guarantee" in r["algorithm"] and r["recall"] < 1.0]
     if bad:
         print(f"FAIL: exact-guaranteed search missed exact results: {bad}", file=sys.stderr)
+        return 1
+    if args.targets:
+        return _report_targets(result["targets"])
+    return 0
+
+
+def _report_targets(verdicts: list[dict[str, Any]]) -> int:
+    """Prints issue #15 item 2's verdict per row; 0 when a row meets it, else 1."""
+    print("\nissue #15 item 2 (recall >= .99, >= 30x less CPU than exact at B = 1 and 32, <= 3x FAISS flat):")
+    for verdict in verdicts:
+        figures = (
+            f"recall {verdict['recall']:.4f}, {verdict['less_cpu_b1']:.1f}x / {verdict['less_cpu_b32']:.1f}x "
+            f"less CPU than the {verdict['exact']}, "
+            f"{verdict['vs_flat_b1']:.2f}x / {verdict['vs_flat_b32']:.2f}x FAISS flat"
+        )
+        state = "MET" if not verdict["misses"] else "missed: " + "; ".join(verdict["misses"])
+        print(f"  {verdict['row']}: {figures}: {state}")
+    if not verdicts:
+        print("FAIL: no linearized row over a bundle's corpus of >= 1e6 items to check", file=sys.stderr)
+        return 1
+    if all(verdict["misses"] for verdict in verdicts):
+        print("FAIL: no row meets issue #15's item 2", file=sys.stderr)
         return 1
     return 0
 

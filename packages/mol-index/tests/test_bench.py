@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -275,3 +276,89 @@ def test_linearized_settings_parse_with_optional_nprobes(index_benchmark: Module
     for bad in ("2000,1000", "2000,1000,2,128,64,1", "2000,0,2", "a,b,c"):
         with pytest.raises(argparse.ArgumentTypeError, match="K_AVG,K,ROUNDS"):
             parse(bad)
+
+
+def _target_row(**changes: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "corpus": "bundle:b, resampled to 1000000 (noise 1.0)",
+        "N": 1_000_000,
+        "stage": "ivf",
+        "algorithm": "linearized x2",
+        "k_prime": 2000,
+        "k_prime_avg": 2000,
+        "nprobe": 128,
+        "recall": 0.995,
+        "speedup_kernel_adjacent_b1": 31.0,
+        "speedup_kernel_adjacent_b32": 35.0,
+        "speedup_adjacent_b1": 80.0,
+        "speedup_adjacent_b32": 90.0,
+        "vs_flat_adjacent_b1": 0.8,
+        "vs_flat_adjacent_b32": 0.5,
+    }
+    row.update(changes)
+    return row
+
+
+def test_targets_name_what_each_eligible_linearized_row_misses(
+    index_benchmark: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    no_kernel = _target_row(algorithm="linearized x3")
+    del no_kernel["speedup_kernel_adjacent_b1"], no_kernel["speedup_kernel_adjacent_b32"]
+    rows = [
+        _target_row(),  # meets every part
+        _target_row(recall=0.9899, speedup_kernel_adjacent_b1=29.9, vs_flat_adjacent_b32=3.1),
+        no_kernel,  # judged against the torch scan's interleaved ratios
+        _target_row(corpus="synthetic"),  # random weights: not eligible
+        _target_row(N=999_999),  # too small
+        _target_row(algorithm="comb_topk"),  # not the linearized search
+    ]
+    verdicts = index_benchmark.target_verdicts(rows)
+    assert len(verdicts) == 3
+    assert verdicts[0]["misses"] == []
+    assert verdicts[0]["exact"] == "fused kernel"
+    assert verdicts[1]["misses"] == [
+        "recall 0.9899 < 0.99",
+        "29.9x < 30x less CPU at b1",
+        "3.10x > 3x FAISS flat at b32",
+    ]
+    assert verdicts[2]["exact"] == "torch scan"
+    assert (verdicts[2]["less_cpu_b1"], verdicts[2]["less_cpu_b32"]) == (80.0, 90.0)
+    assert index_benchmark._report_targets(verdicts) == 0
+    assert index_benchmark._report_targets(verdicts[1:2]) == 1
+    assert index_benchmark._report_targets([]) == 1
+    out = capsys.readouterr()
+    assert "MET" in out.out
+    assert "missed: recall 0.9899 < 0.99" in out.out
+    assert "no row meets" in out.err
+
+
+def test_record_sets_its_own_corpus_and_rows(index_benchmark: ModuleType, tmp_path: Path) -> None:
+    for extra in (["--sizes", "1000"], ["--bundle", str(tmp_path)], ["--quick"], ["--linearized", "8,8,1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            index_benchmark.main(["--record", str(tmp_path), *extra])
+        assert exit_info.value.code == 2
+
+
+def test_the_exact_kernels_full_mode_names_the_batch_that_misses_item_1() -> None:
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_exact_kernels.py"
+    spec = importlib.util.spec_from_file_location("bench_exact_kernels", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+
+    def result(b1: float, b32: float) -> dict[str, Any]:
+        rows = [
+            {"shape": "8x4x64 H128", "batch": 1, "fused_gemm_fraction": b1},
+            {"shape": "8x4x64 H128", "batch": 32, "fused_gemm_fraction": b32},
+            {"shape": "4x3x32 H48", "batch": 1, "fused_gemm_fraction": 0.1},  # not a target shape
+        ]
+        return {"results": rows}
+
+    assert module.target_misses(result(0.45, 0.60)) == []
+    assert module.target_misses(result(0.449, 0.65)) == ["B = 1: 44.9% of the GEMM rate < 45%"]
+    assert module.target_misses({"results": result(0.5, 0.7)["results"][1:]}) == ["B = 1: not measured"]
