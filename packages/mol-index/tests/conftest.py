@@ -103,14 +103,25 @@ def same_topk() -> Callable[..., None]:
     return assert_same_topk
 
 
-@pytest.fixture(scope="session")
-def index_benchmark() -> ModuleType:
-    """benchmarks/bench_mol_index.py as a module (benchmarks are scripts outside the package)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_mol_index.py"
-    spec = importlib.util.spec_from_file_location("bench_mol_index", path)
+def load_benchmark(name: str) -> ModuleType:
+    """benchmarks/<name>.py as a module (benchmarks are scripts outside the package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def index_benchmark() -> ModuleType:
+    """benchmarks/bench_mol_index.py as a module."""
+    return load_benchmark("bench_mol_index")
+
+
+@pytest.fixture(scope="session")
+def exact_kernels_benchmark() -> ModuleType:
+    """benchmarks/bench_exact_kernels.py as a module."""
+    return load_benchmark("bench_exact_kernels")

@@ -339,17 +339,10 @@ def test_record_sets_its_own_corpus_and_rows(index_benchmark: ModuleType, tmp_pa
         assert exit_info.value.code == 2
 
 
-def test_the_exact_kernels_full_mode_names_the_batch_that_misses_item_1() -> None:
-    import importlib.util
-    import sys
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_exact_kernels.py"
-    spec = importlib.util.spec_from_file_location("bench_exact_kernels", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+def test_the_exact_kernels_full_mode_names_the_batch_that_misses_item_1(
+    exact_kernels_benchmark: ModuleType,
+) -> None:
+    module = exact_kernels_benchmark
 
     def result(b1: float, b32: float) -> dict[str, Any]:
         rows = [

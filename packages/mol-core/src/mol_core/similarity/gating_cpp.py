@@ -34,7 +34,7 @@ import torch
 from mol_core.errors import ShapeError
 from mol_core.kernels import AVX2_MATH
 from mol_core.kernels.cpu_build import KernelUnavailable, load_library
-from mol_core.similarity.gating_grouped import keep_mask
+from mol_core.similarity.gating_grouped import check_grouped_inputs, keep_mask
 
 __all__ = ["mol_scores_grouped_cpp", "unavailable_reason"]
 
@@ -270,19 +270,8 @@ def mol_scores_grouped_cpp(
         KernelUnavailable: the kernel cannot run here or for this MLP (:func:`unavailable_reason`), or the
             inputs are not on the CPU.
     """
-    sizes = tuple(int(size) for size in group_sizes)
-    rows, num_q, dim = queries.shape
-    if items.dim() != 4 or items.shape[0] != len(sizes) or items.shape[3] != dim:
-        raise ShapeError(f"items must have shape (G={len(sizes)}, X, Px, d={dim}); got {tuple(items.shape)}")
-    num_p = num_q * items.shape[2]
-    if query_gating.shape != (rows, num_p) or item_gating.shape != (*items.shape[:2], num_p):
-        raise ShapeError(
-            f"gating features must have shapes (M, P) = ({rows}, {num_p}) and (G, X, P) = "
-            f"({items.shape[0]}, {items.shape[1]}, {num_p}); got {tuple(query_gating.shape)} and "
-            f"{tuple(item_gating.shape)}"
-        )
-    if sum(sizes) != rows or any(size < 0 for size in sizes):
-        raise ShapeError(f"group_sizes must be >= 0 and sum to M = {rows}; got a sum of {sum(sizes)}")
+    sizes = check_grouped_inputs(queries, query_gating, items, item_gating, group_sizes)
+    num_p = query_gating.shape[1]
     if hidden_weight.shape[1] != num_p:
         raise ShapeError(f"the gating MLP takes {hidden_weight.shape[1]} components; the inputs have {num_p}")
     reason = unavailable_reason(hidden_weight.shape[0], num_p)

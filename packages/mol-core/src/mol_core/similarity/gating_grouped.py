@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from mol_core.errors import ShapeError
 
-__all__ = ["keep_mask", "mol_scores_grouped"]
+__all__ = ["check_grouped_inputs", "keep_mask", "mol_scores_grouped"]
 
 _TINY = 1e-30
 #: (row, candidate) pairs per block: a block's (pairs, H) hidden layer then stays within a core's caches.
@@ -291,6 +291,34 @@ class _GroupedMoL(torch.autograd.Function):
         )
 
 
+def check_grouped_inputs(
+    queries: torch.Tensor,
+    query_gating: torch.Tensor,
+    items: torch.Tensor,
+    item_gating: torch.Tensor,
+    group_sizes: Sequence[int],
+) -> tuple[int, ...]:
+    """The group sizes as a tuple, once the shapes of :func:`mol_scores_grouped`'s inputs fit together.
+
+    Raises:
+        ShapeError: shapes that do not fit together, or group sizes that do not sum to ``M``.
+    """
+    sizes = tuple(int(size) for size in group_sizes)
+    rows, num_q, dim = queries.shape
+    if items.dim() != 4 or items.shape[0] != len(sizes) or items.shape[3] != dim:
+        raise ShapeError(f"items must have shape (G={len(sizes)}, X, Px, d={dim}); got {tuple(items.shape)}")
+    num_p = num_q * items.shape[2]
+    if query_gating.shape != (rows, num_p) or item_gating.shape != (*items.shape[:2], num_p):
+        raise ShapeError(
+            f"gating features must have shapes (M, P) = ({rows}, {num_p}) and (G, X, P) = "
+            f"({items.shape[0]}, {items.shape[1]}, {num_p}); got {tuple(query_gating.shape)} and "
+            f"{tuple(item_gating.shape)}"
+        )
+    if sum(sizes) != rows or any(size < 0 for size in sizes):
+        raise ShapeError(f"group_sizes must be >= 0 and sum to M = {rows}; got a sum of {sum(sizes)}")
+    return sizes
+
+
 def mol_scores_grouped(
     queries: torch.Tensor,
     query_gating: torch.Tensor,
@@ -331,19 +359,7 @@ def mol_scores_grouped(
     Raises:
         ShapeError: shapes that do not fit together, or group sizes that do not sum to ``M``.
     """
-    sizes = tuple(int(size) for size in group_sizes)
-    rows, num_q, dim = queries.shape
-    if items.dim() != 4 or items.shape[0] != len(sizes) or items.shape[3] != dim:
-        raise ShapeError(f"items must have shape (G={len(sizes)}, X, Px, d={dim}); got {tuple(items.shape)}")
-    num_p = num_q * items.shape[2]
-    if query_gating.shape != (rows, num_p) or item_gating.shape != (*items.shape[:2], num_p):
-        raise ShapeError(
-            f"gating features must have shapes (M, P) = ({rows}, {num_p}) and (G, X, P) = "
-            f"({items.shape[0]}, {items.shape[1]}, {num_p}); got {tuple(query_gating.shape)} and "
-            f"{tuple(item_gating.shape)}"
-        )
-    if sum(sizes) != rows or any(size < 0 for size in sizes):
-        raise ShapeError(f"group_sizes must be >= 0 and sum to M = {rows}; got a sum of {sum(sizes)}")
+    sizes = check_grouped_inputs(queries, query_gating, items, item_gating, group_sizes)
     scores: torch.Tensor = _GroupedMoL.apply(  # type: ignore[no-untyped-call]
         queries.float(),
         query_gating.float(),
