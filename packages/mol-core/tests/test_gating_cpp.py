@@ -20,6 +20,8 @@ needs_kernel = pytest.mark.skipif(
     gating_cpp.unavailable_reason(16, 6) is not None,
     reason=f"the C++ gating kernel cannot run here: {gating_cpp.unavailable_reason(16, 6)}",
 )
+#: The kernel's builds this CPU runs: AVX2 always, AVX-512 where torch reports it.
+ISAS = ["avx2"] + (["avx512"] if torch.backends.cpu.get_cpu_capability() == "AVX512" else [])
 
 
 def _inputs(
@@ -39,17 +41,30 @@ def _inputs(
 
 
 @needs_kernel
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize(
     ("sizes", "num_q", "num_i", "dim", "hidden", "num_x", "dropout", "threads"),
     [
-        ([3, 0, 1, 6], 3, 2, 8, 16, 5, 0.3, 1),  # an empty and a one-row group; P = 6 (padded to 8)
+        ([3, 0, 1, 6], 3, 2, 8, 16, 5, 0.3, 1),  # an empty and a one-row group; P = 6 (padded to 8 / 16)
         ([2, 5], 9, 4, 16, 20, 7, 0.2, 1),  # P = 36, hidden 20 (padded to 32), pairs not a multiple of 4
+        ([4, 3], 17, 1, 8, 40, 6, 0.1, 1),  # P = 17: one lane in the last vector of either width
         ([40, 37], 4, 2, 8, 16, 33, 0.0, 2),  # enough pairs for two threads; no dropout
     ],
 )
 def test_cpp_kernel_equals_naive_reference(
-    sizes: list[int], num_q: int, num_i: int, dim: int, hidden: int, num_x: int, dropout: float, threads: int
+    sizes: list[int],
+    num_q: int,
+    num_i: int,
+    dim: int,
+    hidden: int,
+    num_x: int,
+    dropout: float,
+    threads: int,
+    isa: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("MOL_CPU_ISA", isa)
+    assert gating_cpp.instruction_set() == isa
     torch.manual_seed(7)
     inputs = _inputs(sizes, num_q, num_i, dim, hidden, num_x)
     queries, query_gating, items, item_gating, *mlp = inputs
@@ -103,6 +118,24 @@ def test_cpp_kernel_refuses_bad_shapes_and_devices() -> None:
     huge = {**options, "hidden_weight": torch.randn(2000, 6)}
     with pytest.raises(KernelUnavailable, match="hidden width"):
         mol_scores_grouped_cpp(queries, query_gating, items, item_gating, [2, 3], **huge)
+
+
+def test_instruction_set_follows_the_cpu_and_mol_cpu_isa(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MOL_CPU_ISA", raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert gating_cpp.instruction_set() == "avx512"
+    monkeypatch.setenv("MOL_CPU_ISA", "AVX2")
+    assert gating_cpp.instruction_set() == "avx2"
+    monkeypatch.setenv("MOL_CPU_ISA", "sse4")
+    with pytest.raises(ValueError, match="MOL_CPU_ISA must be one of"):
+        gating_cpp.instruction_set()
+    assert "MOL_CPU_ISA must be one of" in str(gating_cpp.unavailable_reason(16, 6))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.delenv("MOL_CPU_ISA")
+    assert gating_cpp.instruction_set() == "avx2"
+    monkeypatch.setenv("MOL_CPU_ISA", "avx512")
+    with pytest.raises(ValueError, match="no AVX-512"):
+        gating_cpp.instruction_set()
 
 
 def test_switched_off_kernel_says_why(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,8 @@ weights and the same ML-1M batches (synthetic ones in quick mode or without the 
   kept for backward (mol_core.similarity.gating_grouped);
 - ``... + bf16 gating``: and its MLP in bf16 (on CPUs with native bf16 only);
 - ``batched + fused C++``: the same blocks with the gating MLP, gate and mixture, forward and backward, in
-  the C++ kernel of mol_core.similarity.gating_cpp (float32; skipped where that kernel cannot run);
+  the C++ kernel of mol_core.similarity.gating_cpp (float32; skipped where that kernel cannot run; its
+  AVX-512 build on CPUs that have it, and then also ``..., AVX2 build``: the same kernel built for AVX2);
 - ``per-position + ...``: fresh negatives for every position (the reference's sampler), with the blocked
   kernel or the fused one that gathers each block's candidates (mol_core.similarity.gating_gathered).
 
@@ -54,7 +55,7 @@ import mol_core.similarity.gating_grouped
 import mol_train.model
 from mol_core.atomic import write_text_atomically
 from mol_core.hardware import bf16_is_native
-from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide, Similarity
+from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide, Similarity, gating_cpp
 from mol_train.config import NegativeSampling, load_config
 from mol_train.data import SequenceDataset, make_synthetic, prepare, train_batch, train_rows
 from mol_train.model import build_model
@@ -101,6 +102,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "batched + fused": {"sampling": PER_SEQUENCE, "kernel": "fused"},
     "batched + fused + bf16 gating": {"sampling": PER_SEQUENCE, "kernel": "fused", "bf16": True},
     "batched + fused C++": {"sampling": PER_SEQUENCE, "kernel": "fused_cpp"},
+    "batched + fused C++, AVX2 build": {"sampling": PER_SEQUENCE, "kernel": "fused_cpp", "isa": "avx2"},
     "per-position + blocked + bf16 gating": {"sampling": PER_POSITION, "kernel": "blocked", "bf16": True},
     "per-position + fused + bf16 gating": {"sampling": PER_POSITION, "kernel": "fused", "bf16": True},
 }
@@ -129,7 +131,12 @@ def _variant(model: mol_train.model.SequentialRecommender, spec: dict[str, Any])
         if "block_pairs" in spec
         else contextlib.nullcontext()
     )
-    with patch, blocks:
+    isa = (
+        mock.patch.dict(os.environ, {"MOL_CPU_ISA": spec["isa"]})
+        if "isa" in spec
+        else contextlib.nullcontext()
+    )
+    with patch, blocks, isa:
         yield
 
 
@@ -178,6 +185,8 @@ def measure(
     if cpp_reason is not None:  # it would silently run as "fused"
         print(f"skipping the fused_cpp variants: {cpp_reason}", flush=True)
         names = [n for n in names if specs[n].get("kernel") != "fused_cpp"]
+    if cpp_reason is not None or gating_cpp.instruction_set() != "avx512":  # AVX2 build: beside AVX-512
+        names = [n for n in names if "isa" not in specs[n]]
     if variants is not None:
         names = [n for n in names if n in variants or n == "loop (before)"]
     for pairs in block_pairs or []:  # the fused kernel at other block sizes (its BLOCK_PAIRS)
@@ -326,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "bf16_native": bf16_is_native(device),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         },
         **measured,

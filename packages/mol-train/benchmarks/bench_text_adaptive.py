@@ -83,17 +83,18 @@ def dual_embeddings(encoder: str | Path, texts: list[str], max_tokens: int, batc
 
 
 def exact_scores(cross: CrossEncoder, queries: list[str], passages: list[str], cache: Path) -> torch.Tensor:
-    """``(B, N)`` cross-encoder scores of every passage for every query, cached per query in ``cache``."""
+    """``(B, N)`` cross-encoder scores of every passage for every query, cached per query text in ``cache``
+    (so a run over more queries reuses a smaller run's)."""
     stored = _load(cache)
     for b, query in enumerate(queries):
-        key = str(b)
+        key = query
         if key not in stored:
             start = time.perf_counter()
             stored[key] = torch.from_numpy(cross.score([query] * len(passages), passages))  # (N,)
             _save(cache, stored)
             print(f"exact cross-encoder scores, query {b + 1}/{len(queries)}: "
                   f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
-    return torch.stack([stored[str(b)] for b in range(len(queries))])
+    return torch.stack([stored[query] for query in queries])
 
 
 def recall(found: torch.Tensor, exact: torch.Tensor, k: int) -> float:
@@ -142,7 +143,7 @@ def run(args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
     dual_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    exact = exact_scores(cross, queries, passages, cache_dir / f"exact-{tag}-{_key(queries)}.pt")  # (B, N)
+    exact = exact_scores(cross, queries, passages, cache_dir / f"exact-{tag}.pt")  # (B, N)
     exact_seconds = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -116,3 +116,38 @@ def test_fit_on_cuda_beats_chance(dataset, tmp_path: Path, preset: str) -> None:
     result = fit(config, dataset, tmp_path, progress=False, device="cuda")
     assert result.test["hr@10"] > 1.5 * 10 / dataset.num_items, result.test
     assert result.test["count"] == dataset.num_users
+
+
+@pytest.mark.parametrize(
+    ("negatives", "kernel_on", "want_bf16"),
+    [("per_sequence", True, False), ("per_position", True, True), ("per_sequence", False, True)],
+)
+def test_fused_cpp_takes_precedence_over_gating_bf16_where_it_runs(  # type: ignore[no-untyped-def]
+    dataset, monkeypatch: pytest.MonkeyPatch, negatives: str, kernel_on: bool, want_bf16: bool
+) -> None:
+    """The C++ kernel is float32: with ``gating_bf16`` on a bf16 CPU it still runs where it can, and bf16
+    applies where the head falls back (per-position negatives, the kernel switched off)."""
+    import torch
+
+    from mol_core.similarity import gating_cpp
+    from mol_train import train
+    from mol_train.model import build_model
+
+    if kernel_on and gating_cpp.unavailable_reason(16, 6) is not None:
+        pytest.skip(f"the C++ gating kernel cannot run here: {gating_cpp.unavailable_reason(16, 6)}")
+    if not kernel_on:
+        monkeypatch.setenv("MOL_CPU_KERNEL", "0")
+    monkeypatch.setattr(train, "bf16_is_native", lambda device: True)
+    config = load_config(
+        "tiny_cpu",
+        [
+            *FAST,
+            f"train.negatives='{negatives}'",
+            "train.gating_kernel='fused_cpp'",
+            "train.gating_bf16=true",
+        ],
+    )
+    model = build_model(config, dataset.num_items)
+    train._set_scoring_backend(model, config, torch.device("cpu"))
+    assert model.similarity.gating.mlp_dtype == (torch.bfloat16 if want_bf16 else None)
+    assert (model.similarity.cpp_kernel_reason() is None) == (kernel_on and not want_bf16)

@@ -338,7 +338,11 @@ def run_title(config: TrainConfig, out: Path) -> str:
 
 def _set_scoring_backend(model: SequentialRecommender, config: TrainConfig, device: torch.device) -> None:
     """``train.gating_kernel`` and ``train.gating_bf16`` for a MoL head (bf16 only where the device runs it
-    natively: CUDA, or a CPU with AVX512-BF16 / AMX; elsewhere it stays float32 and says so)."""
+    natively: CUDA, or a CPU with AVX512-BF16 / AMX; elsewhere it stays float32 and says so).
+
+    With ``"fused_cpp"`` the C++ kernel, which is float32, takes precedence where it runs (a CPU, negatives
+    shared per sequence or batch): ``gating_bf16`` then applies only where the head falls back to the
+    torch paths (a GPU, per-position negatives, no compiler)."""
     gating = getattr(model.similarity, "gating", None)
     kernel = config.train.gating_kernel
     if gating is None or (kernel == "eager" and not config.train.gating_bf16):
@@ -346,12 +350,17 @@ def _set_scoring_backend(model: SequentialRecommender, config: TrainConfig, devi
     bf16 = config.train.gating_bf16 and bf16_is_native(device)
     if config.train.gating_bf16 and not bf16:
         logger.warning("train.gating_bf16: this CPU has no native bf16 matmul; the gating stays float32")
-    gating.set_scores_backend(kernel=kernel, mlp_dtype=torch.bfloat16 if bf16 else None)
     similarity = model.similarity
     if kernel == "fused_cpp" and isinstance(similarity, MoLSimilarity):
+        gating.set_scores_backend(kernel=kernel, mlp_dtype=None)
         reason = similarity.cpp_kernel_reason(device)
+        if reason is None and config.train.negatives != NegativeSampling.PER_POSITION:
+            if bf16:
+                logger.info("train.gating_bf16: the C++ gating kernel runs float32 and takes precedence here")
+            return
         if reason is not None:
             logger.warning("train.gating_kernel = 'fused_cpp' runs as 'fused' here: %s", reason)
+    gating.set_scores_backend(kernel=kernel, mlp_dtype=torch.bfloat16 if bf16 else None)
 
 
 def encoder_from_weights(model: SequentialRecommender, weights: dict[str, torch.Tensor]) -> QueryEncoder:

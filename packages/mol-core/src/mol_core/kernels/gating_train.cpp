@@ -1,4 +1,5 @@
-// MoL's pair-wise gating in training, forward and backward, fused, for x86-64 CPUs with AVX2 and FMA.
+// MoL's pair-wise gating in training, forward and backward, fused, for x86-64 CPUs with AVX2 and FMA, or
+// AVX-512F when built with -DMOL_AVX512 (simd.h).
 //
 // One group: `rows` query rows meet the same `cands` candidates; pair i = r * cands + x. The component
 // logits come as the product of the query and candidate components, (rows * pq, cands * px), already
@@ -13,7 +14,8 @@
 //   dLoss/dqg[r] = sum_x gg ig[x], dLoss/dig[x] = sum_r gg qg[r]
 //   dLoss/dW2 = sum gg h^T, dLoss/db2 = sum gg, dLoss/dW1 = sum gpre l^T, dLoss/db1 = sum gpre
 // The hidden layer never leaves a tile of kTile pairs (it is recomputed in backward). Built by
-// mol_core/kernels/cpu_build.py with -DMOL_H16 (hidden width padded to 16) and -DMOL_P8 (p padded to 8);
+// mol_core/kernels/cpu_build.py with -DMOL_HIDDEN (the hidden width padded to two vectors: 16 floats for
+// AVX2, 32 for AVX-512) and -DMOL_COMPONENTS (p padded to one vector: 8 or 16);
 // called through ctypes by mol_core/similarity/gating_cpp.py. Threads split the pairs; each keeps its own
 // gradient sums, added up at the end.
 
@@ -25,29 +27,28 @@
 #include <thread>
 #include <vector>
 
-#include "avx2_math.h"
+#include "simd.h"
 
-#ifndef MOL_H16
-#define MOL_H16 128
+#ifndef MOL_HIDDEN
+#define MOL_HIDDEN 128
 #endif
-#ifndef MOL_P8
-#define MOL_P8 40
+#ifndef MOL_COMPONENTS
+#define MOL_COMPONENTS 48
 #endif
 
 namespace {
 
-using mol_avx2::exp256;
-using mol_avx2::hmax;
-using mol_avx2::hsum;
-using mol_avx2::lane_mask;
-using mol_avx2::sigmoid256;
+namespace v = mol_simd;
+using v::vec;
 
-constexpr int H = MOL_H16;  // padded hidden width: padded units have zero weights and bias (silu(0) = 0)
-constexpr int P8 = MOL_P8;  // padded number of components
-constexpr int HC = H / 16;  // chunks of 16 hidden units
-constexpr int PV = P8 / 8;  // vectors of components
-constexpr int kTile = 4;    // pairs per tile
-static_assert(H % 16 == 0 && H > 0 && P8 % 8 == 0 && P8 > 0, "MOL_H16 must be a multiple of 16, MOL_P8 of 8");
+constexpr int L = v::kLanes;         // floats per vector
+constexpr int H = MOL_HIDDEN;        // padded hidden width: padded units have zero weights and bias (silu(0) = 0)
+constexpr int PP = MOL_COMPONENTS;   // padded number of components
+constexpr int HC = H / (2 * L);      // chunks of two vectors of hidden units
+constexpr int PV = PP / L;           // vectors of components
+constexpr int kTile = 4;             // pairs per tile
+static_assert(H % (2 * L) == 0 && H > 0 && PP % L == 0 && PP > 0,
+              "MOL_HIDDEN must be a multiple of two vectors, MOL_COMPONENTS of one");
 
 struct Group {
   int64_t rows, cands;
@@ -61,62 +62,62 @@ struct Group {
 struct Weights {
   const float* w1t;  // (p, H): the hidden layer's weight transposed, padded columns zero
   const float* b1;   // (H)
-  const float* w2t;  // (H, P8): the output layer's weight transposed, padded rows and columns zero
-  const float* b2;   // (P8)
-  const float* w1h;  // (H, P8): the hidden layer's weight, padded rows and columns zero
+  const float* w2t;  // (H, PP): the output layer's weight transposed, padded rows and columns zero
+  const float* b2;   // (PP)
+  const float* w1h;  // (H, PP): the hidden layer's weight, padded rows and columns zero
   const float* w2;   // (p, H): the output layer's weight, padded columns zero
 };
 
 // out[t][0..H) = bias + sum_q x[t][q] w[q][0..H) for q < p (w: (p, H)); bias may be null.
-inline void rows_times(const float (*x)[P8], int p, const float* w, const float* bias, float (*out)[H]) {
+inline void rows_times(const float (*x)[PP], int p, const float* w, const float* bias, float (*out)[H]) {
   for (int c = 0; c < HC; ++c) {
-    __m256 a[kTile][2];
-    const __m256 b0 = bias ? _mm256_loadu_ps(bias + 16 * c) : _mm256_setzero_ps();
-    const __m256 b1 = bias ? _mm256_loadu_ps(bias + 16 * c + 8) : _mm256_setzero_ps();
+    vec a[kTile][2];
+    const vec b0 = bias ? v::load(bias + 2 * L * c) : v::zero();
+    const vec b1 = bias ? v::load(bias + 2 * L * c + L) : v::zero();
     for (int t = 0; t < kTile; ++t) {
       a[t][0] = b0;
       a[t][1] = b1;
     }
     for (int q = 0; q < p; ++q) {
-      const float* wq = w + static_cast<int64_t>(q) * H + 16 * c;
-      const __m256 w0 = _mm256_loadu_ps(wq), w1 = _mm256_loadu_ps(wq + 8);
+      const float* wq = w + static_cast<int64_t>(q) * H + 2 * L * c;
+      const vec w0 = v::load(wq), w1 = v::load(wq + L);
 #pragma GCC unroll 4
       for (int t = 0; t < kTile; ++t) {
-        const __m256 s = _mm256_broadcast_ss(&x[t][q]);
-        a[t][0] = _mm256_fmadd_ps(s, w0, a[t][0]);
-        a[t][1] = _mm256_fmadd_ps(s, w1, a[t][1]);
+        const vec s = v::broadcast(&x[t][q]);
+        a[t][0] = v::fma(s, w0, a[t][0]);
+        a[t][1] = v::fma(s, w1, a[t][1]);
       }
     }
     for (int t = 0; t < kTile; ++t) {
-      _mm256_storeu_ps(&out[t][16 * c], a[t][0]);
-      _mm256_storeu_ps(&out[t][16 * c + 8], a[t][1]);
+      v::store(&out[t][2 * L * c], a[t][0]);
+      v::store(&out[t][2 * L * c + L], a[t][1]);
     }
   }
 }
 
-// out[t][vectors j0 .. j0 + NJ) (+)= sum_h x[t][h] w[h][...] (w: (H, P8)).
+// out[t][vectors j0 .. j0 + NJ) (+)= sum_h x[t][h] w[h][...] (w: (H, PP)).
 template <int NJ>
-inline void hidden_times_part(const float (*x)[H], const float* w, int j0, float (*out)[P8], bool accumulate) {
-  __m256 a[kTile][NJ];
+inline void hidden_times_part(const float (*x)[H], const float* w, int j0, float (*out)[PP], bool accumulate) {
+  vec a[kTile][NJ];
   for (int t = 0; t < kTile; ++t)
-    for (int j = 0; j < NJ; ++j) a[t][j] = accumulate ? _mm256_loadu_ps(&out[t][8 * (j0 + j)]) : _mm256_setzero_ps();
+    for (int j = 0; j < NJ; ++j) a[t][j] = accumulate ? v::load(&out[t][L * (j0 + j)]) : v::zero();
   for (int h = 0; h < H; ++h) {
-    const float* wh = w + static_cast<int64_t>(h) * P8 + 8 * j0;
-    __m256 wv[NJ];
+    const float* wh = w + static_cast<int64_t>(h) * PP + L * j0;
+    vec wv[NJ];
 #pragma GCC unroll 4
-    for (int j = 0; j < NJ; ++j) wv[j] = _mm256_loadu_ps(wh + 8 * j);
+    for (int j = 0; j < NJ; ++j) wv[j] = v::load(wh + L * j);
 #pragma GCC unroll 4
     for (int t = 0; t < kTile; ++t) {
-      const __m256 s = _mm256_broadcast_ss(&x[t][h]);
+      const vec s = v::broadcast(&x[t][h]);
 #pragma GCC unroll 4
-      for (int j = 0; j < NJ; ++j) a[t][j] = _mm256_fmadd_ps(s, wv[j], a[t][j]);
+      for (int j = 0; j < NJ; ++j) a[t][j] = v::fma(s, wv[j], a[t][j]);
     }
   }
   for (int t = 0; t < kTile; ++t)
-    for (int j = 0; j < NJ; ++j) _mm256_storeu_ps(&out[t][8 * (j0 + j)], a[t][j]);
+    for (int j = 0; j < NJ; ++j) v::store(&out[t][L * (j0 + j)], a[t][j]);
 }
 
-inline void hidden_times(const float (*x)[H], const float* w, float (*out)[P8], bool accumulate) {
+inline void hidden_times(const float (*x)[H], const float* w, float (*out)[PP], bool accumulate) {
   int j = 0;
   for (; j + 3 <= PV; j += 3) hidden_times_part<3>(x, w, j, out, accumulate);
   if (PV - j == 2) hidden_times_part<2>(x, w, j, out, accumulate);
@@ -124,35 +125,36 @@ inline void hidden_times(const float (*x)[H], const float* w, float (*out)[P8], 
 }
 
 // acc[q][0..H) += sum_t x[t][q] y[t][0..H) for q < p (acc: (p, H)).
-inline void outer_accumulate(const float (*x)[P8], int p, const float (*y)[H], float* acc) {
+inline void outer_accumulate(const float (*x)[PP], int p, const float (*y)[H], float* acc) {
   for (int c = 0; c < HC; ++c) {
-    __m256 yv[kTile][2];
+    vec yv[kTile][2];
     for (int t = 0; t < kTile; ++t) {
-      yv[t][0] = _mm256_loadu_ps(&y[t][16 * c]);
-      yv[t][1] = _mm256_loadu_ps(&y[t][16 * c + 8]);
+      yv[t][0] = v::load(&y[t][2 * L * c]);
+      yv[t][1] = v::load(&y[t][2 * L * c + L]);
     }
     for (int q = 0; q < p; ++q) {
-      float* row = acc + static_cast<int64_t>(q) * H + 16 * c;
-      __m256 a0 = _mm256_loadu_ps(row), a1 = _mm256_loadu_ps(row + 8);
+      float* row = acc + static_cast<int64_t>(q) * H + 2 * L * c;
+      vec a0 = v::load(row), a1 = v::load(row + L);
 #pragma GCC unroll 4
       for (int t = 0; t < kTile; ++t) {
-        const __m256 s = _mm256_broadcast_ss(&x[t][q]);
-        a0 = _mm256_fmadd_ps(s, yv[t][0], a0);
-        a1 = _mm256_fmadd_ps(s, yv[t][1], a1);
+        const vec s = v::broadcast(&x[t][q]);
+        a0 = v::fma(s, yv[t][0], a0);
+        a1 = v::fma(s, yv[t][1], a1);
       }
-      _mm256_storeu_ps(row, a0);
-      _mm256_storeu_ps(row + 8, a1);
+      v::store(row, a0);
+      v::store(row + L, a1);
     }
   }
 }
 
 // Vector j of a p-float row, lanes past p zero.
-inline __m256 load_part(const float* row, int p, int j) {
-  return 8 * j + 8 <= p ? _mm256_loadu_ps(row + 8 * j) : _mm256_maskload_ps(row + 8 * j, lane_mask(p - 8 * j));
-}
+inline vec load_part(const float* row, int p, int j) { return v::load_first(row + L * j, p - L * j); }
+
+// silu'(x) from x and sg = sigmoid(x): sg (1 + x (1 - sg)).
+inline vec silu_grad(vec x, vec sg) { return v::mul(sg, v::fma(x, v::sub(v::set1(1.0f), sg), v::set1(1.0f))); }
 
 // Pairs [i0, i0 + count) into zero-padded tiles: logits, qg * ig (when base is not null), keep as 0 / 1.
-inline void load_tile(const Group& g, int64_t i0, int count, float (*l)[P8], float (*base)[P8], float (*keep)[P8]) {
+inline void load_tile(const Group& g, int64_t i0, int count, float (*l)[PP], float (*base)[PP], float (*keep)[PP]) {
   const int p = g.p;
   for (int t = 0; t < kTile; ++t) {
     std::memset(l[t], 0, sizeof(l[t]));
@@ -167,63 +169,61 @@ inline void load_tile(const Group& g, int64_t i0, int count, float (*l)[P8], flo
     for (int q = 0; q < p; ++q) keep[t][q] = k[q] ? 1.0f : 0.0f;
     if (base != nullptr) {
       for (int j = 0; j < PV; ++j) {
-        _mm256_storeu_ps(&base[t][8 * j], _mm256_mul_ps(load_part(g.qg + r * p, p, j), load_part(g.ig + x * p, p, j)));
+        v::store(&base[t][L * j], v::mul(load_part(g.qg + r * p, p, j), load_part(g.ig + x * p, p, j)));
       }
     }
   }
 }
 
-inline __m256 valid(int p, int j) { return _mm256_castsi256_ps(lane_mask(p - 8 * j)); }
-
 void forward_range(const Group& g, const Weights& w, int64_t first, int64_t last, float* scores, float* gate_logits) {
   const int p = g.p;
-  alignas(32) float l[kTile][P8], base[kTile][P8], keep[kTile][P8], pair[kTile][P8], hid[kTile][H];
-  const __m256 lowest = _mm256_set1_ps(-3.0e38f);
+  alignas(64) float l[kTile][PP], base[kTile][PP], keep[kTile][PP], pair[kTile][PP], hid[kTile][H];
+  const vec lowest = v::set1(-3.0e38f);
   for (int64_t i0 = first; i0 < last; i0 += kTile) {
     const int count = static_cast<int>(std::min<int64_t>(kTile, last - i0));
     load_tile(g, i0, count, l, base, keep);
     rows_times(l, p, w.w1t, w.b1, hid);
     for (int t = 0; t < kTile; ++t)
-      for (int c = 0; c < H; c += 8) {
-        const __m256 x = _mm256_loadu_ps(&hid[t][c]);
-        _mm256_storeu_ps(&hid[t][c], _mm256_mul_ps(x, sigmoid256(x)));
+      for (int c = 0; c < H; c += L) {
+        const vec x = v::load(&hid[t][c]);
+        v::store(&hid[t][c], v::mul(x, v::sigmoid(x)));
       }
     hidden_times(hid, w.w2t, pair, false);
     for (int t = 0; t < count; ++t) {
-      __m256 z[PV], gl[PV];
-      __m256 top = lowest;
+      vec z[PV], gl[PV];
+      vec top = lowest;
       for (int j = 0; j < PV; ++j) {
-        const __m256 bias = _mm256_loadu_ps(w.b2 + 8 * j);
-        gl[j] = _mm256_add_ps(_mm256_loadu_ps(&base[t][8 * j]), _mm256_add_ps(_mm256_loadu_ps(&pair[t][8 * j]), bias));
-        z[j] = _mm256_mul_ps(gl[j], sigmoid256(gl[j]));
-        top = _mm256_max_ps(top, _mm256_blendv_ps(lowest, z[j], valid(p, j)));
+        const vec bias = v::load(w.b2 + L * j);
+        gl[j] = v::add(v::load(&base[t][L * j]), v::add(v::load(&pair[t][L * j]), bias));
+        z[j] = v::mul(gl[j], v::sigmoid(gl[j]));
+        top = v::max(top, v::keep_first(z[j], p - L * j, lowest));
       }
-      const __m256 shift = _mm256_set1_ps(hmax(top));
-      __m256 num = _mm256_setzero_ps(), den = _mm256_setzero_ps();
+      const vec shift = v::set1(v::hmax(top));
+      vec num = v::zero(), den = v::zero();
       for (int j = 0; j < PV; ++j) {
-        const __m256 e = _mm256_mul_ps(exp256(_mm256_sub_ps(z[j], shift)), _mm256_loadu_ps(&keep[t][8 * j]));
-        den = _mm256_add_ps(den, e);
-        num = _mm256_fmadd_ps(e, _mm256_loadu_ps(&l[t][8 * j]), num);
-        _mm256_storeu_ps(&pair[t][8 * j], gl[j]);
+        const vec e = v::mul(v::exp(v::sub(z[j], shift)), v::load(&keep[t][L * j]));
+        den = v::add(den, e);
+        num = v::fma(e, v::load(&l[t][L * j]), num);
+        v::store(&pair[t][L * j], gl[j]);
       }
-      scores[i0 + t] = hsum(num) / std::max(hsum(den), 1e-30f);
+      scores[i0 + t] = v::hsum(num) / std::max(v::hsum(den), 1e-30f);
       std::memcpy(gate_logits + (i0 + t) * p, pair[t], sizeof(float) * p);
     }
   }
 }
 
-// Gradient sums of one thread: (p, H), (H), (p, H), (P8), (rows, p), (cands, p).
+// Gradient sums of one thread: (p, H), (H), (p, H), (PP), (rows, p), (cands, p).
 struct Sums {
   std::vector<float> w1t, b1, w2, b2, qg, ig;
-  explicit Sums(const Group& g) : w1t(g.p * H), b1(H), w2(g.p * H), b2(P8), qg(g.rows * g.p), ig(g.cands * g.p) {}
+  explicit Sums(const Group& g) : w1t(g.p * H), b1(H), w2(g.p * H), b2(PP), qg(g.rows * g.p), ig(g.cands * g.p) {}
 };
 
 void backward_range(const Group& g, const Weights& w, const float* gate_logits, const float* scores, const float* up,
                     int64_t first, int64_t last, float* grad_logits, Sums& sums) {
   const int p = g.p;
-  alignas(32) float l[kTile][P8], glt[kTile][P8], keep[kTile][P8], gg[kTile][P8], gout[kTile][P8];
-  alignas(32) float pre[kTile][H], hid[kTile][H], gpre[kTile][H];
-  const __m256 lowest = _mm256_set1_ps(-3.0e38f), one = _mm256_set1_ps(1.0f);
+  alignas(64) float l[kTile][PP], glt[kTile][PP], keep[kTile][PP], gg[kTile][PP], gout[kTile][PP];
+  alignas(64) float pre[kTile][H], hid[kTile][H], gpre[kTile][H];
+  const vec lowest = v::set1(-3.0e38f);
   for (int64_t i0 = first; i0 < last; i0 += kTile) {
     const int count = static_cast<int>(std::min<int64_t>(kTile, last - i0));
     load_tile(g, i0, count, l, nullptr, keep);
@@ -234,29 +234,27 @@ void backward_range(const Group& g, const Weights& w, const float* gate_logits, 
       if (t >= count) continue;
       const int64_t i = i0 + t;
       std::memcpy(glt[t], gate_logits + i * p, sizeof(float) * p);
-      __m256 z[PV], sg[PV];
-      __m256 top = lowest;
+      vec z[PV], sg[PV];
+      vec top = lowest;
       for (int j = 0; j < PV; ++j) {
-        const __m256 x = _mm256_loadu_ps(&glt[t][8 * j]);
-        sg[j] = sigmoid256(x);
-        z[j] = _mm256_mul_ps(x, sg[j]);
-        top = _mm256_max_ps(top, _mm256_blendv_ps(lowest, z[j], valid(p, j)));
+        const vec x = v::load(&glt[t][L * j]);
+        sg[j] = v::sigmoid(x);
+        z[j] = v::mul(x, sg[j]);
+        top = v::max(top, v::keep_first(z[j], p - L * j, lowest));
       }
-      const __m256 shift = _mm256_set1_ps(hmax(top));
-      __m256 den = _mm256_setzero_ps();
+      const vec shift = v::set1(v::hmax(top));
+      vec den = v::zero();
       for (int j = 0; j < PV; ++j) {
-        z[j] = _mm256_mul_ps(exp256(_mm256_sub_ps(z[j], shift)), _mm256_loadu_ps(&keep[t][8 * j]));  // e
-        den = _mm256_add_ps(den, z[j]);
+        z[j] = v::mul(v::exp(v::sub(z[j], shift)), v::load(&keep[t][L * j]));  // e
+        den = v::add(den, z[j]);
       }
-      const __m256 scale = _mm256_set1_ps(up[i] / std::max(hsum(den), 1e-30f));
-      const __m256 score = _mm256_set1_ps(scores[i]);
+      const vec scale = v::set1(up[i] / std::max(v::hsum(den), 1e-30f));
+      const vec score = v::set1(scores[i]);
       for (int j = 0; j < PV; ++j) {
-        const __m256 uw = _mm256_mul_ps(z[j], scale);  // u w
-        const __m256 x = _mm256_loadu_ps(&glt[t][8 * j]);
-        const __m256 dsilu = _mm256_mul_ps(sg[j], _mm256_fmadd_ps(x, _mm256_sub_ps(one, sg[j]), one));
-        const __m256 diff = _mm256_sub_ps(_mm256_loadu_ps(&l[t][8 * j]), score);
-        _mm256_storeu_ps(&gg[t][8 * j], _mm256_mul_ps(_mm256_mul_ps(uw, diff), dsilu));
-        _mm256_storeu_ps(&gout[t][8 * j], uw);
+        const vec uw = v::mul(z[j], scale);  // u w
+        const vec diff = v::sub(v::load(&l[t][L * j]), score);
+        v::store(&gg[t][L * j], v::mul(v::mul(uw, diff), silu_grad(v::load(&glt[t][L * j]), sg[j])));
+        v::store(&gout[t][L * j], uw);
       }
       const int64_t r = i / g.cands, x = i % g.cands;
       float* sum_qg = sums.qg.data() + r * p;
@@ -271,23 +269,18 @@ void backward_range(const Group& g, const Weights& w, const float* gate_logits, 
     rows_times(l, p, w.w1t, w.b1, pre);
     rows_times(gg, p, w.w2, nullptr, gpre);  // W2^T gg
     for (int t = 0; t < kTile; ++t) {
-      for (int c = 0; c < H; c += 8) {
-        const __m256 x = _mm256_loadu_ps(&pre[t][c]), sg = sigmoid256(x);
-        _mm256_storeu_ps(&hid[t][c], _mm256_mul_ps(x, sg));
-        const __m256 dsilu = _mm256_mul_ps(sg, _mm256_fmadd_ps(x, _mm256_sub_ps(one, sg), one));
-        _mm256_storeu_ps(&gpre[t][c], _mm256_mul_ps(_mm256_loadu_ps(&gpre[t][c]), dsilu));
+      for (int c = 0; c < H; c += L) {
+        const vec x = v::load(&pre[t][c]), sg = v::sigmoid(x);
+        v::store(&hid[t][c], v::mul(x, sg));
+        v::store(&gpre[t][c], v::mul(v::load(&gpre[t][c]), silu_grad(x, sg)));
       }
     }
     hidden_times(gpre, w.w1h, gout, true);  // += W1^T gpre
     outer_accumulate(gg, p, hid, sums.w2.data());
     outer_accumulate(l, p, gpre, sums.w1t.data());
     for (int t = 0; t < kTile; ++t) {
-      for (int c = 0; c < H; c += 8) {
-        _mm256_storeu_ps(&sums.b1[c], _mm256_add_ps(_mm256_loadu_ps(&sums.b1[c]), _mm256_loadu_ps(&gpre[t][c])));
-      }
-      for (int j = 0; j < PV; ++j) {
-        _mm256_storeu_ps(&sums.b2[8 * j], _mm256_add_ps(_mm256_loadu_ps(&sums.b2[8 * j]), _mm256_loadu_ps(&gg[t][8 * j])));
-      }
+      for (int c = 0; c < H; c += L) v::store(&sums.b1[c], v::add(v::load(&sums.b1[c]), v::load(&gpre[t][c])));
+      for (int j = 0; j < PV; ++j) v::store(&sums.b2[L * j], v::add(v::load(&sums.b2[L * j]), v::load(&gg[t][L * j])));
     }
     for (int t = 0; t < count; ++t) {
       const int64_t i = i0 + t, r = i / g.cands, x = i % g.cands;
@@ -314,7 +307,7 @@ void split(int64_t pairs, int threads, Fn fn) {
 }
 
 bool bad_shape(int64_t rows, int64_t cands, int pq, int px) {
-  return rows < 0 || cands < 0 || pq <= 0 || px <= 0 || pq * px <= P8 - 8 || pq * px > P8;
+  return rows < 0 || cands < 0 || pq <= 0 || px <= 0 || pq * px <= PP - L || pq * px > PP;
 }
 
 }  // namespace
@@ -322,9 +315,9 @@ bool bad_shape(int64_t rows, int64_t cands, int pq, int px) {
 extern "C" {
 
 // The build's padded hidden width and component count.
-int mol_gating_train_shape(int* h16, int* p8) {
-  *h16 = H;
-  *p8 = P8;
+int mol_gating_train_shape(int* hidden, int* components) {
+  *hidden = H;
+  *components = PP;
   return 0;
 }
 
@@ -341,7 +334,7 @@ int mol_gating_forward(int64_t rows, int64_t cands, int pq, int px, const float*
 }
 
 // Writes grad_logits (in the logits' layout), grad_qg (rows, p) and grad_ig (cands, p); adds the weight
-// gradients to gw1t (p, H16), gb1 (H16), gw2 (p, H16) and gb2 (P8). up: dLoss/dscore (rows * cands).
+// gradients to gw1t (p, H), gb1 (H), gw2 (p, H) and gb2 (PP). up: dLoss/dscore (rows * cands).
 int mol_gating_backward(int64_t rows, int64_t cands, int pq, int px, const float* logits, const float* gate_logits,
                         const uint8_t* keep, const float* scores, const float* up, const float* qg, const float* ig,
                         const float* w1t, const float* b1, const float* w1h, const float* w2, float* grad_logits,
@@ -366,7 +359,7 @@ int mol_gating_backward(int64_t rows, int64_t cands, int pq, int px, const float
       gw2[i] += s.w2[i];
     }
     for (int i = 0; i < H; ++i) gb1[i] += s.b1[i];
-    for (int i = 0; i < P8; ++i) gb2[i] += s.b2[i];
+    for (int i = 0; i < PP; ++i) gb2[i] += s.b2[i];
     for (int64_t i = 0; i < rows * p; ++i) grad_qg[i] += s.qg[i];
     for (int64_t i = 0; i < cands * p; ++i) grad_ig[i] += s.ig[i];
   }

@@ -3,17 +3,20 @@
 The same computation and contract as :func:`~mol_core.similarity.gating_grouped.mol_scores_grouped`
 (per-sequence or batch-shared negatives: the rows of group ``g`` all meet the same ``X`` candidates), with
 the pair-wise gating MLP, the gate and the mixture, forward and backward, in the fused C++ kernel
-``mol_core/kernels/gating_train.cpp`` (x86-64 with AVX2 and FMA): per tile of four pairs the hidden layer
+``mol_core/kernels/gating_train.cpp`` (x86-64 with AVX2 and FMA, built for AVX-512F where the CPU has
+it): per tile of four pairs the hidden layer
 stays in L1 and is recomputed in backward, so no ``(pairs, H)`` tensor is ever written, and the weight
 gradients are summed in the kernel. Torch keeps the component logits' matrix products (one GEMM per
 group, forward, and two backward), with ``1 / tau`` folded into the queries. The dropout mask is
 :func:`~mol_core.similarity.gating_grouped.keep_mask`'s, drawn the same way, so both paths consume the
 same random numbers.
 
-The kernel is compiled on first use for each padded shape (hidden width rounded up to 16, ``P`` to 8) by
-:mod:`mol_core.kernels.cpu_build`; its threads (``torch.get_num_threads()``) split each group's pairs. It
-runs float32 only. :func:`unavailable_reason` says why it cannot run (``MOL_CPU_KERNEL=0`` switches every
-C++ kernel off).
+The kernel is compiled on first use for each instruction set and padded shape (hidden width rounded up to
+two vectors, ``P`` to one: 16 and 8 floats with AVX2, 32 and 16 with AVX-512) by
+:mod:`mol_core.kernels.cpu_build`; :func:`instruction_set` says which build runs (``MOL_CPU_ISA=avx2``
+chooses the AVX2 build on an AVX-512 CPU). Its threads (``torch.get_num_threads()``) split each group's
+pairs. It runs float32 only. :func:`unavailable_reason` says why it cannot run (``MOL_CPU_KERNEL=0``
+switches every C++ kernel off).
 
 Shape symbols: M query rows, G groups, X candidates per group, Pq/Px components, P = Pq * Px, d component
 width, H hidden units of the pair-wise gating MLP.
@@ -32,14 +35,16 @@ from typing import Any
 import torch
 
 from mol_core.errors import ShapeError
-from mol_core.kernels import AVX2_MATH
+from mol_core.kernels import AVX2_MATH, SIMD
 from mol_core.kernels.cpu_build import KernelUnavailable, load_library
 from mol_core.similarity.gating_grouped import check_grouped_inputs, keep_mask
 
-__all__ = ["mol_scores_grouped_cpp", "unavailable_reason"]
+__all__ = ["instruction_set", "mol_scores_grouped_cpp", "unavailable_reason"]
 
 SOURCE = AVX2_MATH.with_name("gating_train.cpp")
 FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-pthread")
+#: The builds: extra compiler flags and floats per vector.
+ISA_BUILDS = {"avx2": ((), 8), "avx512": (("-mavx512f", "-DMOL_AVX512"), 16)}
 #: The largest padded hidden width and component count the kernel is built for (its tiles live on the stack).
 MAX_HIDDEN = 1024
 MAX_COMPONENTS = 256
@@ -50,12 +55,39 @@ def _padded(size: int, multiple: int) -> int:
     return -(-size // multiple) * multiple
 
 
+def instruction_set() -> str:
+    """The build the kernel uses here: ``"avx512"`` where torch reports an AVX-512 CPU, else ``"avx2"``;
+    the environment variable ``MOL_CPU_ISA=avx2`` chooses the AVX2 build anyway.
+
+    Raises:
+        ValueError: ``MOL_CPU_ISA`` is set to something other than ``avx2`` or ``avx512``, or asks for
+            ``avx512`` on a CPU without it.
+    """
+    native = "avx512" if torch.backends.cpu.get_cpu_capability() == "AVX512" else "avx2"
+    asked = os.environ.get("MOL_CPU_ISA", "").strip().lower()
+    if not asked:
+        return native
+    if asked not in ISA_BUILDS:
+        raise ValueError(f"MOL_CPU_ISA must be one of {sorted(ISA_BUILDS)} or unset; got {asked!r}")
+    if asked == "avx512" and native != "avx512":
+        raise ValueError("MOL_CPU_ISA=avx512, but torch reports no AVX-512 on this CPU")
+    return asked
+
+
+def _padded_shape(isa: str, hidden: int, num_components: int) -> tuple[int, int]:
+    """The hidden width and ``P`` padded for the ``isa`` build: two vectors and one."""
+    lanes = ISA_BUILDS[isa][1]
+    return _padded(hidden, 2 * lanes), _padded(num_components, lanes)
+
+
 @functools.cache
-def _library(hidden16: int, components8: int) -> ctypes.CDLL | str:
-    """The kernel built for this padded shape, or why there is none (memoised: a failed build is final)."""
-    flags = (*FLAGS, f"-DMOL_H16={hidden16}", f"-DMOL_P8={components8}")
+def _library(isa: str, hidden_padded: int, components_padded: int) -> ctypes.CDLL | str:
+    """The kernel built for this instruction set and padded shape, or why there is none (memoised: a
+    failed build is final)."""
+    extra, _ = ISA_BUILDS[isa]
+    flags = (*FLAGS, *extra, f"-DMOL_HIDDEN={hidden_padded}", f"-DMOL_COMPONENTS={components_padded}")
     try:
-        lib = load_library(Path(SOURCE), flags, (AVX2_MATH,))
+        lib = load_library(Path(SOURCE), flags, (SIMD, AVX2_MATH))
     except KernelUnavailable as error:
         return str(error)
     sizes: list[Any] = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int]  # rows, cands, pq, px
@@ -75,12 +107,17 @@ def unavailable_reason(hidden: int, num_components: int) -> str | None:
     capability = torch.backends.cpu.get_cpu_capability()
     if capability not in ("AVX2", "AVX512"):
         return f"the kernel needs AVX2 and FMA; torch reports CPU capability {capability!r}"
-    if _padded(hidden, 16) > MAX_HIDDEN or _padded(num_components, 8) > MAX_COMPONENTS:
+    try:
+        isa = instruction_set()
+    except ValueError as error:
+        return str(error)
+    hidden_padded, components_padded = _padded_shape(isa, hidden, num_components)
+    if hidden_padded > MAX_HIDDEN or components_padded > MAX_COMPONENTS:
         return (
             f"the kernel handles a gating hidden width <= {MAX_HIDDEN} and P <= {MAX_COMPONENTS}; got "
             f"{hidden} and {num_components}"
         )
-    lib = _library(_padded(hidden, 16), _padded(num_components, 8))
+    lib = _library(isa, hidden_padded, components_padded)
     return lib if isinstance(lib, str) else None
 
 
@@ -89,23 +126,27 @@ def _ptr(tensor: torch.Tensor) -> int:
 
 
 class _Layout:
-    """The gating MLP's weights padded to the kernel's shape: ``w1t (P, H16)``, ``b1 (H16)``, ``w2t (H16,
-    P8)``, ``b2 (P8)``, ``w1h (H16, P8)``, ``w2 (P, H16)``, all float32 and contiguous."""
+    """The gating MLP's weights padded to the ``isa`` build's shape (Hp hidden units, Pp components):
+    ``w1t (P, Hp)``, ``b1 (Hp)``, ``w2t (Hp, Pp)``, ``b2 (Pp)``, ``w1h (Hp, Pp)``, ``w2 (P, Hp)``, all
+    float32 and contiguous."""
 
-    def __init__(self, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> None:
+    def __init__(
+        self, isa: str, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor
+    ) -> None:
         hidden, num_p = w1.shape
-        self.hidden16, self.p8 = _padded(hidden, 16), _padded(num_p, 8)
-        self.w1t = torch.zeros(num_p, self.hidden16, dtype=_F32)
+        self.isa = isa
+        self.hidden_padded, self.components_padded = _padded_shape(isa, hidden, num_p)
+        self.w1t = torch.zeros(num_p, self.hidden_padded, dtype=_F32)
         self.w1t[:, :hidden] = w1.t()
-        self.b1 = torch.zeros(self.hidden16, dtype=_F32)
+        self.b1 = torch.zeros(self.hidden_padded, dtype=_F32)
         self.b1[:hidden] = b1
-        self.w2t = torch.zeros(self.hidden16, self.p8, dtype=_F32)
+        self.w2t = torch.zeros(self.hidden_padded, self.components_padded, dtype=_F32)
         self.w2t[:hidden, :num_p] = w2.t()
-        self.b2 = torch.zeros(self.p8, dtype=_F32)
+        self.b2 = torch.zeros(self.components_padded, dtype=_F32)
         self.b2[:num_p] = b2
-        self.w1h = torch.zeros(self.hidden16, self.p8, dtype=_F32)
+        self.w1h = torch.zeros(self.hidden_padded, self.components_padded, dtype=_F32)
         self.w1h[:hidden, :num_p] = w1
-        self.w2 = torch.zeros(num_p, self.hidden16, dtype=_F32)
+        self.w2 = torch.zeros(num_p, self.hidden_padded, dtype=_F32)
         self.w2[:, :hidden] = w2
 
 
@@ -138,8 +179,8 @@ class _GroupedMoLCpp(torch.autograd.Function):
         rows, num_q, dim = queries.shape
         num_x, num_i, num_p = items.shape[1], items.shape[2], query_gating.shape[1]
         with torch.no_grad():
-            layout = _Layout(w1.float(), b1.float(), w2.float(), b2.float())
-        lib = _library(layout.hidden16, layout.p8)
+            layout = _Layout(instruction_set(), w1.float(), b1.float(), w2.float(), b2.float())
+        lib = _library(layout.isa, layout.hidden_padded, layout.components_padded)
         assert not isinstance(lib, str)  # mol_scores_grouped_cpp checked unavailable_reason
         keep = keep_mask((rows, num_x, num_p), dropout, queries.device).view(torch.uint8)  # (M, X, P)
         scores = torch.empty(rows, num_x, dtype=_F32)  # (M, X)
@@ -192,11 +233,11 @@ class _GroupedMoLCpp(torch.autograd.Function):
         grad_items = torch.zeros(num_groups, num_x, num_i, dim, dtype=_F32)
         grad_ig = torch.zeros(num_groups, num_x, num_p, dtype=_F32)
         grad_q = torch.zeros(rows, num_q, dim, dtype=_F32)
-        sums = [  # the weight gradients: w1 transposed (P, H16), b1 (H16), w2 (P, H16), b2 (P8)
-            torch.zeros(num_p, layout.hidden16, dtype=_F32),
-            torch.zeros(layout.hidden16, dtype=_F32),
-            torch.zeros(num_p, layout.hidden16, dtype=_F32),
-            torch.zeros(layout.p8, dtype=_F32),
+        sums = [  # the weight gradients: w1 transposed (P, Hp), b1 (Hp), w2 (P, Hp), b2 (Pp)
+            torch.zeros(num_p, layout.hidden_padded, dtype=_F32),
+            torch.zeros(layout.hidden_padded, dtype=_F32),
+            torch.zeros(num_p, layout.hidden_padded, dtype=_F32),
+            torch.zeros(layout.components_padded, dtype=_F32),
         ]
         threads = torch.get_num_threads()
         for group, span in _group_slices(ctx.group_sizes):
