@@ -1,4 +1,5 @@
-"""The compile-and-cache helper of mol's C++ kernels (mol_core.kernels.cpu_build)."""
+"""The compile-and-cache helper of mol's C++ kernels (mol_core.kernels.cpu_build) and the choice of their
+vector build (mol_core.kernels.isa)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from mol_core.kernels.cpu_build import KernelUnavailable, load_library
+from mol_core.kernels.isa import builds_here, instruction_set
 
 has_compiler = shutil.which(os.environ.get("CXX") or "c++") is not None
 
@@ -52,3 +55,22 @@ def test_a_header_from_another_folder_is_found_and_keys_the_cache(
     load_library.cache_clear()  # a process memoises what it loaded; a new one would look at the files
     assert load_library(source, ("-O1",), (header,)).value() == 2
     assert len(list((tmp_path / "cache").glob("uses_header-*.so"))) == 2
+
+
+def test_instruction_set_follows_the_cpu_and_mol_cpu_isa(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MOL_CPU_ISA", raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert instruction_set() == "avx512"
+    assert builds_here() == ["avx2", "avx512"]
+    monkeypatch.setenv("MOL_CPU_ISA", "AVX2")
+    assert instruction_set() == "avx2"
+    monkeypatch.setenv("MOL_CPU_ISA", "sse4")
+    with pytest.raises(ValueError, match="MOL_CPU_ISA must be one of"):
+        instruction_set()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.delenv("MOL_CPU_ISA")
+    assert instruction_set() == "avx2"
+    assert builds_here() == ["avx2"]
+    monkeypatch.setenv("MOL_CPU_ISA", "avx512")
+    with pytest.raises(ValueError, match="no AVX-512"):
+        instruction_set()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mol_core.errors import ConfigError, ShapeError
+from mol_core.kernels.isa import builds_here
 from mol_core.similarity import DotProductSimilarity, ItemSide, MoLSimilarity, QuerySide
 from mol_core.similarity.base import gather_rows
 from mol_index import MolIndex, SearchParams
@@ -19,6 +20,13 @@ from mol_index.search.rails import Algorithm, SearchResult, rails_search
 needs_kernel = pytest.mark.skipif(
     mol_cpu.unavailable_reason() is not None, reason=f"CPU kernel unavailable: {mol_cpu.unavailable_reason()}"
 )
+
+
+@pytest.fixture(autouse=True, params=builds_here())
+def kernel_build(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with each build of the kernel this CPU runs (AVX2; AVX-512 where there is one)."""
+    monkeypatch.setenv("MOL_CPU_ISA", request.param)
+    return str(request.param)
 
 
 def _mol(pq: int, px: int, dim: int, hidden: int, num_items: int, batch: int, seed: int = 0):
@@ -268,3 +276,9 @@ def test_a_float64_default_dtype_does_not_reach_the_kernel_buffers() -> None:
         torch.set_default_dtype(before)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5)
+
+
+@needs_kernel
+def test_the_build_follows_mol_cpu_isa_and_the_component_width(kernel_build: str) -> None:
+    assert mol_cpu._build_for(64) == kernel_build
+    assert mol_cpu._build_for(24) == "avx2"  # 24 floats: a multiple of AVX2's vector, not of AVX-512's

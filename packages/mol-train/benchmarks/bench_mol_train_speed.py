@@ -55,7 +55,8 @@ import mol_core.similarity.gating_grouped
 import mol_train.model
 from mol_core.atomic import write_text_atomically
 from mol_core.hardware import bf16_is_native
-from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide, Similarity, gating_cpp
+from mol_core.kernels.isa import instruction_set
+from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide, Similarity
 from mol_train.config import NegativeSampling, load_config
 from mol_train.data import SequenceDataset, make_synthetic, prepare, train_batch, train_rows
 from mol_train.model import build_model
@@ -185,7 +186,7 @@ def measure(
     if cpp_reason is not None:  # it would silently run as "fused"
         print(f"skipping the fused_cpp variants: {cpp_reason}", flush=True)
         names = [n for n in names if specs[n].get("kernel") != "fused_cpp"]
-    if cpp_reason is not None or gating_cpp.instruction_set() != "avx512":  # AVX2 build: beside AVX-512
+    if cpp_reason is not None or instruction_set() != "avx512":  # AVX2 build: beside AVX-512
         names = [n for n in names if "isa" not in specs[n]]
     if variants is not None:
         names = [n for n in names if n in variants or n == "loop (before)"]

@@ -1,6 +1,7 @@
 """mol's compiled CPU kernels: the build helper and what the C++ sources share.
 
 - :mod:`mol_core.kernels.cpu_build`: compiles a C++ source on first use, caches and loads the library;
+- :mod:`mol_core.kernels.isa`: which vector build (AVX2 or AVX-512) runs on this CPU;
 - ``avx2_math.h``: vector exp, sigmoid, SiLU and reductions for AVX2 and FMA (:data:`AVX2_MATH`), included
   by mol-index's exact top-k kernel;
 - ``simd.h``: the same functions over a vector width chosen at build time, AVX2 (8 floats) or AVX-512F (16

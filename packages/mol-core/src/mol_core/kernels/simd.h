@@ -26,6 +26,12 @@ inline vec mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
 inline vec div(vec a, vec b) { return _mm512_div_ps(a, b); }
 inline vec max(vec a, vec b) { return _mm512_max_ps(a, b); }
 inline vec fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }  // a * b + c
+// 1 / x: the 14-bit estimate and one Newton step (relative error about 2^-23; a division costs several
+// times more on AVX-512 CPUs).
+inline vec recip(vec x) {
+  const vec r = _mm512_rcp14_ps(x);
+  return _mm512_mul_ps(r, _mm512_fnmadd_ps(x, r, _mm512_set1_ps(2.0f)));
+}
 inline float hsum(vec v) { return _mm512_reduce_add_ps(v); }
 inline float hmax(vec v) { return _mm512_reduce_max_ps(v); }
 inline __mmask16 first(int count) {
@@ -36,6 +42,13 @@ inline __mmask16 first(int count) {
 inline vec load_first(const float* p, int count) { return _mm512_maskz_loadu_ps(first(count), p); }
 // v in lanes 0 .. count-1, fill in the others.
 inline vec keep_first(vec v, int count, vec fill) { return _mm512_mask_blend_ps(first(count), fill, v); }
+
+// The sum of the two halves: eight floats whose total is v's.
+inline __m256 fold(vec v) {
+  return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+// Whether any lane of v is above x.
+inline bool any_greater(vec v, float x) { return _mm512_cmp_ps_mask(v, _mm512_set1_ps(x), _CMP_GT_OQ) != 0; }
 
 // exp(x) for each lane: avx2_math.h's exp256 at sixteen lanes (same clamp, reduction and polynomial).
 inline vec exp(vec x) {
@@ -68,6 +81,8 @@ inline vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
 inline vec div(vec a, vec b) { return _mm256_div_ps(a, b); }
 inline vec max(vec a, vec b) { return _mm256_max_ps(a, b); }
 inline vec fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }  // a * b + c
+// 1 / x (a division: measured faster than an estimate and a Newton step on an AVX2-only AMD EPYC).
+inline vec recip(vec x) { return _mm256_div_ps(_mm256_set1_ps(1.0f), x); }
 inline float hsum(vec v) { return mol_avx2::hsum(v); }
 inline float hmax(vec v) { return mol_avx2::hmax(v); }
 // Lanes 0 .. count-1 of p, the others zero (nothing past them is read).
@@ -78,13 +93,26 @@ inline vec load_first(const float* p, int count) {
 inline vec keep_first(vec v, int count, vec fill) {
   return _mm256_blendv_ps(fill, v, _mm256_castsi256_ps(mol_avx2::lane_mask(count)));
 }
+inline __m256 fold(vec v) { return v; }  // eight floats whose total is v's
+// Whether any lane of v is above x.
+inline bool any_greater(vec v, float x) {
+  return _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(x), _CMP_GT_OQ)) != 0;
+}
 inline vec exp(vec x) { return mol_avx2::exp256(x); }
 
 #endif
 
 inline vec broadcast(const float* p) { return set1(*p); }
 // 1 / (1 + exp(-x)).
-inline vec sigmoid(vec x) { return div(set1(1.0f), add(set1(1.0f), exp(sub(zero(), x)))); }
+inline vec sigmoid(vec x) { return recip(add(set1(1.0f), exp(sub(zero(), x)))); }
+// x * sigmoid(x).
+inline vec silu(vec x) {
+#ifdef MOL_AVX512
+  return mul(x, sigmoid(x));
+#else
+  return mol_avx2::silu256(x);  // x / (1 + exp(-x)): one division
+#endif
+}
 
 }  // namespace mol_simd
 

@@ -13,10 +13,10 @@ same random numbers.
 
 The kernel is compiled on first use for each instruction set and padded shape (hidden width rounded up to
 two vectors, ``P`` to one: 16 and 8 floats with AVX2, 32 and 16 with AVX-512) by
-:mod:`mol_core.kernels.cpu_build`; :func:`instruction_set` says which build runs (``MOL_CPU_ISA=avx2``
-chooses the AVX2 build on an AVX-512 CPU). Its threads (``torch.get_num_threads()``) split each group's
-pairs. It runs float32 only. :func:`unavailable_reason` says why it cannot run (``MOL_CPU_KERNEL=0``
-switches every C++ kernel off).
+:mod:`mol_core.kernels.cpu_build`; :func:`mol_core.kernels.isa.instruction_set` says which build runs
+(``MOL_CPU_ISA=avx2`` chooses the AVX2 build on an AVX-512 CPU). Its threads (``torch.get_num_threads()``)
+split each group's pairs. It runs float32 only. :func:`unavailable_reason` says why it cannot run
+(``MOL_CPU_KERNEL=0`` switches every C++ kernel off).
 
 Shape symbols: M query rows, G groups, X candidates per group, Pq/Px components, P = Pq * Px, d component
 width, H hidden units of the pair-wise gating MLP.
@@ -37,14 +37,13 @@ import torch
 from mol_core.errors import ShapeError
 from mol_core.kernels import AVX2_MATH, SIMD
 from mol_core.kernels.cpu_build import KernelUnavailable, load_library
+from mol_core.kernels.isa import ISA_FLAGS, LANES, instruction_set
 from mol_core.similarity.gating_grouped import check_grouped_inputs, keep_mask
 
-__all__ = ["instruction_set", "mol_scores_grouped_cpp", "unavailable_reason"]
+__all__ = ["mol_scores_grouped_cpp", "unavailable_reason"]
 
 SOURCE = AVX2_MATH.with_name("gating_train.cpp")
 FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-pthread")
-#: The builds: extra compiler flags and floats per vector.
-ISA_BUILDS = {"avx2": ((), 8), "avx512": (("-mavx512f", "-DMOL_AVX512"), 16)}
 #: The largest padded hidden width and component count the kernel is built for (its tiles live on the stack).
 MAX_HIDDEN = 1024
 MAX_COMPONENTS = 256
@@ -55,28 +54,9 @@ def _padded(size: int, multiple: int) -> int:
     return -(-size // multiple) * multiple
 
 
-def instruction_set() -> str:
-    """The build the kernel uses here: ``"avx512"`` where torch reports an AVX-512 CPU, else ``"avx2"``;
-    the environment variable ``MOL_CPU_ISA=avx2`` chooses the AVX2 build anyway.
-
-    Raises:
-        ValueError: ``MOL_CPU_ISA`` is set to something other than ``avx2`` or ``avx512``, or asks for
-            ``avx512`` on a CPU without it.
-    """
-    native = "avx512" if torch.backends.cpu.get_cpu_capability() == "AVX512" else "avx2"
-    asked = os.environ.get("MOL_CPU_ISA", "").strip().lower()
-    if not asked:
-        return native
-    if asked not in ISA_BUILDS:
-        raise ValueError(f"MOL_CPU_ISA must be one of {sorted(ISA_BUILDS)} or unset; got {asked!r}")
-    if asked == "avx512" and native != "avx512":
-        raise ValueError("MOL_CPU_ISA=avx512, but torch reports no AVX-512 on this CPU")
-    return asked
-
-
 def _padded_shape(isa: str, hidden: int, num_components: int) -> tuple[int, int]:
     """The hidden width and ``P`` padded for the ``isa`` build: two vectors and one."""
-    lanes = ISA_BUILDS[isa][1]
+    lanes = LANES[isa]
     return _padded(hidden, 2 * lanes), _padded(num_components, lanes)
 
 
@@ -84,8 +64,8 @@ def _padded_shape(isa: str, hidden: int, num_components: int) -> tuple[int, int]
 def _library(isa: str, hidden_padded: int, components_padded: int) -> ctypes.CDLL | str:
     """The kernel built for this instruction set and padded shape, or why there is none (memoised: a
     failed build is final)."""
-    extra, _ = ISA_BUILDS[isa]
-    flags = (*FLAGS, *extra, f"-DMOL_HIDDEN={hidden_padded}", f"-DMOL_COMPONENTS={components_padded}")
+    shape = (f"-DMOL_HIDDEN={hidden_padded}", f"-DMOL_COMPONENTS={components_padded}")
+    flags = (*FLAGS, *ISA_FLAGS[isa], *shape)
     try:
         lib = load_library(Path(SOURCE), flags, (SIMD, AVX2_MATH))
     except KernelUnavailable as error:

@@ -1,9 +1,12 @@
-"""Exact MoL top-k on x86-64 CPUs through the fused C++ kernel ``mol_cpu.cpp`` (AVX2 and FMA).
+"""Exact MoL top-k on x86-64 CPUs through the fused C++ kernel ``mol_cpu.cpp`` (AVX2 and FMA, or AVX-512F).
 
 The kernel computes a (query, item) pair's component logits, the gating MLP, the gate and the mixture in
 registers and writes only the ``(B, N)`` scores; no ``(B, N, P)`` or ``(B, N, H)`` tensor exists. It is
 compiled on first use (:mod:`mol_core.kernels.cpu_build`) and called through ``ctypes``, which releases
-the GIL. Its threads split the items; there are ``torch.get_num_threads()`` of them.
+the GIL. Its threads split the items; there are ``torch.get_num_threads()`` of them. One source has two
+builds (``mol_core/kernels/simd.h``): AVX-512F where torch reports an AVX-512 CPU and the component
+dimension is a multiple of 16, else AVX2 (:func:`mol_core.kernels.isa.instruction_set`;
+``MOL_CPU_ISA=avx2`` chooses the AVX2 build everywhere).
 
 Scores agree with :meth:`MoLSimilarity.score_pairs` to about ``1e-5`` (a polynomial ``exp``, and a
 different order of the sums); every pair is computed by the same instruction sequence wherever it sits
@@ -25,8 +28,9 @@ import torch
 from torch import nn
 
 from mol_core.errors import ShapeError
-from mol_core.kernels import AVX2_MATH
+from mol_core.kernels import AVX2_MATH, SIMD
 from mol_core.kernels.cpu_build import KernelUnavailable, load_library
+from mol_core.kernels.isa import ISA_FLAGS, LANES, instruction_set
 from mol_core.similarity import ItemSide, MoLSimilarity, QuerySide, Similarity
 from mol_core.similarity.gating import GatingMLP, GluSiluGating
 from mol_index._inputs import Exclude
@@ -54,9 +58,9 @@ _SCORING_METHODS = {
 }
 
 
-@functools.lru_cache(maxsize=1)
-def _library() -> ctypes.CDLL | str:
-    """The loaded kernel, or why there is none (memoised: a failed build is not retried)."""
+@functools.cache
+def _library(isa: str) -> ctypes.CDLL | str:
+    """The kernel's ``isa`` build, loaded, or why there is none (memoised: a failed build is not retried)."""
     machine = platform.machine().lower()
     if machine not in ("x86_64", "amd64"):
         return f"the kernel needs an x86-64 CPU; this one is {platform.machine()!r}"
@@ -64,7 +68,7 @@ def _library() -> ctypes.CDLL | str:
     if capability not in ("AVX2", "AVX512"):
         return f"the kernel needs AVX2 and FMA; torch reports CPU capability {capability!r}"
     try:
-        lib = load_library(SOURCE, FLAGS, (AVX2_MATH,))
+        lib = load_library(SOURCE, (*FLAGS, *ISA_FLAGS[isa]), (SIMD, AVX2_MATH))
     except KernelUnavailable as error:
         return str(error)
     # (batch, items or width) as int64, then (pq, px, d, h16, threads) as int
@@ -82,15 +86,32 @@ def _library() -> ctypes.CDLL | str:
         ctypes.c_int,
     ]
     lib.mol_cpu_scores_gathered.argtypes = [ctypes.c_void_p] * 9 + sizes + outputs
+    lib.mol_cpu_vector_floats.restype = ctypes.c_int
+    if lib.mol_cpu_vector_floats() != LANES[isa]:
+        return f"the {isa} build of the kernel reports {lib.mol_cpu_vector_floats()} floats per vector"
     return lib
+
+
+def _build_for(dim: int) -> str:
+    """The build that scores components of width ``dim``: this CPU's, but AVX2 where AVX-512's vectors
+    do not divide ``dim``."""
+    isa = instruction_set()
+    return "avx2" if dim % LANES[isa] else isa
 
 
 def unavailable_reason() -> str | None:
     """Why the kernel cannot run on this machine (disabled, wrong CPU, no compiler), or ``None``."""
     if os.environ.get("MOL_CPU_KERNEL", "1").strip() == "0":
         return "disabled by MOL_CPU_KERNEL=0"
-    lib = _library()
-    return lib if isinstance(lib, str) else None
+    try:
+        isa = instruction_set()
+    except ValueError as error:
+        return str(error)
+    for build in dict.fromkeys([isa, "avx2"]):  # the AVX2 build serves widths AVX-512 does not divide
+        lib = _library(build)
+        if isinstance(lib, str):
+            return lib
+    return None
 
 
 def _padded(size: int, multiple: int) -> int:
@@ -150,28 +171,32 @@ class _Prepared:
         assert query.gating is not None
         batch, pq, dim = query.embeddings.shape
         p, hidden = similarity.num_components, mlp.hidden.out_features
-        p8, h16 = _padded(p, 8), _padded(hidden, 16)
-        self.pq, self.px, self.dim, self.h16 = pq, similarity.num_item_components, dim, h16
+        lanes = LANES[_build_for(dim)]
+        lib = _library(_build_for(dim))
+        assert not isinstance(lib, str)  # unavailable_reason built both
+        self.lib = lib
+        p_pad, h_pad = _padded(p, lanes), _padded(hidden, 2 * lanes)  # a vector; two vectors
+        self.pq, self.px, self.dim, self.h_pad = pq, similarity.num_item_components, dim, h_pad
         self.fq = torch.zeros(batch, _padded(pq, 8), dim, dtype=_F32)  # (B, pq8, d)
         self.fq[:, :pq] = query.embeddings / similarity.temperature
-        self.qf = torch.zeros(batch, p8, dtype=_F32)  # (B, p8)
+        self.qf = torch.zeros(batch, p_pad, dtype=_F32)  # (B, p_pad)
         self.qf[:, :p] = query.gating
-        self.w1t = torch.zeros(p, h16, dtype=_F32)  # (P, h16)
+        self.w1t = torch.zeros(p, h_pad, dtype=_F32)  # (P, h_pad)
         self.w1t[:, :hidden] = mlp.hidden.weight.detach().T
-        self.b1 = torch.zeros(h16, dtype=_F32)
+        self.b1 = torch.zeros(h_pad, dtype=_F32)
         self.b1[:hidden] = mlp.hidden.bias.detach()
-        self.w2t = torch.zeros(h16, p8, dtype=_F32)  # (h16, p8)
+        self.w2t = torch.zeros(h_pad, p_pad, dtype=_F32)  # (h_pad, p_pad)
         self.w2t[:hidden, :p] = mlp.out.weight.detach().T
-        self.b2 = torch.zeros(p8, dtype=_F32)
+        self.b2 = torch.zeros(p_pad, dtype=_F32)
         self.b2[:p] = mlp.out.bias.detach()
 
-    def scores(self, corpus: ItemSide, start: int, stop: int, lib: ctypes.CDLL) -> torch.Tensor:
+    def scores(self, corpus: ItemSide, start: int, stop: int) -> torch.Tensor:
         """``(B, stop - start)`` scores of corpus rows ``start .. stop - 1``."""
         assert corpus.gating is not None
         items = corpus.embeddings[start:stop].contiguous()  # (n, Px, d)
         gating = corpus.gating[start:stop].contiguous()  # (n, P)
         out = torch.empty(self.fq.shape[0], stop - start, dtype=_F32)  # (B, n)
-        status = lib.mol_cpu_scores(
+        status = self.lib.mol_cpu_scores(
             self.fq.data_ptr(),
             self.qf.data_ptr(),
             items.data_ptr(),
@@ -185,7 +210,7 @@ class _Prepared:
             self.pq,
             self.px,
             self.dim,
-            self.h16,
+            self.h_pad,
             torch.get_num_threads(),
             out.data_ptr(),
             out.shape[1],
@@ -210,9 +235,9 @@ class GatheredScorer:
     """
 
     def __init__(self, similarity: MoLSimilarity, query: QuerySide, corpus: ItemSide) -> None:
-        self._lib = _checked(similarity, query, corpus)
+        _check(similarity, query, corpus)
         similarity.check_corpus_inputs(query, corpus)
-        assert corpus.gating is not None  # _checked requires gating
+        assert corpus.gating is not None  # _check requires gating
         self._num_p = similarity.num_components
         self._num_items = corpus.num_items
         with torch.inference_mode():
@@ -280,7 +305,7 @@ class GatheredScorer:
                 f"features must be float32 {tuple(rows.shape)} x (P = {widths[0]} or 2P = {widths[1]}) with "
                 f"unit stride along the last dimension; got {features.dtype} {tuple(features.shape)}"
             )
-        status = self._lib.mol_cpu_scores_gathered(
+        status = prepared.lib.mol_cpu_scores_gathered(
             prepared.fq.data_ptr(),
             prepared.qf.data_ptr(),
             self._items.data_ptr(),
@@ -295,7 +320,7 @@ class GatheredScorer:
             prepared.pq,
             prepared.px,
             prepared.dim,
-            prepared.h16,
+            prepared.h_pad,
             torch.get_num_threads(),
             scores.data_ptr(),
             scores.stride(0),
@@ -330,13 +355,10 @@ def cpu_score_gathered(
     return GatheredScorer(similarity, query, corpus)(rows, with_logits=with_logits)
 
 
-def _checked(similarity: Similarity, query: QuerySide, corpus: ItemSide) -> ctypes.CDLL:
+def _check(similarity: Similarity, query: QuerySide, corpus: ItemSide) -> None:
     reason = unavailable_reason() or unsupported_reason(similarity, query, corpus)
     if reason is not None:
         raise KernelUnavailable(reason)
-    lib = _library()
-    assert not isinstance(lib, str)
-    return lib
 
 
 def cpu_score_corpus(similarity: MoLSimilarity, query: QuerySide, corpus: ItemSide) -> torch.Tensor:
@@ -345,9 +367,9 @@ def cpu_score_corpus(similarity: MoLSimilarity, query: QuerySide, corpus: ItemSi
     Raises:
         KernelUnavailable: the kernel cannot run here or cannot score these inputs (the reason is named).
     """
-    lib = _checked(similarity, query, corpus)
+    _check(similarity, query, corpus)
     with torch.inference_mode():
-        return _Prepared(similarity, query).scores(corpus, 0, corpus.num_items, lib)
+        return _Prepared(similarity, query).scores(corpus, 0, corpus.num_items)
 
 
 def cpu_exact_search(
@@ -366,12 +388,12 @@ def cpu_exact_search(
         ConfigError, ShapeError: as :func:`~mol_index.search.exact.exact_search`.
     """
     excluded = check_exact_inputs(similarity, query, corpus, k, exclude)
-    lib = _checked(similarity, query, corpus)
+    _check(similarity, query, corpus)
     with torch.inference_mode():
         prepared = _Prepared(similarity, query)
         block = max(64, BLOCK_PAIRS // max(1, query.batch_size))
         return blockwise_topk(
-            lambda start, stop: prepared.scores(corpus, start, stop, lib),
+            lambda start, stop: prepared.scores(corpus, start, stop),
             corpus.num_items,
             query.batch_size,
             k,
