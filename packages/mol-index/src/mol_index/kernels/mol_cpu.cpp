@@ -61,32 +61,39 @@ inline __m256 hsum8(const __m256* a) {
   return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
 }
 
-// pair rows of three items (hidden rows h0, h1, h2), output columns [0, L * NJ).
-template <int NJ>
-inline void out_layer(const float* h0, const float* h1, const float* h2, const float* w2t, int stride, int h_pad,
-                      const float* b2, float* p0, float* p1, float* p2) {
-  vec a[NJ], c[NJ], e[NJ];
-#pragma GCC unroll 4
-  for (int j = 0; j < NJ; ++j) a[j] = c[j] = e[j] = v::zero();  // the bias comes last, as in torch
+// pair rows of R items (hidden rows hid + r * hid_stride), output columns [0, L * NJ) (pair rows at
+// pair + r * pair_stride): R * NJ accumulators.
+template <int R, int NJ>
+inline void out_layer(const float* hid, int hid_stride, const float* w2t, int stride, int h_pad, const float* b2,
+                      float* pair, int pair_stride) {
+  vec a[R][NJ];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NJ; ++j) a[r][j] = v::zero();  // the bias comes last, as in torch
   for (int h = 0; h < h_pad; ++h) {
     const float* w = w2t + static_cast<int64_t>(h) * stride;
-    const vec x = v::broadcast(h0 + h), y = v::broadcast(h1 + h), z = v::broadcast(h2 + h);
+    vec wj[NJ];
 #pragma GCC unroll 4
-    for (int j = 0; j < NJ; ++j) {
-      const vec wj = v::load(w + L * j);
-      a[j] = v::fma(x, wj, a[j]);
-      c[j] = v::fma(y, wj, c[j]);
-      e[j] = v::fma(z, wj, e[j]);
+    for (int j = 0; j < NJ; ++j) wj[j] = v::load(w + L * j);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const vec x = v::broadcast(hid + r * hid_stride + h);
+#pragma GCC unroll 4
+      for (int j = 0; j < NJ; ++j) a[r][j] = v::fma(x, wj[j], a[r][j]);
     }
   }
 #pragma GCC unroll 4
   for (int j = 0; j < NJ; ++j) {
     const vec bias = v::load(b2 + L * j);
-    v::store(p0 + L * j, v::add(a[j], bias));
-    v::store(p1 + L * j, v::add(c[j], bias));
-    v::store(p2 + L * j, v::add(e[j], bias));
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) v::store(pair + r * pair_stride + L * j, v::add(a[r][j], bias));
   }
 }
+
+// Rows per register block of the output layer and vectors per row: 12 accumulators either way (3 x 4
+// with AVX2's 8-float vectors, 6 x 2 with AVX-512's 16, where P is rarely more than two vectors).
+constexpr int kOutRows = L == 16 ? 6 : 3;
+constexpr int kOutVectors = 12 / kOutRows;
 
 // Scores of kTile items (items, igate point at the first) for one query (fq, qf point at its rows).
 // Template arguments other than 0 fix a shape at compile time (the loops then unroll); 0 reads it from s.
@@ -154,19 +161,25 @@ void score_tile(const Shapes& shapes, const float* fq, const float* qf, const fl
     }
   }
 
-  // 3. pair = hidden @ W2^T + b2, three items x up to four vectors of outputs per register block
-  for (int i = 0; i < kTile; i += 3) {
-    for (int j0 = 0; j0 < s.p_pad; j0 += 4 * L) {
+  // 3. pair = hidden @ W2^T + b2, kOutRows items x up to kOutVectors vectors of outputs per register block
+  constexpr int kHidStride = sizeof(hidden[0]) / sizeof(float), kPairStride = sizeof(pair[0]) / sizeof(float);
+  for (int i = 0; i < kTile; i += kOutRows) {
+    for (int j0 = 0; j0 < s.p_pad; j0 += kOutVectors * L) {
       const float* w = op.w2t + j0;
-      float* p0 = &pair[i][j0];
-      float* p1 = &pair[i + 1][j0];
-      float* p2 = &pair[i + 2][j0];
       const float* b2 = op.b2 + j0;
-      switch (std::min(4, (s.p_pad - j0) / L)) {
-        case 1: out_layer<1>(hidden[i], hidden[i + 1], hidden[i + 2], w, s.p_pad, s.h_pad, b2, p0, p1, p2); break;
-        case 2: out_layer<2>(hidden[i], hidden[i + 1], hidden[i + 2], w, s.p_pad, s.h_pad, b2, p0, p1, p2); break;
-        case 3: out_layer<3>(hidden[i], hidden[i + 1], hidden[i + 2], w, s.p_pad, s.h_pad, b2, p0, p1, p2); break;
-        default: out_layer<4>(hidden[i], hidden[i + 1], hidden[i + 2], w, s.p_pad, s.h_pad, b2, p0, p1, p2); break;
+      const float* hid = hidden[i];
+      float* out_rows = &pair[i][j0];
+      const int vectors = std::min(kOutVectors, (s.p_pad - j0) / L);
+      if (vectors == 1) {
+        out_layer<kOutRows, 1>(hid, kHidStride, w, s.p_pad, s.h_pad, b2, out_rows, kPairStride);
+      } else if (vectors == 2) {
+        out_layer<kOutRows, 2>(hid, kHidStride, w, s.p_pad, s.h_pad, b2, out_rows, kPairStride);
+      } else if constexpr (kOutVectors == 4) {
+        if (vectors == 3) {
+          out_layer<kOutRows, 3>(hid, kHidStride, w, s.p_pad, s.h_pad, b2, out_rows, kPairStride);
+        } else {
+          out_layer<kOutRows, 4>(hid, kHidStride, w, s.p_pad, s.h_pad, b2, out_rows, kPairStride);
+        }
       }
     }
   }
