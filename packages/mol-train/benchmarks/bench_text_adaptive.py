@@ -191,6 +191,7 @@ def run(args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
                 k,
                 budget=budget,
                 rounds=args.rounds,
+                reg=args.search_reg,
                 start_items=items0,
                 start_queries=test0,
             )
@@ -204,6 +205,7 @@ def run(args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
         "train_queries": len(train_queries),
         "per_query": args.per_query,
         "reg": args.reg,
+        "search_reg": args.search_reg,
         "rounds": args.rounds,
         "factorization_rmse": rmse,
         "seconds": {
@@ -254,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-query", type=int, default=100, help="passages scored per training query")
     parser.add_argument("--reg", type=float, default=1.0, help="factorization ridge strength")
     parser.add_argument("--rounds", type=int, default=5, help="adaptive search rounds")
+    parser.add_argument(
+        "--search-reg",
+        type=float,
+        default=0.1,
+        help="ridge strength of the adaptive search's query refit (adaptive_search's reg)",
+    )
     parser.add_argument("--budgets", type=int, nargs="+", default=[100, 200, 500], help="calls per query")
     parser.add_argument("--cache-dir", type=Path, help="cross-encoder score cache (default: temporary)")
     parser.add_argument("--threads", type=int, default=0, help="threads (default: MOL_THREADS or the CPUs)")
