@@ -71,7 +71,7 @@ def _library(isa: str) -> ctypes.CDLL | str:
         lib = load_library(SOURCE, (*FLAGS, *ISA_FLAGS[isa]), (SIMD, AVX2_MATH))
     except KernelUnavailable as error:
         return str(error)
-    # (batch, items or width) as int64, then (pq, px, d, h16, threads) as int
+    # (batch, items or width) as int64, then (pq, px, d, h_pad, threads) as int
     sizes: list[Any] = [ctypes.c_int64] * 2 + [ctypes.c_int] * 5
     lib.mol_cpu_scores.restype = ctypes.c_int
     lib.mol_cpu_scores.argtypes = [ctypes.c_void_p] * 8 + sizes + [ctypes.c_void_p, ctypes.c_int64]
@@ -171,8 +171,8 @@ class _Prepared:
         assert query.gating is not None
         batch, pq, dim = query.embeddings.shape
         p, hidden = similarity.num_components, mlp.hidden.out_features
-        lanes = LANES[_build_for(dim)]
-        lib = _library(_build_for(dim))
+        build = _build_for(dim)
+        lanes, lib = LANES[build], _library(build)
         assert not isinstance(lib, str)  # unavailable_reason built both
         self.lib = lib
         p_pad, h_pad = _padded(p, lanes), _padded(hidden, 2 * lanes)  # a vector; two vectors
