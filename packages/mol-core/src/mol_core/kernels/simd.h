@@ -1,7 +1,8 @@
 // Width-generic float vectors for mol's C++ kernels: sixteen lanes of AVX-512F when the build defines
 // MOL_AVX512 (with -mavx512f), else eight lanes of AVX2 and FMA (avx2_math.h). A kernel written against
 // mol_simd:: compiles to either; cpu_build.py adds this folder to the include path and this file to the
-// build's cache key. Both widths compute the same functions with the same polynomials.
+// build's cache key. Both widths use the same exp polynomial; the reciprocal in sigmoid and SiLU is a
+// division with AVX2 and an estimate plus one Newton step with AVX-512.
 #ifndef MOL_SIMD_H_
 #define MOL_SIMD_H_
 
@@ -23,7 +24,6 @@ inline vec set1(float x) { return _mm512_set1_ps(x); }
 inline vec add(vec a, vec b) { return _mm512_add_ps(a, b); }
 inline vec sub(vec a, vec b) { return _mm512_sub_ps(a, b); }
 inline vec mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
-inline vec div(vec a, vec b) { return _mm512_div_ps(a, b); }
 inline vec max(vec a, vec b) { return _mm512_max_ps(a, b); }
 inline vec fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }  // a * b + c
 // 1 / x: the 14-bit estimate and one Newton step (relative error about 2^-23; a division costs several
@@ -78,7 +78,6 @@ inline vec set1(float x) { return _mm256_set1_ps(x); }
 inline vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
 inline vec sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
 inline vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
-inline vec div(vec a, vec b) { return _mm256_div_ps(a, b); }
 inline vec max(vec a, vec b) { return _mm256_max_ps(a, b); }
 inline vec fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }  // a * b + c
 // 1 / x (a division: measured faster than an estimate and a Newton step on an AVX2-only AMD EPYC).
